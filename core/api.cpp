@@ -1,0 +1,255 @@
+// The C ABI boundary: every exported function catches everything and turns it into a status plus the
+// thread's last-error text.
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/plugins.h"
+#include "core/validate.h"
+
+struct rpa_context {
+  std::unique_ptr<rpa::Backend> backend;
+};
+
+namespace rpa {
+namespace {
+
+thread_local std::string last_error;
+
+rpa_status record(rpa_status status, const char* message) {
+  last_error = message;
+  return status;
+}
+
+template <typename Body>
+rpa_status guarded(Body&& body) noexcept {
+  try {
+    body();
+    return RPA_STATUS_OK;
+  } catch (const Error& error) {
+    return record(error.status(), error.what());
+  } catch (const std::bad_alloc&) {
+    return record(RPA_STATUS_OUT_OF_MEMORY, "host memory allocation failed");
+  } catch (const std::exception& error) {
+    return record(RPA_STATUS_INTERNAL, error.what());
+  } catch (...) {
+    return record(RPA_STATUS_INTERNAL, "unknown exception");
+  }
+}
+
+void require(const void* pointer, const char* name) {
+  if (!pointer) invalid(std::string("argument '") + name + "' is NULL");
+}
+
+Backend& backend_of(rpa_context* context) {
+  require(context, "context");
+  return *context->backend;
+}
+
+std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
+  if (options.num_threads < 0)
+    invalid("argument 'options.num_threads': " + std::to_string(options.num_threads) + " must be >= 0");
+  if (options.device_ordinal < 0)
+    invalid("argument 'options.device_ordinal': " + std::to_string(options.device_ordinal) + " must be >= 0");
+  switch (options.backend) {
+    case RPA_BACKEND_REFERENCE: return make_reference_backend();
+    case RPA_BACKEND_SIMD: return make_simd_backend(options.num_threads);
+    case RPA_BACKEND_GPU: return make_gpu_backend(options.device_ordinal, options.num_threads);
+    case RPA_BACKEND_AUTO:
+      if (gpu_backend_available()) return make_gpu_backend(options.device_ordinal, options.num_threads);
+      try {
+        return make_simd_backend(options.num_threads);
+      } catch (const Error& error) {
+        if (error.status() != RPA_STATUS_UNAVAILABLE) throw;
+        return make_reference_backend();
+      }
+  }
+  invalid("argument 'options.backend': " + std::to_string(static_cast<int>(options.backend)) +
+          " is not an rpa_backend");
+}
+
+// Copies a versioned struct: fields a caller's older struct lacks keep their defaults.
+template <typename Struct>
+Struct read_versioned(const Struct* given, const char* name, void (*init)(Struct*)) {
+  require(given, name);
+  Struct result;
+  init(&result);
+  const size_t given_size = given->struct_size;
+  if (given_size < sizeof(size_t) || given_size > (1u << 20))
+    invalid(std::string("argument '") + name + "': struct_size " + std::to_string(given_size) +
+            " is implausible; initialise the struct with its _init function");
+  std::memcpy(&result, given, std::min(given_size, sizeof(Struct)));
+  result.struct_size = sizeof(Struct);
+  return result;
+}
+
+rpa_problem problem_for(const Backend& backend, const rpa_attention_args* given) {
+  const rpa_attention_args args = read_versioned(given, "args", rpa_attention_args_init);
+  const rpa_problem problem = validate_attention_args(args);
+  if (problem.memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
+    invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
+            rpa_backend_string(backend.kind()));
+  return problem;
+}
+
+}  // namespace
+}  // namespace rpa
+
+using namespace rpa;
+
+extern "C" {
+
+int32_t rpa_get_version(void) { return RPA_VERSION; }
+
+const char* rpa_status_string(rpa_status status) {
+  switch (status) {
+    case RPA_STATUS_OK: return "ok";
+    case RPA_STATUS_INVALID_ARGUMENT: return "invalid argument";
+    case RPA_STATUS_UNSUPPORTED: return "unsupported";
+    case RPA_STATUS_UNAVAILABLE: return "unavailable";
+    case RPA_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case RPA_STATUS_DEVICE_ERROR: return "device error";
+    case RPA_STATUS_INTERNAL: return "internal error";
+  }
+  return "unknown status";
+}
+
+const char* rpa_backend_string(rpa_backend backend) {
+  switch (backend) {
+    case RPA_BACKEND_AUTO: return "auto";
+    case RPA_BACKEND_REFERENCE: return "reference";
+    case RPA_BACKEND_SIMD: return "simd";
+    case RPA_BACKEND_GPU: return "gpu";
+  }
+  return "unknown backend";
+}
+
+const char* rpa_last_error(void) { return last_error.c_str(); }
+
+void rpa_context_options_init(rpa_context_options* options) {
+  if (!options) return;
+  *options = rpa_context_options{};
+  options->struct_size = sizeof(rpa_context_options);
+  options->backend = RPA_BACKEND_AUTO;
+}
+
+rpa_status rpa_context_create(const rpa_context_options* options, rpa_context** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(out, "out");
+    rpa_context_options defaults;
+    rpa_context_options_init(&defaults);
+    const rpa_context_options resolved =
+        options ? read_versioned(options, "options", rpa_context_options_init) : defaults;
+    auto context = std::make_unique<rpa_context>();
+    context->backend = make_backend(resolved);
+    *out = context.release();
+  });
+}
+
+void rpa_context_destroy(rpa_context* context) { delete context; }
+
+rpa_status rpa_context_get_backend(const rpa_context* context, rpa_backend* out) {
+  return guarded([&] {
+    require(context, "context");
+    require(out, "out");
+    *out = context->backend->kind();
+  });
+}
+
+rpa_status rpa_context_get_num_threads(const rpa_context* context, int32_t* out) {
+  return guarded([&] {
+    require(context, "context");
+    require(out, "out");
+    *out = context->backend->num_threads();
+  });
+}
+
+void rpa_attention_args_init(rpa_attention_args* args) {
+  if (!args) return;
+  *args = rpa_attention_args{};
+  args->struct_size = sizeof(rpa_attention_args);
+  args->memory = RPA_MEMORY_HOST;
+}
+
+rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    backend.run(problem_for(backend, args));
+  });
+}
+
+rpa_status rpa_time_attention(rpa_context* context, const rpa_attention_args* args, int32_t iterations,
+                              double* milliseconds) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    if (iterations <= 0) invalid("argument 'iterations': " + std::to_string(iterations) + " must be > 0");
+    require(milliseconds, "milliseconds");
+    backend.time_runs(problem_for(backend, args), iterations, milliseconds);
+  });
+}
+
+rpa_status rpa_device_alloc(rpa_context* context, size_t bytes, void** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    require(out, "out");
+    *out = backend.device_alloc(bytes);
+  });
+}
+
+rpa_status rpa_device_free(rpa_context* context, void* pointer) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    if (pointer) backend.device_free(pointer);
+  });
+}
+
+rpa_status rpa_device_copy(rpa_context* context, void* dst, const void* src, size_t bytes, rpa_copy_kind kind) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    require(dst, "dst");
+    require(src, "src");
+    if (kind != RPA_COPY_HOST_TO_DEVICE && kind != RPA_COPY_DEVICE_TO_HOST && kind != RPA_COPY_DEVICE_TO_DEVICE)
+      invalid("argument 'kind': " + std::to_string(static_cast<int>(kind)) + " is not an rpa_copy_kind");
+    backend.device_copy(dst, src, bytes, kind);
+  });
+}
+
+int32_t rpa_backend_available(rpa_backend backend) {
+  try {
+    switch (backend) {
+      case RPA_BACKEND_AUTO:
+      case RPA_BACKEND_REFERENCE: return 1;
+      case RPA_BACKEND_SIMD: make_simd_backend(1); return 1;
+      case RPA_BACKEND_GPU: return gpu_backend_available() ? 1 : 0;
+    }
+  } catch (...) {
+  }
+  return 0;
+}
+
+int32_t rpa_plugin_report_count(void) {
+  try {
+    return static_cast<int32_t>(plugin_reports().size());
+  } catch (...) {
+    return 0;
+  }
+}
+
+rpa_status rpa_get_plugin_report(int32_t index, rpa_plugin_report* out) {
+  return guarded([&] {
+    require(out, "out");
+    const auto& reports = plugin_reports();
+    if (index < 0 || static_cast<size_t>(index) >= reports.size())
+      invalid("argument 'index': " + std::to_string(index) + " is outside [0, " + std::to_string(reports.size()) + ")");
+    const PluginReport& report = reports[index];
+    *out = rpa_plugin_report{report.path.c_str(), report.name.c_str(), report.usable ? 1 : 0, report.device_count,
+                             report.reason.c_str()};
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,106 @@
+// Scalar conversions between float and the 16-bit storage types, shared by the reference, the tests
+// and the tools. Rounding to 16 bits is round-to-nearest-even; NaN stays NaN.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "rpa/rpa.h"
+
+namespace rpa {
+
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t u = uint32_t{bits} << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float f16_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t{h & 0x8000u} << 16;
+  uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t u;
+  if (exponent == 0x1f) {
+    u = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent == 0) {
+    if (mantissa == 0) {
+      u = sign;
+    } else {  // subnormal: renormalise
+      exponent = 113;
+      while ((mantissa & 0x400u) == 0) {
+        mantissa <<= 1;
+        --exponent;
+      }
+      u = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+    }
+  } else {
+    u = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t float_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to infinity (>= 65520)
+  if (abs < 0x38800000u) {                        // below the smallest normal half: subnormal or 0
+    const uint32_t shift = 126 - (abs >> 23);     // 14..
+    if (shift > 24) return sign;
+    const uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;
+    const uint32_t halfway = 1u << (shift - 1);
+    uint32_t result = mantissa >> shift;
+    const uint32_t rest = mantissa & ((1u << shift) - 1);
+    if (rest > halfway || (rest == halfway && (result & 1u))) ++result;
+    return sign | static_cast<uint16_t>(result);
+  }
+  uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+  return sign | static_cast<uint16_t>((rounded - 0x38000000u) >> 13);
+}
+
+// Size in bytes of one element, or 0 for a dtype rpa does not store.
+inline int dtype_size(rpa_dtype dtype) {
+  switch (dtype) {
+    case RPA_DTYPE_F32:
+    case RPA_DTYPE_I32: return 4;
+    case RPA_DTYPE_F16:
+    case RPA_DTYPE_BF16: return 2;
+    case RPA_DTYPE_FP8_E4M3:
+    case RPA_DTYPE_FP8_E5M2:
+    case RPA_DTYPE_INT8: return 1;
+  }
+  return 0;
+}
+
+// Reads element `index` of a float tensor stored as dtype (F32, F16 or BF16).
+inline float load_float(const void* data, rpa_dtype dtype, int64_t index) {
+  switch (dtype) {
+    case RPA_DTYPE_F16: return f16_to_float(static_cast<const uint16_t*>(data)[index]);
+    case RPA_DTYPE_BF16: return bf16_to_float(static_cast<const uint16_t*>(data)[index]);
+    default: return static_cast<const float*>(data)[index];
+  }
+}
+
+// Writes element `index` of a float tensor stored as dtype (F32, F16 or BF16).
+inline void store_float(void* data, rpa_dtype dtype, int64_t index, float value) {
+  switch (dtype) {
+    case RPA_DTYPE_F16: static_cast<uint16_t*>(data)[index] = float_to_f16(value); break;
+    case RPA_DTYPE_BF16: static_cast<uint16_t*>(data)[index] = float_to_bf16(value); break;
+    default: static_cast<float*>(data)[index] = value; break;
+  }
+}
+
+}  // namespace rpa

@@ -1,0 +1,87 @@
+/*
+ * The validated, normalised form of one rpa_attention() call, handed to every backend (also across
+ * the plugin ABI, so it is plain C). The core builds it only after every contract rule has passed:
+ * a backend may trust every field and index in it.
+ */
+#ifndef RPA_CORE_PROBLEM_H
+#define RPA_CORE_PROBLEM_H
+
+#include <stdint.h>
+
+#include "rpa/rpa.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element strides of one KV cache (K or V) [page, slot, head, D]; D is contiguous. */
+typedef struct rpa_kv_view {
+  const void* data;
+  int64_t page_stride;
+  int64_t slot_stride;
+  int64_t head_stride;
+} rpa_kv_view;
+
+typedef struct rpa_problem {
+  /* Sizes. */
+  int64_t num_tokens;      /* T */
+  int64_t num_q_heads;     /* QH */
+  int64_t num_kv_heads;    /* KVH */
+  int64_t head_dim;        /* D */
+  int64_t num_pages;       /* P */
+  int64_t page_size;
+  int64_t pages_per_seq;   /* W, the block table's width */
+  int32_t num_seqs;        /* sequences to process (<= the metadata's S) */
+
+  /* Metadata, host memory, validated for sequences 0..num_seqs-1. */
+  const int32_t* context_lens;    /* [num_seqs] used */
+  const int32_t* block_tables;    /* row s at block_tables + s * block_table_stride */
+  int64_t block_table_stride;
+  const int32_t* query_start_loc; /* [num_seqs + 1] used */
+
+  /* Queries [T, QH, D]. */
+  const void* queries;
+  rpa_dtype query_dtype;
+  int64_t query_token_stride;
+  int64_t query_head_stride;
+
+  /* K and V (the combined layout becomes two views with doubled head stride). */
+  rpa_kv_view k;
+  rpa_kv_view v;
+  rpa_dtype kv_dtype;
+
+  /* Output [T, QH, D]. */
+  void* out;
+  rpa_dtype out_dtype;
+  int64_t out_token_stride;
+  int64_t out_head_stride;
+
+  /* Optional lse [T, QH] float32 (NULL = not requested). */
+  float* lse;
+  int64_t lse_token_stride;
+  int64_t lse_head_stride;
+
+  /* Optional sinks [sink_heads, sinks_per_head] (NULL = none); raw logits. */
+  const void* sinks;
+  rpa_dtype sink_dtype;
+  int64_t sink_heads;          /* 1, KVH or QH */
+  int64_t sinks_per_head;
+  int64_t sink_head_stride;
+  int64_t sink_stride;
+
+  /* Scalars, resolved: scale is never the 0 default here, 0 means none for cap and window. */
+  double softmax_scale;
+  double logits_soft_cap;
+  int64_t sliding_window;
+
+  /* Where the float tensors live, and the GPU stream. */
+  rpa_memory_kind memory;
+  void* stream;
+  int32_t synchronize;
+} rpa_problem;
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* RPA_CORE_PROBLEM_H */

@@ -1,0 +1,271 @@
+#include "core/validate.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <sstream>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace rpa {
+namespace {
+
+template <typename... Parts>
+[[noreturn]] void reject(rpa_status status, const Parts&... parts) {
+  std::ostringstream message;
+  (message << ... << parts);
+  fail(status, message.str());
+}
+
+template <typename... Parts>
+[[noreturn]] void reject(const Parts&... parts) {
+  reject(RPA_STATUS_INVALID_ARGUMENT, parts...);
+}
+
+const char* dtype_name(rpa_dtype dtype) {
+  switch (dtype) {
+    case RPA_DTYPE_F32: return "f32";
+    case RPA_DTYPE_F16: return "f16";
+    case RPA_DTYPE_BF16: return "bf16";
+    case RPA_DTYPE_FP8_E4M3: return "fp8_e4m3";
+    case RPA_DTYPE_FP8_E5M2: return "fp8_e5m2";
+    case RPA_DTYPE_INT8: return "int8";
+    case RPA_DTYPE_I32: return "int32";
+  }
+  return "unknown";
+}
+
+bool is_float_dtype(rpa_dtype dtype) {
+  return dtype == RPA_DTYPE_F32 || dtype == RPA_DTYPE_F16 || dtype == RPA_DTYPE_BF16;
+}
+
+bool is_reserved_dtype(rpa_dtype dtype) {
+  return dtype == RPA_DTYPE_FP8_E4M3 || dtype == RPA_DTYPE_FP8_E5M2 || dtype == RPA_DTYPE_INT8;
+}
+
+// A checked tensor: its shape and resolved strides (all-zero strides mean contiguous).
+struct Tensor {
+  const char* name;
+  const rpa_tensor* raw;
+  std::array<int64_t, RPA_MAX_DIMS> strides{};
+
+  int64_t dim(int i) const { return raw->shape[i]; }
+  int64_t stride(int i) const { return strides[i]; }
+};
+
+enum class Kind { metadata, floating, kv };
+
+Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char* layout, Kind kind) {
+  if (!t.data) reject("argument '", name, "': data is NULL");
+  if (t.ndim != ndim) reject("argument '", name, "': ndim is ", t.ndim, ", expected ", ndim, " (", layout, ")");
+  if (kind == Kind::metadata && t.dtype != RPA_DTYPE_I32)
+    reject("argument '", name, "': dtype is ", dtype_name(t.dtype), ", expected int32");
+  if (kind != Kind::metadata) {
+    if (kind == Kind::kv && is_reserved_dtype(t.dtype))
+      reject(RPA_STATUS_UNSUPPORTED, "argument '", name, "': dtype ", dtype_name(t.dtype),
+             " is reserved for quantised KV and not supported yet");
+    if (!is_float_dtype(t.dtype))
+      reject("argument '", name, "': dtype is ", dtype_name(t.dtype), ", expected f32, f16 or bf16");
+  }
+  Tensor result{name, &t};
+  bool all_zero = true;
+  for (int i = 0; i < ndim; ++i) {
+    if (t.shape[i] <= 0) reject("argument '", name, "': shape[", i, "] is ", t.shape[i], "; sizes must be positive");
+    all_zero = all_zero && t.strides[i] == 0;
+  }
+  int64_t contiguous = 1;
+  for (int i = ndim - 1; i >= 0; --i) {
+    result.strides[i] = all_zero ? contiguous : t.strides[i];
+    if (__builtin_mul_overflow(contiguous, t.shape[i], &contiguous))
+      reject("argument '", name, "': element count overflows at shape[", i, "]");
+    if (result.strides[i] < 0) reject("argument '", name, "': strides[", i, "] is ", t.strides[i], ", must be >= 0");
+  }
+  if (result.strides[ndim - 1] != 1)
+    reject("argument '", name, "': strides[", ndim - 1, "] is ", result.strides[ndim - 1],
+           "; the last dimension must be contiguous (stride 1)");
+  // The furthest byte the view reaches must be addressable.
+  int64_t last = 0;
+  for (int i = 0; i < ndim; ++i) {
+    int64_t span;
+    if (__builtin_mul_overflow(t.shape[i] - 1, result.strides[i], &span) || __builtin_add_overflow(last, span, &last))
+      reject("argument '", name, "': the byte extent overflows at dimension ", i);
+  }
+  int64_t bytes;
+  if (__builtin_add_overflow(last, 1, &bytes) || __builtin_mul_overflow(bytes, int64_t{dtype_size(t.dtype)}, &bytes))
+    reject("argument '", name, "': the byte extent overflows");
+  return result;
+}
+
+void expect_dim(const Tensor& t, int i, int64_t expected, const char* meaning) {
+  if (t.dim(i) != expected)
+    reject("argument '", t.name, "': shape[", i, "] is ", t.dim(i), ", expected ", expected, " (", meaning, ")");
+}
+
+rpa_kv_view kv_view(const Tensor& t, int64_t head_stride, int64_t offset) {
+  const auto elements = static_cast<const char*>(t.raw->data) + offset * dtype_size(t.raw->dtype);
+  return rpa_kv_view{elements, t.stride(0), t.stride(1), head_stride};
+}
+
+}  // namespace
+
+rpa_problem validate_attention_args(const rpa_attention_args& args) {
+  rpa_problem p{};
+
+  const Tensor queries = check_tensor("queries", args.queries, 3, "[T, QH, D]", Kind::floating);
+  p.num_tokens = queries.dim(0);
+  p.num_q_heads = queries.dim(1);
+  p.head_dim = queries.dim(2);
+  p.queries = args.queries.data;
+  p.query_dtype = args.queries.dtype;
+  p.query_token_stride = queries.stride(0);
+  p.query_head_stride = queries.stride(1);
+
+  if (args.kv_pages.data) {
+    if (args.k_cache.data || args.v_cache.data)
+      reject("argument 'k_cache': give either kv_pages or k_cache and v_cache, not both");
+    const Tensor kv = check_tensor("kv_pages", args.kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv);
+    if (kv.dim(2) % 2 != 0)
+      reject("argument 'kv_pages': shape[2] is ", kv.dim(2), ", expected an even 2*KVH (K and V interleaved)");
+    p.num_kv_heads = kv.dim(2) / 2;
+    p.num_pages = kv.dim(0);
+    p.page_size = kv.dim(1);
+    p.kv_dtype = args.kv_pages.dtype;
+    p.k = kv_view(kv, 2 * kv.stride(2), 0);
+    p.v = kv_view(kv, 2 * kv.stride(2), kv.stride(2));
+    if (kv.dim(3) != p.head_dim)
+      reject("argument 'kv_pages': shape[3] is ", kv.dim(3), ", but queries have head_dim ", p.head_dim);
+  } else {
+    if (!args.k_cache.data && !args.v_cache.data)
+      reject("argument 'kv_pages': data is NULL and no separate k_cache/v_cache is given");
+    const Tensor k = check_tensor("k_cache", args.k_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+    const Tensor v = check_tensor("v_cache", args.v_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+    for (int i = 0; i < 4; ++i)
+      if (v.dim(i) != k.dim(i))
+        reject("argument 'v_cache': shape[", i, "] is ", v.dim(i), ", but k_cache has ", k.dim(i));
+    if (args.v_cache.dtype != args.k_cache.dtype)
+      reject("argument 'v_cache': dtype is ", dtype_name(args.v_cache.dtype), ", but k_cache is ",
+             dtype_name(args.k_cache.dtype));
+    p.num_kv_heads = k.dim(2);
+    p.num_pages = k.dim(0);
+    p.page_size = k.dim(1);
+    p.kv_dtype = args.k_cache.dtype;
+    p.k = kv_view(k, k.stride(2), 0);
+    p.v = kv_view(v, v.stride(2), 0);
+    if (k.dim(3) != p.head_dim)
+      reject("argument 'k_cache': shape[3] is ", k.dim(3), ", but queries have head_dim ", p.head_dim);
+  }
+  if (p.num_q_heads % p.num_kv_heads != 0)
+    reject("argument 'queries': shape[1] (QH = ", p.num_q_heads, ") is not a multiple of the KV heads (KVH = ",
+           p.num_kv_heads, ")");
+
+  const Tensor out = check_tensor("out", args.out, 3, "[T, QH, D]", Kind::floating);
+  expect_dim(out, 0, p.num_tokens, "T of queries");
+  expect_dim(out, 1, p.num_q_heads, "QH of queries");
+  expect_dim(out, 2, p.head_dim, "D of queries");
+  p.out = args.out.data;
+  p.out_dtype = args.out.dtype;
+  p.out_token_stride = out.stride(0);
+  p.out_head_stride = out.stride(1);
+
+  if (args.lse.data) {
+    const Tensor lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::floating);
+    if (args.lse.dtype != RPA_DTYPE_F32) reject("argument 'lse': dtype is ", dtype_name(args.lse.dtype), ", expected f32");
+    expect_dim(lse, 0, p.num_tokens, "T of queries");
+    expect_dim(lse, 1, p.num_q_heads, "QH of queries");
+    p.lse = static_cast<float*>(args.lse.data);
+    p.lse_token_stride = lse.stride(0);
+    p.lse_head_stride = lse.stride(1);
+  }
+
+  if (args.memory != RPA_MEMORY_HOST && args.memory != RPA_MEMORY_DEVICE)
+    reject("argument 'memory': ", static_cast<int>(args.memory), " is not an rpa_memory_kind");
+  p.memory = args.memory;
+  p.stream = args.stream;
+  p.synchronize = args.synchronize;
+
+  // Scalars.
+  if (!std::isfinite(args.softmax_scale)) reject("argument 'softmax_scale': ", args.softmax_scale, " is not finite");
+  p.softmax_scale = args.softmax_scale != 0 ? args.softmax_scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
+  if (!std::isfinite(args.logits_soft_cap) || args.logits_soft_cap < 0)
+    reject("argument 'logits_soft_cap': ", args.logits_soft_cap, " must be 0 (none) or a finite value > 0");
+  p.logits_soft_cap = args.logits_soft_cap;
+  if (args.sliding_window < 0)
+    reject("argument 'sliding_window': ", args.sliding_window, " must be 0 (none) or > 0");
+  p.sliding_window = args.sliding_window;
+
+  if (args.softmax_aux.data) {
+    const Tensor sinks = check_tensor("softmax_aux", args.softmax_aux, 2, "[H_s, n]", Kind::floating);
+    if (sinks.dim(0) != 1 && sinks.dim(0) != p.num_kv_heads && sinks.dim(0) != p.num_q_heads)
+      reject("argument 'softmax_aux': shape[0] is ", sinks.dim(0), ", expected 1, KVH (", p.num_kv_heads,
+             ") or QH (", p.num_q_heads, ")");
+    p.sinks = args.softmax_aux.data;
+    p.sink_dtype = args.softmax_aux.dtype;
+    p.sink_heads = sinks.dim(0);
+    p.sinks_per_head = sinks.dim(1);
+    p.sink_head_stride = sinks.stride(0);
+    p.sink_stride = sinks.stride(1);
+    if (p.memory == RPA_MEMORY_HOST) {
+      for (int64_t h = 0; h < p.sink_heads; ++h)
+        for (int64_t n = 0; n < p.sinks_per_head; ++n) {
+          const float sink = load_float(p.sinks, p.sink_dtype, h * p.sink_head_stride + n * p.sink_stride);
+          if (std::isnan(sink) || sink == INFINITY)
+            reject("argument 'softmax_aux': element [", h, ", ", n, "] is ", sink, "; sinks must be finite or -inf");
+        }
+    }
+  }
+
+  // Metadata (host memory).
+  const Tensor context_lens = check_tensor("context_lens", args.context_lens, 1, "[S]", Kind::metadata);
+  const int64_t max_seqs = context_lens.dim(0);
+  const Tensor block_tables = check_tensor("block_tables", args.block_tables, 2, "[S, W]", Kind::metadata);
+  expect_dim(block_tables, 0, max_seqs, "S of context_lens");
+  const Tensor query_start_loc = check_tensor("query_start_loc", args.query_start_loc, 1, "[S+1]", Kind::metadata);
+  expect_dim(query_start_loc, 0, max_seqs + 1, "S+1");
+  p.pages_per_seq = block_tables.dim(1);
+  p.context_lens = static_cast<const int32_t*>(args.context_lens.data);
+  p.block_tables = static_cast<const int32_t*>(args.block_tables.data);
+  p.block_table_stride = block_tables.stride(0);
+  p.query_start_loc = static_cast<const int32_t*>(args.query_start_loc.data);
+
+  if (args.num_seqs < 0 || args.num_seqs > max_seqs)
+    reject("argument 'num_seqs': ", args.num_seqs, " is outside [0, S = ", max_seqs, "]");
+  p.num_seqs = args.num_seqs;
+
+  const int32_t* qsl = p.query_start_loc;
+  if (qsl[0] < 0) reject("argument 'query_start_loc': element [0] is ", qsl[0], ", must be >= 0");
+  for (int32_t s = 0; s < p.num_seqs; ++s)
+    if (qsl[s + 1] < qsl[s])
+      reject("argument 'query_start_loc': element [", s + 1, "] = ", qsl[s + 1], " is less than element [", s,
+             "] = ", qsl[s]);
+  if (qsl[p.num_seqs] > p.num_tokens)
+    reject("argument 'query_start_loc': element [", p.num_seqs, "] = ", qsl[p.num_seqs],
+           " exceeds the number of query tokens T = ", p.num_tokens);
+
+  const int64_t max_context = p.pages_per_seq * p.page_size;  // both come from checked shapes: no overflow
+  for (int32_t s = 0; s < p.num_seqs; ++s) {
+    const int64_t context_len = p.context_lens[s];
+    const int64_t q_len = qsl[s + 1] - qsl[s];
+    if (context_len < 0) reject("argument 'context_lens': element [", s, "] is ", context_len, ", must be >= 0");
+    if (context_len > max_context)
+      reject("argument 'context_lens': element [", s, "] is ", context_len, ", more than W * page_size = ",
+             max_context);
+    if (q_len > context_len)
+      reject("argument 'context_lens': element [", s, "] is ", context_len, ", less than the sequence's ", q_len,
+             " query tokens");
+    if (q_len == 0) continue;  // reads no key
+    // The keys sequence s can see span [first_key, context_len): check exactly their pages.
+    const int64_t first_pos = context_len - q_len;
+    const int64_t first_key = p.sliding_window > 0 ? std::max<int64_t>(0, first_pos - p.sliding_window + 1) : 0;
+    for (int64_t page = first_key / p.page_size; page <= (context_len - 1) / p.page_size; ++page) {
+      const int32_t entry = p.block_tables[s * p.block_table_stride + page];
+      if (entry < 0 || entry >= p.num_pages)
+        reject("argument 'block_tables': element [", s, ", ", page, "] is ", entry, ", outside [0, P = ", p.num_pages,
+               ")");
+    }
+  }
+  return p;
+}
+
+}  // namespace rpa

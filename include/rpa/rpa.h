@@ -1,0 +1,218 @@
+/**
+ * @file rpa.h
+ * @brief rpa: ragged paged attention over a paged KV cache. The stable C ABI.
+ *
+ * Everything here is plain C99. Every function returns an ::rpa_status (or a value that cannot fail);
+ * no C++ exception ever leaves the library. On failure, rpa_last_error() gives the calling thread's
+ * detailed message, which names the offending argument and index.
+ *
+ * The full contract (shapes, semantics, validation rules) is stated in README.md.
+ */
+#ifndef RPA_RPA_H
+#define RPA_RPA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define RPA_EXPORT __declspec(dllexport)
+#else
+#define RPA_EXPORT __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @name Version */
+/**@{*/
+#define RPA_VERSION_MAJOR 0 /**< Incompatible ABI changes. */
+#define RPA_VERSION_MINOR 1 /**< Compatible additions. */
+#define RPA_VERSION_PATCH 0 /**< Fixes. */
+/** The version as one number: major * 10000 + minor * 100 + patch. */
+#define RPA_VERSION (RPA_VERSION_MAJOR * 10000 + RPA_VERSION_MINOR * 100 + RPA_VERSION_PATCH)
+/**@}*/
+
+/** Status of every call. */
+typedef enum rpa_status {
+  RPA_STATUS_OK = 0,               /**< Success. */
+  RPA_STATUS_INVALID_ARGUMENT = 1, /**< An argument breaks the contract; the message names it. */
+  RPA_STATUS_UNSUPPORTED = 2,      /**< Valid, but not implemented (e.g. reserved dtypes). */
+  RPA_STATUS_UNAVAILABLE = 3,      /**< The requested backend cannot run here (no plugin, no device). */
+  RPA_STATUS_OUT_OF_MEMORY = 4,    /**< Host or device allocation failed. */
+  RPA_STATUS_DEVICE_ERROR = 5,     /**< The GPU runtime reported an error. */
+  RPA_STATUS_INTERNAL = 6          /**< A bug in rpa; please report the message. */
+} rpa_status;
+
+/** Element types. Queries, KV and out each take F32, F16 or BF16, independently. */
+typedef enum rpa_dtype {
+  RPA_DTYPE_F32 = 0,      /**< IEEE binary32. */
+  RPA_DTYPE_F16 = 1,      /**< IEEE binary16. */
+  RPA_DTYPE_BF16 = 2,     /**< bfloat16 (upper half of binary32). */
+  RPA_DTYPE_FP8_E4M3 = 3, /**< Reserved for quantised KV: RPA_STATUS_UNSUPPORTED for now. */
+  RPA_DTYPE_FP8_E5M2 = 4, /**< Reserved for quantised KV: RPA_STATUS_UNSUPPORTED for now. */
+  RPA_DTYPE_INT8 = 5,     /**< Reserved for quantised KV: RPA_STATUS_UNSUPPORTED for now. */
+  RPA_DTYPE_I32 = 6       /**< int32: the metadata (context_lens, block_tables, query_start_loc). */
+} rpa_dtype;
+
+/** Which implementation runs the attention. */
+typedef enum rpa_backend {
+  RPA_BACKEND_AUTO = 0,      /**< GPU if a plugin finds a device, else the CPU (simd). */
+  RPA_BACKEND_REFERENCE = 1, /**< Scalar, accumulates in double: the executable contract. */
+  RPA_BACKEND_SIMD = 2,      /**< Highway SIMD kernel parallelised with oneTBB. */
+  RPA_BACKEND_GPU = 3        /**< The HIP/CUDA plugin, loaded at run time. */
+} rpa_backend;
+
+/** Where tensor data lives (metadata tensors always live on the host). */
+typedef enum rpa_memory_kind {
+  RPA_MEMORY_HOST = 0,  /**< Host memory; a GPU backend copies in and out and synchronises. */
+  RPA_MEMORY_DEVICE = 1 /**< Device memory of the context's GPU; work is queued on `stream`. */
+} rpa_memory_kind;
+
+/** Most dimensions a tensor descriptor carries. */
+#define RPA_MAX_DIMS 4
+
+/**
+ * A strided view of memory the caller owns. Strides count elements, not bytes. A descriptor whose
+ * strides are all 0 is taken as contiguous row-major. The last dimension of every float tensor must be
+ * contiguous (stride 1); the other strides must be non-negative.
+ */
+typedef struct rpa_tensor {
+  void* data;                    /**< First element; NULL means "absent" for optional tensors. */
+  rpa_dtype dtype;               /**< Element type. */
+  int32_t ndim;                  /**< Number of dimensions used in shape/strides. */
+  int64_t shape[RPA_MAX_DIMS];   /**< Extent of each dimension. */
+  int64_t strides[RPA_MAX_DIMS]; /**< Element stride of each dimension. */
+} rpa_tensor;
+
+/** Options for rpa_context_create(). Initialise with rpa_context_options_init(). */
+typedef struct rpa_context_options {
+  size_t struct_size;     /**< sizeof(rpa_context_options), set by rpa_context_options_init(). */
+  rpa_backend backend;    /**< Backend to use; AUTO by default. */
+  int32_t num_threads;    /**< CPU threads; 0 = all cores. */
+  int32_t device_ordinal; /**< GPU device index for the gpu backend; 0 by default. */
+} rpa_context_options;
+
+/** An execution context: a backend, its threads or device, and its scratch memory. */
+typedef struct rpa_context rpa_context;
+
+/**
+ * Arguments of one attention call. Initialise with rpa_attention_args_init(), which sets
+ * struct_size so that fields appended in later versions read as their defaults.
+ */
+typedef struct rpa_attention_args {
+  size_t struct_size;    /**< sizeof(rpa_attention_args), set by rpa_attention_args_init(). */
+  rpa_tensor queries;    /**< [T, QH, D] new query tokens of all sequences, concatenated. */
+  rpa_tensor kv_pages;   /**< [P, page_size, 2*KVH, D] combined cache: K of head h at 2h, V at 2h+1. */
+  rpa_tensor k_cache;    /**< [P, page_size, KVH, D] separate K cache (used when kv_pages.data is NULL). */
+  rpa_tensor v_cache;    /**< [P, page_size, KVH, D] separate V cache, same shape and dtype as k_cache. */
+  rpa_tensor context_lens;    /**< [S] int32: total KV length of each sequence. */
+  rpa_tensor block_tables;    /**< [S, W] int32: page of token j of sequence s is [s][j / page_size]. */
+  rpa_tensor query_start_loc; /**< [S+1] int32: queries of sequence s are rows [qsl[s], qsl[s+1]). */
+  int32_t num_seqs;           /**< Sequences 0..num_seqs-1 are processed; 0 <= num_seqs <= S. */
+  double softmax_scale;       /**< Multiplies q.k; 0 selects the default 1/sqrt(D). */
+  double logits_soft_cap;     /**< 0 = none; else score = cap * tanh(score / cap). */
+  int32_t sliding_window;     /**< 0 = none; else a query sees the last `sliding_window` positions. */
+  rpa_tensor softmax_aux;     /**< Optional sinks [H_s, n], H_s in {1, KVH, QH}: extra denominator logits. */
+  rpa_tensor out;             /**< [T, QH, D] output, written for every row. */
+  rpa_tensor lse;             /**< Optional [T, QH] float32 log of the softmax denominator. */
+  rpa_memory_kind memory;     /**< Where queries, KV, sinks, out and lse live. */
+  void* stream;               /**< GPU stream (hipStream_t / cudaStream_t) for device memory; NULL = default. */
+  int32_t synchronize;        /**< Device memory: nonzero waits for the work to finish before returning. */
+} rpa_attention_args;
+
+/** Identity of one plugin the core tried to load. Strings live as long as the process. */
+typedef struct rpa_plugin_report {
+  const char* path;     /**< File that was opened. */
+  const char* name;     /**< The plugin's own name, or "" if it could not say. */
+  int32_t usable;       /**< Nonzero when the plugin loaded and found at least one device. */
+  int32_t device_count; /**< Devices the plugin reported (0 if rejected). */
+  const char* reason;   /**< Why it was rejected, or a device summary when usable. */
+} rpa_plugin_report;
+
+/** Version of the library as RPA_VERSION encodes it, for comparison with the header's. */
+RPA_EXPORT int32_t rpa_get_version(void);
+
+/** Static English name of a status ("ok", "invalid argument", ...); never NULL. */
+RPA_EXPORT const char* rpa_status_string(rpa_status status);
+
+/** Static name of a backend ("auto", "reference", "simd", "gpu"); never NULL. */
+RPA_EXPORT const char* rpa_backend_string(rpa_backend backend);
+
+/**
+ * Detailed message of the calling thread's last failed call ("" if none failed). Valid until the
+ * thread's next rpa call.
+ */
+RPA_EXPORT const char* rpa_last_error(void);
+
+/** Fills *options with defaults: AUTO backend, all cores, device 0. */
+RPA_EXPORT void rpa_context_options_init(rpa_context_options* options);
+
+/**
+ * Creates a context. AUTO never fails for lack of a GPU; an explicit backend that cannot run here
+ * returns RPA_STATUS_UNAVAILABLE with a message that says why.
+ * @param options NULL for defaults.
+ * @param out receives the context; set to NULL on failure.
+ */
+RPA_EXPORT rpa_status rpa_context_create(const rpa_context_options* options, rpa_context** out);
+
+/** Destroys a context created by rpa_context_create(); NULL is a no-op. */
+RPA_EXPORT void rpa_context_destroy(rpa_context* context);
+
+/** The backend the context runs (AUTO resolved), or RPA_STATUS_INVALID_ARGUMENT for a NULL context. */
+RPA_EXPORT rpa_status rpa_context_get_backend(const rpa_context* context, rpa_backend* out);
+
+/** CPU threads the context uses (its arena's concurrency). */
+RPA_EXPORT rpa_status rpa_context_get_num_threads(const rpa_context* context, int32_t* out);
+
+/** Fills *args with defaults: everything absent or zero, host memory, struct_size set. */
+RPA_EXPORT void rpa_attention_args_init(rpa_attention_args* args);
+
+/**
+ * Ragged paged attention. Validates every argument first, then writes out (and lse) for every row.
+ * Safe to call from several threads on the same context at once.
+ */
+RPA_EXPORT rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args);
+
+/** Direction of rpa_device_copy(). */
+typedef enum rpa_copy_kind {
+  RPA_COPY_HOST_TO_DEVICE = 0,   /**< dst on the device, src on the host. */
+  RPA_COPY_DEVICE_TO_HOST = 1,   /**< dst on the host, src on the device. */
+  RPA_COPY_DEVICE_TO_DEVICE = 2  /**< both on the context's device. */
+} rpa_copy_kind;
+
+/**
+ * Allocates `bytes` of device memory on the context's GPU (gpu backend only; others answer
+ * RPA_STATUS_UNSUPPORTED). For callers without a GPU framework of their own: tools, tests, bindings.
+ */
+RPA_EXPORT rpa_status rpa_device_alloc(rpa_context* context, size_t bytes, void** out);
+
+/** Frees memory from rpa_device_alloc(); NULL is a no-op. */
+RPA_EXPORT rpa_status rpa_device_free(rpa_context* context, void* pointer);
+
+/** Copies `bytes` between host and device memory of the context's GPU and waits for the copy. */
+RPA_EXPORT rpa_status rpa_device_copy(rpa_context* context, void* dst, const void* src, size_t bytes,
+                                      rpa_copy_kind kind);
+
+/**
+ * Runs rpa_attention(context, args) `iterations` times and stores each run's duration in
+ * milliseconds[0..iterations-1]: device events on the GPU backend (no host overhead counted for
+ * device memory), a steady clock around the call on the CPU backends. Validation runs each time.
+ */
+RPA_EXPORT rpa_status rpa_time_attention(rpa_context* context, const rpa_attention_args* args,
+                                         int32_t iterations, double* milliseconds);
+
+/** Whether a backend can run here (the gpu backend needs a usable plugin). Never fails. */
+RPA_EXPORT int32_t rpa_backend_available(rpa_backend backend);
+
+/** Number of plugins the core tried to load (loading happens once, on first need). */
+RPA_EXPORT int32_t rpa_plugin_report_count(void);
+
+/** Describes plugin `index` (0 <= index < rpa_plugin_report_count()). */
+RPA_EXPORT rpa_status rpa_get_plugin_report(int32_t index, rpa_plugin_report* out);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* RPA_RPA_H */

@@ -1,0 +1,314 @@
+"""Python binding of rpa, ragged paged attention over a paged KV cache (ctypes over librpa, numpy arrays).
+
+    out = rpa.ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs)
+
+The library is found through the environment variable RPA_LIBRARY (path to librpa.so), else next to this
+package, else in the install prefix or the linker's search path. bfloat16 has no numpy dtype: pass
+``rpa.bfloat16(array)`` (or an ml_dtypes bfloat16 array) and read results with ``.to_float32()``.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+
+import numpy as np
+
+__all__ = ["ragged_paged_attention", "bfloat16", "BFloat16Array", "RpaError", "library_version",
+           "backend_available", "plugin_reports"]
+
+# Mirrors of include/rpa/rpa.h (checked against the library's own struct_size at load time).
+_DTYPE_F32, _DTYPE_F16, _DTYPE_BF16, _DTYPE_I32 = 0, 1, 2, 6
+_BACKENDS = {"auto": 0, "reference": 1, "simd": 2, "gpu": 3}
+_STATUS_OK = 0
+
+
+class _Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("ndim", ctypes.c_int32),
+                ("shape", ctypes.c_int64 * 4), ("strides", ctypes.c_int64 * 4)]
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("queries", _Tensor), ("kv_pages", _Tensor),
+                ("k_cache", _Tensor), ("v_cache", _Tensor), ("context_lens", _Tensor),
+                ("block_tables", _Tensor), ("query_start_loc", _Tensor), ("num_seqs", ctypes.c_int32),
+                ("softmax_scale", ctypes.c_double), ("logits_soft_cap", ctypes.c_double),
+                ("sliding_window", ctypes.c_int32), ("softmax_aux", _Tensor), ("out", _Tensor),
+                ("lse", _Tensor), ("memory", ctypes.c_int), ("stream", ctypes.c_void_p),
+                ("synchronize", ctypes.c_int32)]
+
+
+class _Options(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("backend", ctypes.c_int), ("num_threads", ctypes.c_int32),
+                ("device_ordinal", ctypes.c_int32)]
+
+
+class _PluginReport(ctypes.Structure):
+    _fields_ = [("path", ctypes.c_char_p), ("name", ctypes.c_char_p), ("usable", ctypes.c_int32),
+                ("device_count", ctypes.c_int32), ("reason", ctypes.c_char_p)]
+
+
+class RpaError(ValueError):
+    """A call librpa rejected or could not run; ``status`` is the library's status name."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class BFloat16Array:
+    """bfloat16 data held as the upper 16 bits of float32 in a uint16 array of the same shape."""
+
+    def __init__(self, bits):
+        bits = np.asarray(bits)
+        if bits.dtype != np.uint16:
+            raise ValueError("BFloat16Array holds uint16 bit patterns; use rpa.bfloat16() to convert floats")
+        self.bits = bits
+
+    @property
+    def shape(self):
+        return self.bits.shape
+
+    def to_float32(self):
+        return (self.bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def bfloat16(values):
+    """Rounds float values to bfloat16 (nearest even, NaN kept) and returns a BFloat16Array."""
+    f = np.ascontiguousarray(values, dtype=np.float32)
+    u = f.view(np.uint32)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(f)
+    rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return BFloat16Array(rounded)
+
+
+def _find_library():
+    candidates = []
+    if os.environ.get("RPA_LIBRARY"):
+        candidates.append(os.environ["RPA_LIBRARY"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates.append(os.path.join(here, "librpa.so"))
+    for prefix in {sys.prefix, "/usr/local", "/usr"}:
+        for libdir in ("lib", "lib64", "lib/x86_64-linux-gnu"):
+            candidates.append(os.path.join(prefix, libdir, "librpa.so"))
+    found = ctypes.util.find_library("rpa")
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        if os.path.exists(path) or path == found:
+            return ctypes.CDLL(path)
+    raise OSError("librpa not found: set RPA_LIBRARY to the path of librpa.so (tried %s)" % ", ".join(candidates))
+
+
+_lib = None
+_lib_lock = threading.Lock()
+_contexts = {}
+
+
+def _library():
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            lib = _find_library()
+            lib.rpa_last_error.restype = ctypes.c_char_p
+            lib.rpa_status_string.restype = ctypes.c_char_p
+            lib.rpa_status_string.argtypes = [ctypes.c_int]
+            lib.rpa_attention.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args)]
+            lib.rpa_context_create.argtypes = [ctypes.POINTER(_Options), ctypes.POINTER(ctypes.c_void_p)]
+            lib.rpa_attention_args_init.argtypes = [ctypes.POINTER(_Args)]
+            lib.rpa_context_options_init.argtypes = [ctypes.POINTER(_Options)]
+            lib.rpa_get_plugin_report.argtypes = [ctypes.c_int32, ctypes.POINTER(_PluginReport)]
+            probe = _Args()
+            lib.rpa_attention_args_init(ctypes.byref(probe))
+            if probe.struct_size != ctypes.sizeof(_Args):
+                raise OSError("librpa's rpa_attention_args has %d bytes, this binding expects %d"
+                              % (probe.struct_size, ctypes.sizeof(_Args)))
+            _lib = lib
+        return _lib
+
+
+def _check(status):
+    if status != _STATUS_OK:
+        lib = _library()
+        raise RpaError(lib.rpa_status_string(status).decode(), lib.rpa_last_error().decode())
+
+
+def _context(backend):
+    if backend not in _BACKENDS:
+        raise ValueError("backend must be one of %s, got %r" % (", ".join(_BACKENDS), backend))
+    lib = _library()
+    with _lib_lock:
+        if backend not in _contexts:
+            options = _Options()
+            lib.rpa_context_options_init(ctypes.byref(options))
+            options.backend = _BACKENDS[backend]
+            handle = ctypes.c_void_p()
+            _check(lib.rpa_context_create(ctypes.byref(options), ctypes.byref(handle)))
+            _contexts[backend] = handle  # lives as long as the process, like the library
+        return _contexts[backend]
+
+
+def library_version():
+    """librpa's version as (major, minor, patch)."""
+    v = _library().rpa_get_version()
+    return v // 10000, v // 100 % 100, v % 100
+
+
+def backend_available(backend):
+    """Whether librpa can run `backend` ("reference", "simd", "gpu") here."""
+    return bool(_library().rpa_backend_available(_BACKENDS[backend]))
+
+
+def plugin_reports():
+    """The GPU plugins librpa tried to load: dicts with path, name, usable, device_count, reason."""
+    lib = _library()
+    reports = []
+    for i in range(lib.rpa_plugin_report_count()):
+        r = _PluginReport()
+        _check(lib.rpa_get_plugin_report(i, ctypes.byref(r)))
+        reports.append({"path": r.path.decode(), "name": r.name.decode(), "usable": bool(r.usable),
+                        "device_count": r.device_count, "reason": r.reason.decode()})
+    return reports
+
+
+_FLOAT_DTYPES = {np.dtype(np.float32): _DTYPE_F32, np.dtype(np.float16): _DTYPE_F16}
+
+
+def _float_input(name, array):
+    """(numpy array to keep alive, rpa dtype) for a float input; copies only what is not usable as is."""
+    if isinstance(array, BFloat16Array):
+        return _as_usable(array.bits), _DTYPE_BF16
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":  # ml_dtypes / jax bfloat16
+        return _as_usable(array.view(np.uint16)), _DTYPE_BF16
+    if array.dtype not in _FLOAT_DTYPES:
+        if array.dtype.kind not in "fiu":
+            raise ValueError("%s: dtype %s is not float32, float16 or bfloat16" % (name, array.dtype))
+        array = array.astype(np.float32)
+    return _as_usable(array), _FLOAT_DTYPES[array.dtype]
+
+
+def _as_usable(array):
+    """The array itself when its strides are non-negative multiples of the item size with a contiguous
+    last dimension, else a C-contiguous copy."""
+    if array.ndim and (array.strides[-1] != array.itemsize or any(s < 0 or s % array.itemsize for s in array.strides)):
+        return np.ascontiguousarray(array)
+    return array
+
+
+def _tensor(array, dtype):
+    t = _Tensor()
+    t.data = array.ctypes.data
+    t.dtype = dtype
+    t.ndim = array.ndim
+    for i in range(array.ndim):
+        t.shape[i] = array.shape[i]
+        t.strides[i] = array.strides[i] // array.itemsize
+    return t
+
+
+def _int32_input(name, array):
+    array = np.asarray(array)
+    if array.dtype.kind not in "iu":
+        raise ValueError("%s: dtype %s is not an integer type" % (name, array.dtype))
+    if array.size and (array.max() > np.iinfo(np.int32).max or array.min() < np.iinfo(np.int32).min):
+        raise ValueError("%s: values do not fit in int32" % name)
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+                           softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
+                           return_lse=False, backend="auto", out=None):
+    """Ragged paged attention (the contract is in rpa's README).
+
+    queries [T, QH, D]; kv_pages [P, page_size, 2*KVH, D] combined (K of head h at 2h, V at 2h+1) or a
+    pair (k_cache, v_cache) of [P, page_size, KVH, D]; context_lens [S]; block_tables [S, W];
+    query_start_loc [S+1]; num_seqs an int (or a one-element array). softmax_aux: 1-D [QH] is one sink
+    per q head; 2-D [H_s, n] with H_s in {1, KVH, QH}. Returns out [T, QH, D] in the queries' dtype (or
+    writes into `out`), and with return_lse=True the pair (out, lse [T, QH] float32).
+    """
+    lib = _library()
+    keep = []  # arrays whose memory args points into
+
+    def bind(array):
+        keep.append(array)
+        return array
+
+    args = _Args()
+    lib.rpa_attention_args_init(ctypes.byref(args))
+    q, q_dtype = _float_input("queries", queries)
+    if q.ndim != 3:
+        raise ValueError("queries: expected 3 dimensions [T, QH, D], got %d" % q.ndim)
+    args.queries = _tensor(bind(q), q_dtype)
+
+    if isinstance(kv_pages, (tuple, list)):
+        if len(kv_pages) != 2:
+            raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
+        k, k_dtype = _float_input("k_cache", kv_pages[0])
+        v, v_dtype = _float_input("v_cache", kv_pages[1])
+        args.k_cache = _tensor(bind(k), k_dtype)
+        args.v_cache = _tensor(bind(v), v_dtype)
+    else:
+        kv, kv_dtype = _float_input("kv_pages", kv_pages)
+        args.kv_pages = _tensor(bind(kv), kv_dtype)
+
+    args.context_lens = _tensor(bind(_int32_input("context_lens", context_lens)), _DTYPE_I32)
+    args.block_tables = _tensor(bind(_int32_input("block_tables", block_tables)), _DTYPE_I32)
+    args.query_start_loc = _tensor(bind(_int32_input("query_start_loc", query_start_loc)), _DTYPE_I32)
+    num_seqs_array = np.asarray(num_seqs)
+    if num_seqs_array.size != 1 or num_seqs_array.dtype.kind not in "iu":
+        raise ValueError("num_seqs: expected an integer or a one-element integer array")
+    num_seqs_value = int(num_seqs_array.reshape(()))
+    if not -2**31 <= num_seqs_value < 2**31:
+        raise ValueError("num_seqs: %d does not fit in int32" % num_seqs_value)
+    args.num_seqs = num_seqs_value
+
+    if softmax_scale is not None:
+        if float(softmax_scale) == 0.0:
+            raise ValueError("softmax_scale: 0 is not a usable scale (pass None for 1/sqrt(head_dim))")
+        args.softmax_scale = float(softmax_scale)
+    if logits_soft_cap is not None:
+        if not float(logits_soft_cap) > 0:
+            raise ValueError("logits_soft_cap: %r must be None or > 0" % logits_soft_cap)
+        args.logits_soft_cap = float(logits_soft_cap)
+    if sliding_window is not None:
+        if int(sliding_window) <= 0:
+            raise ValueError("sliding_window: %r must be None or > 0" % sliding_window)
+        if int(sliding_window) >= 2**31:
+            args.sliding_window = 0  # wider than any context: the same as none
+        else:
+            args.sliding_window = int(sliding_window)
+
+    if softmax_aux is not None:
+        sinks, sink_dtype = _float_input("softmax_aux", softmax_aux)
+        if sinks.ndim == 1:
+            if sinks.shape[0] != q.shape[1]:
+                raise ValueError("softmax_aux: 1-D sinks are one per q head and need %d entries, got %d"
+                                 % (q.shape[1], sinks.shape[0]))
+            sinks = sinks.reshape(-1, 1)
+        args.softmax_aux = _tensor(bind(sinks), sink_dtype)
+
+    if out is None:
+        result = BFloat16Array(np.empty(q.shape, np.uint16)) if q_dtype == _DTYPE_BF16 else np.empty(q.shape, q.dtype)
+    else:
+        result = out
+    out_array = result.bits if isinstance(result, BFloat16Array) else np.asarray(result)
+    if isinstance(result, BFloat16Array):
+        out_dtype = _DTYPE_BF16
+    elif out_array.dtype in _FLOAT_DTYPES:
+        out_dtype = _FLOAT_DTYPES[out_array.dtype]
+    else:
+        raise ValueError("out: dtype %s is not float32, float16 or bfloat16" % out_array.dtype)
+    if not out_array.flags.writeable or _as_usable(out_array) is not out_array:
+        raise ValueError("out: must be writeable with non-negative strides and a contiguous last dimension")
+    args.out = _tensor(bind(out_array), out_dtype)
+
+    lse = None
+    if return_lse:
+        lse = np.empty(q.shape[:2], np.float32)
+        args.lse = _tensor(bind(lse), _DTYPE_F32)
+
+    _check(lib.rpa_attention(_context(backend), ctypes.byref(args)))
+    return (result, lse) if return_lse else result

@@ -1,0 +1,11 @@
+// The scalar reference: the contract as executable code. Accumulates in double; serial; obvious.
+#pragma once
+
+#include "core/problem.h"
+
+namespace rpa::reference {
+
+// Writes every row of problem.out (and problem.lse when requested). Host memory only.
+void attention(const rpa_problem& problem);
+
+}  // namespace rpa::reference

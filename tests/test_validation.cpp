@@ -1,0 +1,217 @@
+// One test per validation rule of the contract: the status, and a message naming the argument and the
+// offending index or value. The output must stay untouched when a call is rejected.
+#define BOOST_TEST_MODULE validation
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <thread>
+
+#include "tests/support/case.h"
+
+using namespace rpa::testing;
+
+namespace {
+
+// Two sequences (q_len 1 and 3, contexts 6 and 9), QH 4, KVH 2, D 8, page_size 4, W 4 (one spare column).
+Prepared valid() {
+  RandomSpec spec;
+  spec.q_lens = {1, 3};
+  spec.context_lens = {6, 9};
+  spec.head_dim = 8;
+  spec.padding_seqs = 1;
+  return prepare(random_case(spec, 7));
+}
+
+// Applies `breaks` to a valid call and checks the status and that the message holds every fragment.
+void expect_rejected(const std::function<void(Prepared&)>& breaks, std::vector<std::string> fragments,
+                     rpa_status status = RPA_STATUS_INVALID_ARGUMENT) {
+  Prepared p = valid();
+  breaks(p);
+  const std::vector<uint8_t> out_before = p.out;
+  const Result r = run_prepared(p, RPA_BACKEND_REFERENCE);
+  BOOST_TEST(r.status == status, "status " << rpa_status_string(r.status) << ": " << r.message);
+  for (const std::string& fragment : fragments)
+    BOOST_TEST(r.message.find(fragment) != std::string::npos, "message '" << r.message << "' lacks '" << fragment << "'");
+  BOOST_TEST((p.out == out_before), "a rejected call wrote its output");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(the_valid_base_case_passes) {
+  Prepared p = valid();
+  const Result r = run_prepared(p, RPA_BACKEND_REFERENCE);
+  BOOST_TEST(r.status == RPA_STATUS_OK, r.message);
+}
+
+BOOST_AUTO_TEST_CASE(null_pointers) {
+  expect_rejected([](Prepared& p) { p.args.queries.data = nullptr; }, {"'queries'", "NULL"});
+  expect_rejected([](Prepared& p) { p.args.out.data = nullptr; }, {"'out'", "NULL"});
+  expect_rejected([](Prepared& p) { p.args.kv_pages.data = nullptr; }, {"'kv_pages'", "NULL"});
+  expect_rejected([](Prepared& p) { p.args.context_lens.data = nullptr; }, {"'context_lens'", "NULL"});
+  expect_rejected([](Prepared& p) { p.args.block_tables.data = nullptr; }, {"'block_tables'", "NULL"});
+  expect_rejected([](Prepared& p) { p.args.query_start_loc.data = nullptr; }, {"'query_start_loc'", "NULL"});
+  rpa_context* context = nullptr;
+  BOOST_TEST(rpa_context_create(nullptr, &context) == RPA_STATUS_OK);
+  BOOST_TEST(rpa_attention(context, nullptr) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(std::string(rpa_last_error()).find("'args'") != std::string::npos);
+  rpa_context_destroy(context);
+  Prepared p = valid();
+  BOOST_TEST(rpa_attention(nullptr, &p.args) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(std::string(rpa_last_error()).find("'context'") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(non_positive_sizes) {
+  expect_rejected([](Prepared& p) { p.args.queries.shape[0] = 0; }, {"'queries'", "shape[0]", "0"});
+  expect_rejected([](Prepared& p) { p.args.kv_pages.shape[1] = -4; }, {"'kv_pages'", "shape[1]", "-4"});
+  expect_rejected([](Prepared& p) { p.args.block_tables.shape[1] = 0; }, {"'block_tables'", "shape[1]"});
+}
+
+BOOST_AUTO_TEST_CASE(q_heads_not_a_multiple_of_kv_heads) {
+  expect_rejected(
+      [](Prepared& p) {
+        p.args.queries.shape[1] = 3;  // 3 % 2 != 0
+        p.args.out.shape[1] = 3;
+      },
+      {"'queries'", "QH = 3", "KVH = 2"});
+}
+
+BOOST_AUTO_TEST_CASE(head_dim_mismatch) {
+  expect_rejected([](Prepared& p) { p.args.kv_pages.shape[3] = 4; }, {"'kv_pages'", "shape[3]", "head_dim 8"});
+}
+
+BOOST_AUTO_TEST_CASE(num_seqs_out_of_range) {
+  expect_rejected([](Prepared& p) { p.args.num_seqs = -1; }, {"'num_seqs'", "-1"});
+  expect_rejected([](Prepared& p) { p.args.num_seqs = 4; }, {"'num_seqs'", "4", "S = 3"});
+}
+
+BOOST_AUTO_TEST_CASE(query_start_loc_rules) {
+  expect_rejected([](Prepared& p) { p.query_start_loc[0] = -1; }, {"'query_start_loc'", "[0]", "-1"});
+  expect_rejected([](Prepared& p) { p.query_start_loc[1] = 3, p.query_start_loc[2] = 2; },
+                  {"'query_start_loc'", "[2]", "less than element [1]"});
+  expect_rejected([](Prepared& p) { p.query_start_loc[2] = 5; }, {"'query_start_loc'", "[2] = 5", "T = 4"});
+}
+
+BOOST_AUTO_TEST_CASE(q_len_longer_than_context) {
+  expect_rejected([](Prepared& p) { p.context_lens[1] = 2; }, {"'context_lens'", "[1]", "3 query tokens"});
+}
+
+BOOST_AUTO_TEST_CASE(context_len_out_of_range) {
+  expect_rejected([](Prepared& p) { p.context_lens[0] = -3; }, {"'context_lens'", "[0]", "-3"});
+  // W = 4 columns of page_size 4 hold at most 16 tokens.
+  expect_rejected([](Prepared& p) { p.context_lens[1] = 17; }, {"'context_lens'", "[1]", "17", "16"});
+}
+
+BOOST_AUTO_TEST_CASE(needed_block_table_entry_outside_the_pool) {
+  expect_rejected([](Prepared& p) { p.block_tables[1 * 4 + 2] = 99; }, {"'block_tables'", "[1, 2]", "99"});
+  expect_rejected([](Prepared& p) { p.block_tables[0] = -1; }, {"'block_tables'", "[0, 0]", "-1"});
+}
+
+BOOST_AUTO_TEST_CASE(entries_a_sequence_does_not_need_are_not_checked) {
+  // Column 3 is never needed (contexts 6 and 9 need columns 0..1 and 0..2) and holds -7 already; a
+  // window of 2 makes column 0 of sequence 1 unneeded (its first query sits at 6: keys 5..8).
+  Prepared p = valid();
+  p.args.sliding_window = 2;
+  p.block_tables[1 * 4 + 0] = 12345;
+  const Result r = run_prepared(p, RPA_BACKEND_REFERENCE);
+  BOOST_TEST(r.status == RPA_STATUS_OK, r.message);
+}
+
+BOOST_AUTO_TEST_CASE(negative_window) {
+  expect_rejected([](Prepared& p) { p.args.sliding_window = -2; }, {"'sliding_window'", "-2"});
+}
+
+BOOST_AUTO_TEST_CASE(bad_soft_cap) {
+  expect_rejected([](Prepared& p) { p.args.logits_soft_cap = -1; }, {"'logits_soft_cap'", "-1"});
+  expect_rejected([](Prepared& p) { p.args.logits_soft_cap = std::numeric_limits<double>::infinity(); },
+                  {"'logits_soft_cap'", "inf"});
+  expect_rejected([](Prepared& p) { p.args.logits_soft_cap = std::nan(""); }, {"'logits_soft_cap'", "nan"});
+}
+
+BOOST_AUTO_TEST_CASE(non_finite_scale) {
+  expect_rejected([](Prepared& p) { p.args.softmax_scale = std::numeric_limits<double>::infinity(); },
+                  {"'softmax_scale'", "inf"});
+  expect_rejected([](Prepared& p) { p.args.softmax_scale = std::nan(""); }, {"'softmax_scale'", "nan"});
+}
+
+BOOST_AUTO_TEST_CASE(sink_rules) {
+  auto with_sinks = [](Prepared& p, int64_t heads, float value) {
+    p.sinks.assign(heads * 2, 0.5f);
+    p.sinks.back() = value;
+    p.args.softmax_aux.data = p.sinks.data();
+    p.args.softmax_aux.dtype = RPA_DTYPE_F32;
+    p.args.softmax_aux.ndim = 2;
+    p.args.softmax_aux.shape[0] = heads;
+    p.args.softmax_aux.shape[1] = 2;
+    p.args.softmax_aux.strides[0] = 2;
+    p.args.softmax_aux.strides[1] = 1;
+  };
+  expect_rejected([&](Prepared& p) { with_sinks(p, 3, 0.0f); }, {"'softmax_aux'", "shape[0] is 3", "KVH (2)", "QH (4)"});
+  expect_rejected([&](Prepared& p) { with_sinks(p, 2, std::nanf("")); }, {"'softmax_aux'", "[1, 1]", "nan"});
+  expect_rejected([&](Prepared& p) { with_sinks(p, 4, std::numeric_limits<float>::infinity()); },
+                  {"'softmax_aux'", "[3, 1]", "inf"});
+  // -inf is a valid sink.
+  Prepared p = valid();
+  with_sinks(p, 1, -std::numeric_limits<float>::infinity());
+  BOOST_TEST(run_prepared(p, RPA_BACKEND_REFERENCE).status == RPA_STATUS_OK);
+}
+
+BOOST_AUTO_TEST_CASE(byte_count_overflow) {
+  expect_rejected(
+      [](Prepared& p) {
+        p.args.kv_pages.shape[0] = int64_t{1} << 62;
+        p.args.kv_pages.strides[0] = int64_t{1} << 40;
+      },
+      {"'kv_pages'", "overflows"});
+  expect_rejected([](Prepared& p) { p.args.queries.strides[0] = std::numeric_limits<int64_t>::max() / 2; },
+                  {"'queries'", "overflows"});
+}
+
+BOOST_AUTO_TEST_CASE(layout_rules) {
+  expect_rejected([](Prepared& p) { p.args.queries.strides[2] = 2; }, {"'queries'", "strides[2]", "contiguous"});
+  expect_rejected([](Prepared& p) { p.args.out.strides[0] = -1; }, {"'out'", "strides[0]", "-1"});
+  expect_rejected([](Prepared& p) { p.args.out.shape[0] = 3; }, {"'out'", "shape[0] is 3", "expected 4"});
+  expect_rejected([](Prepared& p) { p.args.kv_pages.shape[2] = 3; }, {"'kv_pages'", "even"});
+  expect_rejected([](Prepared& p) { p.args.queries.ndim = 2; }, {"'queries'", "ndim is 2"});
+  expect_rejected([](Prepared& p) { p.args.context_lens.dtype = RPA_DTYPE_F32; }, {"'context_lens'", "int32"});
+  expect_rejected([](Prepared& p) { p.args.lse.dtype = RPA_DTYPE_F16; }, {"'lse'", "f32"});
+  expect_rejected([](Prepared& p) { p.args.memory = static_cast<rpa_memory_kind>(7); }, {"'memory'", "7"});
+}
+
+BOOST_AUTO_TEST_CASE(device_memory_needs_the_gpu_backend) {
+  expect_rejected([](Prepared& p) { p.args.memory = RPA_MEMORY_DEVICE; }, {"'memory'", "gpu backend", "reference"});
+}
+
+BOOST_AUTO_TEST_CASE(reserved_dtypes_are_unsupported) {
+  expect_rejected([](Prepared& p) { p.args.kv_pages.dtype = RPA_DTYPE_FP8_E4M3; }, {"'kv_pages'", "fp8_e4m3"},
+                  RPA_STATUS_UNSUPPORTED);
+  expect_rejected([](Prepared& p) { p.args.kv_pages.dtype = RPA_DTYPE_INT8; }, {"'kv_pages'", "int8"},
+                  RPA_STATUS_UNSUPPORTED);
+}
+
+BOOST_AUTO_TEST_CASE(struct_size_must_be_plausible) {
+  expect_rejected([](Prepared& p) { p.args.struct_size = 0; }, {"'args'", "struct_size"});
+}
+
+BOOST_AUTO_TEST_CASE(bad_context_options) {
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.num_threads = -2;
+  rpa_context* context = nullptr;
+  BOOST_TEST(rpa_context_create(&options, &context) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(context == nullptr);
+  BOOST_TEST(std::string(rpa_last_error()).find("'options.num_threads'") != std::string::npos);
+  options.num_threads = 0;
+  options.backend = static_cast<rpa_backend>(9);
+  BOOST_TEST(rpa_context_create(&options, &context) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(std::string(rpa_last_error()).find("'options.backend'") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(last_error_is_per_thread) {
+  expect_rejected([](Prepared& p) { p.args.sliding_window = -2; }, {"'sliding_window'"});
+  std::string other;
+  std::thread([&] { other = rpa_last_error(); }).join();
+  BOOST_TEST(other.empty());
+  BOOST_TEST(std::string(rpa_last_error()).find("'sliding_window'") != std::string::npos);
+}

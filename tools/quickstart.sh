@@ -1,0 +1,42 @@
+#!/bin/sh
+# The README's two commands: `sh tools/quickstart.sh main` (the benchmark-and-validate main job) and
+# `sh tools/quickstart.sh test` (every test). Each installs the Debian 12 packages that are missing,
+# configures and builds ./build, then runs. Needs root (or sudo) only when something must be installed.
+set -eu
+cd "$(dirname "$0")/.."
+job=${1:-}
+case "$job" in main | test) ;; *) echo "usage: sh tools/quickstart.sh main|test" >&2; exit 2 ;; esac
+
+packages="g++ meson ninja-build pkg-config binutils libhwy-dev libtbb-dev libboost-test-dev nlohmann-json3-dev
+  libcli11-dev python3 python3-numpy python3-pytest hipcc libamdhip64-dev"
+missing=""
+for package in $packages; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q $missing
+fi
+
+[ -f build/build.ninja ] || meson setup build
+ninja -C build
+
+if [ "$job" = main ]; then
+  build/tools/rpa info
+  exec build/tools/rpa bench
+fi
+
+status=0
+meson test -C build --no-rebuild --print-errorlogs || status=$?
+/usr/bin/python3 - build/meson-logs/testlog.json <<'PY'
+import json, sys
+counts = {"passed": 0, "failed": 0, "skipped": 0}
+for line in open(sys.argv[1]):
+    result = json.loads(line)["result"]
+    counts["passed" if result == "OK" else "skipped" if result == "SKIP" else "failed"] += 1
+print("%(passed)d passed, %(failed)d failed, %(skipped)d skipped" % counts)
+PY
+exit $status

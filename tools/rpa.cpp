@@ -1,0 +1,82 @@
+// The `rpa` command: `rpa info` describes the library, its backends and plugins; `rpa bench` runs the
+// benchmark-and-validate main job (bench/).
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "rpa/rpa.h"
+#ifdef RPA_WITH_BENCH
+#include "bench/bench.h"
+#endif
+
+namespace {
+
+nlohmann::json describe() {
+  nlohmann::json info;
+  const int32_t v = rpa_get_version();
+  info["version"] = std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+  for (rpa_backend backend : {RPA_BACKEND_REFERENCE, RPA_BACKEND_SIMD, RPA_BACKEND_GPU, RPA_BACKEND_AUTO}) {
+    nlohmann::json entry;
+    entry["available"] = rpa_backend_available(backend) != 0;
+    rpa_context_options options;
+    rpa_context_options_init(&options);
+    options.backend = backend;
+    rpa_context* context = nullptr;
+    if (rpa_context_create(&options, &context) == RPA_STATUS_OK) {
+      rpa_backend resolved;
+      int32_t threads = 0;
+      rpa_context_get_backend(context, &resolved);
+      rpa_context_get_num_threads(context, &threads);
+      entry["runs"] = rpa_backend_string(resolved);
+      entry["threads"] = threads;
+      rpa_context_destroy(context);
+    } else {
+      entry["why_not"] = rpa_last_error();
+    }
+    info["backends"][rpa_backend_string(backend)] = entry;
+  }
+  info["plugins"] = nlohmann::json::array();
+  for (int32_t i = 0; i < rpa_plugin_report_count(); ++i) {
+    rpa_plugin_report report;
+    if (rpa_get_plugin_report(i, &report) != RPA_STATUS_OK) continue;
+    info["plugins"].push_back({{"path", report.path}, {"name", report.name}, {"usable", report.usable != 0},
+                               {"devices", report.device_count}, {"reason", report.reason}});
+  }
+  return info;
+}
+
+void print_info(const nlohmann::json& info) {
+  std::printf("rpa %s\n\nbackends:\n", info["version"].get<std::string>().c_str());
+  for (const auto& [name, entry] : info["backends"].items()) {
+    if (entry.contains("runs"))
+      std::printf("  %-10s available, runs %s on %d thread(s)\n", name.c_str(),
+                  entry["runs"].get<std::string>().c_str(), entry["threads"].get<int>());
+    else
+      std::printf("  %-10s unavailable: %s\n", name.c_str(), entry["why_not"].get<std::string>().c_str());
+  }
+  std::printf("\nplugins:%s\n", info["plugins"].empty() ? " none found" : "");
+  for (const auto& plugin : info["plugins"])
+    std::printf("  %s (%s): %s, %s\n", plugin["path"].get<std::string>().c_str(),
+                plugin["name"].get<std::string>().c_str(), plugin["usable"].get<bool>() ? "usable" : "rejected",
+                plugin["reason"].get<std::string>().c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rpa: ragged paged attention over a paged KV cache"};
+  app.require_subcommand(1);
+  bool as_json = false;
+  CLI::App* info = app.add_subcommand("info", "Show the version, the backends and the GPU plugins");
+  info->add_flag("--json", as_json, "Print JSON instead of text");
+  info->callback([&] {
+    const nlohmann::json description = describe();
+    if (as_json) std::printf("%s\n", description.dump(2).c_str());
+    else print_info(description);
+  });
+#ifdef RPA_WITH_BENCH
+  rpa_bench_register(app);
+#endif
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}
