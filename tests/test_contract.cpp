@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <thread>
 
 #include "tests/support/case.h"
 
@@ -387,6 +388,42 @@ BOOST_AUTO_TEST_CASE(num_seqs_zero_writes_all_rows_zero) {
       const Result r = run_ok(c, backend);
       for (float x : r.out) BOOST_TEST_REQUIRE(x == 0.0f);
       for (float x : r.lse) BOOST_TEST_REQUIRE(x == -inf);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(one_context_serves_several_threads_at_once) {
+  RandomSpec spec = mixed_spec();
+  spec.context_lens = {90, 5, 4, 130};
+  const Case c = random_case(spec, 121);
+  for (rpa_backend backend : available_backends()) {
+    BOOST_TEST_CONTEXT("backend " << rpa_backend_string(backend)) {
+      const Result expected = run_ok(c, backend);
+      rpa_context_options options;
+      rpa_context_options_init(&options);
+      options.backend = backend;
+      rpa_context* context = nullptr;
+      BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+      std::vector<Prepared> calls;
+      for (int i = 0; i < 4; ++i) calls.push_back(prepare(c));
+      std::vector<rpa_status> statuses(calls.size());
+      std::vector<std::thread> threads;
+      for (size_t i = 0; i < calls.size(); ++i)
+        threads.emplace_back([&, i] {
+          for (int repeat = 0; repeat < 5 && statuses[i] == RPA_STATUS_OK; ++repeat)
+            statuses[i] = rpa_attention(context, &calls[i].args);
+        });
+      for (std::thread& t : threads) t.join();
+      rpa_context_destroy(context);
+      for (size_t i = 0; i < calls.size(); ++i) {
+        BOOST_TEST_REQUIRE(statuses[i] == RPA_STATUS_OK);
+        // The case is f32 and unstrided: out is dense, and must equal the lone call's bit for bit.
+        const Prepared& p = calls[i];
+        std::vector<float> out;
+        for (int64_t e = 0; e < c.num_tokens * c.num_q_heads * c.head_dim; ++e)
+          out.push_back(reinterpret_cast<const float*>(p.out.data())[e]);
+        BOOST_TEST(max_abs_diff(out, expected.out) == 0.0);
+      }
     }
   }
 }

@@ -269,17 +269,14 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
         if float(softmax_scale) == 0.0:
             raise ValueError("softmax_scale: 0 is not a usable scale (pass None for 1/sqrt(head_dim))")
         args.softmax_scale = float(softmax_scale)
+    # 0 means "none" for both, as in the C ABI; the library rejects negative or non-finite values.
     if logits_soft_cap is not None:
-        if not float(logits_soft_cap) > 0:
-            raise ValueError("logits_soft_cap: %r must be None or > 0" % logits_soft_cap)
         args.logits_soft_cap = float(logits_soft_cap)
     if sliding_window is not None:
-        if int(sliding_window) <= 0:
-            raise ValueError("sliding_window: %r must be None or > 0" % sliding_window)
-        if int(sliding_window) >= 2**31:
-            args.sliding_window = 0  # wider than any context: the same as none
-        else:
-            args.sliding_window = int(sliding_window)
+        window = int(sliding_window)
+        if window < -2**31:
+            raise ValueError("sliding_window: %d must be None or > 0" % window)
+        args.sliding_window = 0 if window >= 2**31 else window  # wider than any context: the same as none
 
     if softmax_aux is not None:
         sinks, sink_dtype = _float_input("softmax_aux", softmax_aux)

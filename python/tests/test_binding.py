@@ -135,3 +135,13 @@ def test_library_facts():
     assert rpa.library_version() >= (0, 1, 0)
     assert rpa.backend_available("reference")
     assert all({"path", "reason", "usable"} <= set(r) for r in rpa.plugin_reports())
+
+
+def test_window_of_zero_or_wider_than_int32_means_none():
+    rng = np.random.default_rng(10)
+    queries, kv, context_lens, block_tables, qsl = random_problem(rng, [3, 2], [20, 9])
+    call = (queries, kv, context_lens, block_tables, qsl, 2)
+    none = rpa.ragged_paged_attention(*call, backend="reference")
+    assert np.array_equal(rpa.ragged_paged_attention(*call, sliding_window=0, backend="reference"), none)
+    assert np.array_equal(rpa.ragged_paged_attention(*call, sliding_window=2**40, backend="reference"), none)
+    assert not np.array_equal(rpa.ragged_paged_attention(*call, sliding_window=2, backend="reference"), none)
