@@ -9,12 +9,13 @@
 
 namespace rpa {
 
-inline float bf16_to_float(uint16_t bits) {
-  const uint32_t u = uint32_t{bits} << 16;
+inline float float_from_bits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
+
+inline float bf16_to_float(uint16_t bits) { return float_from_bits(uint32_t{bits} << 16); }
 
 inline uint16_t float_to_bf16(float f) {
   uint32_t u;
@@ -45,9 +46,7 @@ inline float f16_to_float(uint16_t h) {
   } else {
     u = sign | ((exponent + 112) << 23) | (mantissa << 13);
   }
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+  return float_from_bits(u);
 }
 
 inline uint16_t float_to_f16(float f) {
