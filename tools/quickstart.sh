@@ -24,6 +24,8 @@ fi
 [ -f build/build.ninja ] || meson setup build
 ninja -C build
 
+# The plugins built here are found without installing them.
+export RPA_PLUGIN_PATH="$PWD/build/plugins${RPA_PLUGIN_PATH:+:$RPA_PLUGIN_PATH}"
 if [ "$job" = main ]; then
   build/tools/rpa info
   exec build/tools/rpa bench

@@ -4,10 +4,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "rpa/rpa.h"
-#ifdef RPA_WITH_BENCH
 #include "bench/bench.h"
-#endif
+#include "rpa/rpa.h"
 
 namespace {
 
@@ -74,9 +72,7 @@ int main(int argc, char** argv) {
     if (as_json) std::printf("%s\n", description.dump(2).c_str());
     else print_info(description);
   });
-#ifdef RPA_WITH_BENCH
   rpa_bench_register(app);
-#endif
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
