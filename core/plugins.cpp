@@ -1,19 +1,251 @@
-// Placeholder until the plugin loader lands (issue 4): no plugin is searched, gpu is unavailable.
+// The GPU plugin loader and the gpu backend that forwards to a plugin (plugins/plugin_abi.h).
+//
+// Plugins are files named librpa_*.so, searched in the directories of RPA_PLUGIN_PATH (colon-separated),
+// then the installed plugin directory (RPA_PLUGIN_DIR), then the directory holding librpa itself. The
+// first file of a given name wins. Each is opened with dlopen(RTLD_NOW | RTLD_LOCAL), so two plugins may
+// carry the same symbols, and never closed: a GPU runtime may keep threads and atexit handlers inside it.
+#include <dirent.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstdio>
+#include <set>
+#include <string>
+#include <vector>
+
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/plugins.h"
+#include "plugins/plugin_abi.h"
+
+#ifndef RPA_PLUGIN_DIR
+#error "core/meson.build passes RPA_PLUGIN_DIR, the installed plugin directory"
+#endif
 
 namespace rpa {
+namespace {
 
-bool gpu_backend_available() { return false; }
+struct UsablePlugin {
+  const rpa_plugin_api* api;
+  int32_t score;
+  int32_t device_count;
+};
 
-std::unique_ptr<Backend> make_gpu_backend(int, int) {
-  fail(RPA_STATUS_UNAVAILABLE, "no GPU plugin found: the plugin loader is not built into this librpa yet");
+struct Registry {
+  std::vector<std::string> searched;  // directories, in search order
+  std::vector<PluginReport> reports;
+  std::vector<UsablePlugin> usable;  // best score first
+};
+
+std::string directory_of_librpa() {
+  Dl_info info{};
+  if (!dladdr(reinterpret_cast<void*>(&plugin_reports), &info) || !info.dli_fname) return "";
+  const std::string path = info.dli_fname;
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
-const std::vector<PluginReport>& plugin_reports() {
-  static const std::vector<PluginReport> none;
-  return none;
+std::vector<std::string> search_directories() {
+  std::vector<std::string> directories;
+  if (const char* env = std::getenv("RPA_PLUGIN_PATH")) {
+    const std::string list = env;
+    size_t begin = 0;
+    while (begin <= list.size()) {
+      const size_t end = std::min(list.find(':', begin), list.size());
+      if (end > begin) directories.push_back(list.substr(begin, end - begin));
+      begin = end + 1;
+    }
+  }
+  directories.push_back(RPA_PLUGIN_DIR);
+  directories.push_back(directory_of_librpa());
+  return directories;
+}
+
+bool is_plugin_file_name(const std::string& name) {
+  const std::string prefix = "librpa_", suffix = ".so";
+  return name.size() > prefix.size() + suffix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::vector<std::string> plugin_files_in(const std::string& directory) {
+  std::vector<std::string> names;
+  if (DIR* dir = opendir(directory.c_str())) {
+    while (const dirent* entry = readdir(dir))
+      if (is_plugin_file_name(entry->d_name)) names.push_back(entry->d_name);
+    closedir(dir);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string last_error_of(const rpa_plugin_api* api) {
+  const char* text = api->last_error();
+  return text && *text ? text : "(the plugin gave no message)";
+}
+
+// Opens one plugin file and fills its report; returns the plugin when it has a device.
+bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& usable) {
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!handle) {
+    const char* why = dlerror();
+    report.reason = std::string("cannot be loaded (its GPU runtime may be missing): ") + (why ? why : "dlopen failed");
+    return false;
+  }
+  const auto entry = reinterpret_cast<rpa_plugin_entry_fn>(dlsym(handle, RPA_PLUGIN_ENTRY_SYMBOL));
+  if (!entry) {
+    report.reason = "not an rpa plugin: it exports no " RPA_PLUGIN_ENTRY_SYMBOL;
+    return false;
+  }
+  const rpa_plugin_api* api = entry();
+  if (!api) {
+    report.reason = "wrong ABI: " RPA_PLUGIN_ENTRY_SYMBOL " returned no table";
+    return false;
+  }
+  if (api->abi_version != RPA_PLUGIN_ABI_VERSION) {
+    report.reason = "wrong ABI: the plugin has ABI version " + std::to_string(api->abi_version) +
+                    ", this librpa needs " + std::to_string(RPA_PLUGIN_ABI_VERSION);
+    return false;
+  }
+  if (api->struct_size < sizeof(rpa_plugin_api)) {
+    report.reason = "wrong ABI: the plugin's table has " + std::to_string(api->struct_size) +
+                    " bytes, this librpa needs at least " + std::to_string(sizeof(rpa_plugin_api));
+    return false;
+  }
+  const bool complete = api->name && api->last_error && api->init && api->device_count && api->describe_device &&
+                        api->create && api->destroy && api->run && api->time_runs && api->device_alloc &&
+                        api->device_free && api->device_copy;
+  if (!complete) {
+    report.reason = "wrong ABI: the plugin's table has empty entries";
+    return false;
+  }
+  report.name = api->name;
+  int32_t score = 1;
+  if (const auto probe = reinterpret_cast<rpa_plugin_score_fn>(dlsym(handle, RPA_PLUGIN_SCORE_SYMBOL))) {
+    score = probe();
+    if (score <= 0) {
+      report.reason = "no device: " + last_error_of(api);
+      return false;
+    }
+  }
+  if (const rpa_status status = api->init(); status != RPA_STATUS_OK) {
+    report.reason = std::string("driver error: initialisation failed (") + rpa_status_string(status) +
+                    "): " + last_error_of(api);
+    return false;
+  }
+  int32_t count = 0;
+  if (const rpa_status status = api->device_count(&count); status != RPA_STATUS_OK) {
+    report.reason = std::string("driver error: counting devices failed (") + rpa_status_string(status) +
+                    "): " + last_error_of(api);
+    return false;
+  }
+  if (count <= 0) {
+    report.reason = "no device: the " + report.name + " runtime reports no device";
+    return false;
+  }
+  report.usable = true;
+  report.device_count = count;
+  for (int32_t i = 0; i < count; ++i) {
+    char text[256] = "";
+    if (api->describe_device(i, text, sizeof text) != RPA_STATUS_OK) std::snprintf(text, sizeof text, "device %d", i);
+    text[sizeof text - 1] = '\0';
+    report.reason += (i ? "; " : "") + std::to_string(i) + ": " + text;
+  }
+  usable = UsablePlugin{api, score, count};
+  return true;
+}
+
+Registry load_all() {
+  Registry registry;
+  registry.searched = search_directories();
+  std::set<std::string> seen_names;
+  for (const std::string& directory : registry.searched) {
+    for (const std::string& name : plugin_files_in(directory)) {
+      PluginReport report;
+      report.path = directory + "/" + name;
+      if (!seen_names.insert(name).second) {
+        report.reason = "skipped: a plugin of the same file name was found earlier in the search order";
+        registry.reports.push_back(report);
+        continue;
+      }
+      UsablePlugin usable{};
+      if (load_plugin(report.path, report, usable)) registry.usable.push_back(usable);
+      registry.reports.push_back(report);
+    }
+  }
+  std::stable_sort(registry.usable.begin(), registry.usable.end(),
+                   [](const UsablePlugin& a, const UsablePlugin& b) { return a.score > b.score; });
+  return registry;
+}
+
+const Registry& registry() {
+  static const Registry loaded = load_all();  // C++11 guarantees one thread loads, the others wait
+  return loaded;
+}
+
+// Why the gpu backend cannot run: no plugin at all, or each plugin's own reason.
+std::string unavailable_reason(const Registry& registry) {
+  if (registry.reports.empty()) {
+    std::string message = "no GPU plugin found (searched for librpa_*.so in";
+    for (const std::string& directory : registry.searched) message += " '" + directory + "'";
+    return message + "; RPA_PLUGIN_PATH adds directories)";
+  }
+  std::string message = "no usable GPU plugin:";
+  for (const PluginReport& report : registry.reports) message += " " + report.path + ": " + report.reason + ";";
+  message.pop_back();
+  return message;
+}
+
+class GpuBackend final : public Backend {
+ public:
+  GpuBackend(const rpa_plugin_api* api, rpa_plugin_state* state) : api_(api), state_(state) {}
+  ~GpuBackend() override { api_->destroy(state_); }
+  GpuBackend(const GpuBackend&) = delete;
+  GpuBackend& operator=(const GpuBackend&) = delete;
+
+  rpa_backend kind() const override { return RPA_BACKEND_GPU; }
+  int num_threads() const override { return 1; }  // the calling thread drives the device
+  void run(const rpa_problem& problem) override { check(api_->run(state_, &problem)); }
+  void time_runs(const rpa_problem& problem, int iterations, double* milliseconds) override {
+    check(api_->time_runs(state_, &problem, iterations, milliseconds));
+  }
+  void* device_alloc(size_t bytes) override {
+    void* pointer = nullptr;
+    check(api_->device_alloc(state_, bytes, &pointer));
+    return pointer;
+  }
+  void device_free(void* pointer) override { check(api_->device_free(state_, pointer)); }
+  void device_copy(void* dst, const void* src, size_t bytes, rpa_copy_kind kind) override {
+    check(api_->device_copy(state_, dst, src, bytes, kind));
+  }
+
+ private:
+  void check(rpa_status status) const {
+    if (status != RPA_STATUS_OK) fail(status, std::string(api_->name) + " plugin: " + last_error_of(api_));
+  }
+
+  const rpa_plugin_api* api_;
+  rpa_plugin_state* state_;
+};
+
+}  // namespace
+
+const std::vector<PluginReport>& plugin_reports() { return registry().reports; }
+
+bool gpu_backend_available() { return !registry().usable.empty(); }
+
+std::unique_ptr<Backend> make_gpu_backend(int device_ordinal, int) {
+  const Registry& loaded = registry();
+  if (loaded.usable.empty()) fail(RPA_STATUS_UNAVAILABLE, unavailable_reason(loaded));
+  const UsablePlugin& plugin = loaded.usable.front();
+  if (device_ordinal >= plugin.device_count)
+    fail(RPA_STATUS_UNAVAILABLE, "no device: argument 'options.device_ordinal' is " + std::to_string(device_ordinal) +
+                                     " but the " + plugin.api->name + " plugin has " +
+                                     std::to_string(plugin.device_count) + " device(s)");
+  rpa_plugin_state* state = nullptr;
+  if (const rpa_status status = plugin.api->create(device_ordinal, &state); status != RPA_STATUS_OK)
+    fail(status, std::string(plugin.api->name) + " plugin: " + last_error_of(plugin.api));
+  return std::make_unique<GpuBackend>(plugin.api, state);
 }
 
 }  // namespace rpa

@@ -1,0 +1,504 @@
+// Device code of the plugin: the tiled attention kernel, the split merge, and the zero fill of rows no
+// sequence covers. All arithmetic is f32 (no TF32, no fast-math intrinsics); storage types are converted
+// on load and store.
+//
+// One block computes one Tile: a few q heads of one kv head times a few consecutive query rows of one
+// sequence (M = heads * rows "tile rows"), over a range of that sequence's keys. Each K/V page is read
+// once per block for all its tile rows, so decode (rows = 1) streams each page once per kv head for all
+// of its q heads, and prefill (many rows) reuses each K/V tile across up to M_MAX tile rows. A long key
+// range is split across blocks (flash-decoding): each split writes (max, sum, unnormalised accumulator)
+// and merge_kernel combines them by log-sum-exp.
+//
+// Matrix-core seam: tile_scores() (S = Q K^T) and tile_accumulate() (O += P V) are the two products;
+// everything else (masking, online softmax, sinks, output) is independent of how they are computed.
+#pragma once
+
+#include <stdint.h>
+
+#include "plugins/hip/gpu_vendor.h"
+#include "rpa/rpa.h"
+
+namespace rpa_gpu {
+
+constexpr int kThreads = 128;  // per block: 4 warps of 32 or 2 wavefronts of 64
+
+// One block's work. Positions and rows are absolute (row_begin indexes the queries tensor).
+struct Tile {
+  int32_t seq;
+  int32_t head_begin;  // first q head; all heads of a tile share one kv head
+  int32_t heads;
+  int32_t row_begin;   // first query row (token index)
+  int32_t rows;
+  int32_t first_pos;   // position of the first row in its sequence
+  int32_t key_begin;   // keys [key_begin, key_end) of the sequence
+  int32_t key_end;
+  int32_t partial;     // -1: write the output directly; else the first partial slot (see merge)
+  int32_t splits;      // merge tiles: how many partial slots, from `partial` on
+};
+
+struct KvView {
+  const void* data;
+  int64_t page_stride, slot_stride, head_stride;
+};
+
+struct Params {
+  const void* queries;
+  int64_t query_token_stride, query_head_stride;
+  rpa_dtype query_dtype;
+  KvView k, v;
+  void* out;
+  int64_t out_token_stride, out_head_stride;
+  rpa_dtype out_dtype;
+  float* lse;  // may be null
+  int64_t lse_token_stride, lse_head_stride;
+  const void* sinks;  // may be null
+  rpa_dtype sink_dtype;
+  int32_t sink_heads, sinks_per_head;
+  int64_t sink_head_stride, sink_stride;
+  float softmax_scale, soft_cap;  // soft_cap 0: none
+  int32_t window;                 // 0: none
+  int32_t num_q_heads, num_kv_heads, group, head_dim, page_size;
+  const int32_t* block_tables;  // device copy, [num_seqs, block_table_stride]
+  int32_t block_table_stride;
+  const Tile* tiles;
+  float* partial_acc;    // [slot][M_MAX][head_dim]
+  float* partial_stats;  // [slot][M_MAX][2]: running max, running sum
+  int32_t vector_kv;     // KV rows and strides allow 16-byte loads
+};
+
+// Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
+// limit of AMD GPUs, and rows are padded by 4 floats so float4 accesses of consecutive rows avoid bank
+// conflicts.
+template <int D_MAX>
+struct Geometry {
+  static constexpr int kKeys = D_MAX <= 128 ? 64 : 32;     // keys per K/V tile
+  static constexpr int kRows = D_MAX <= 128 ? 32 : 16;     // tile rows (q head x query) per block
+  static constexpr int kStride = D_MAX + 4;                // floats per shared row
+  static constexpr int kScoreKeys = 2;                                 // keys each thread scores...
+  static constexpr int kScoreGroups = kThreads * kScoreKeys / kKeys;  // ...for 1 of these row groups:
+  static constexpr int kScoreRows = kRows / kScoreGroups;             // 2 x kScoreRows dots share loads
+  static constexpr int kChunks = D_MAX / 4;                // float4 columns
+  static constexpr int kValueGroups = kThreads / kChunks;  // threads sharing one column in tile_accumulate
+  static constexpr int kValueRows = kRows / kValueGroups;  // rows each of them accumulates
+  static constexpr size_t kSharedBytes =
+      sizeof(float) * (size_t(kRows) * kStride + size_t(kKeys) * kStride + size_t(kRows) * kKeys + 3 * kRows) +
+      sizeof(int64_t) * 2 * kKeys;
+  static_assert(kSharedBytes <= 65536, "shared memory must fit AMD's 64 KiB LDS");
+  static_assert(kThreads * kScoreKeys % kKeys == 0 && kThreads % kChunks == 0 && kRows % kScoreGroups == 0 &&
+                    kRows % kValueGroups == 0 && kKeys % 4 == 0,
+                "thread mappings must tile exactly");
+};
+
+// ---- element conversions (bit-exact with core/dtype.h) ----
+
+__device__ inline float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
+
+__device__ inline uint16_t float_to_bf16_bits(float value) {
+  uint32_t u = __float_as_uint(value);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+__device__ inline float f16_bits_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+
+__device__ inline float load_element(const void* data, rpa_dtype dtype, int64_t index) {
+  switch (dtype) {
+    case RPA_DTYPE_F16: return f16_bits_to_float(static_cast<const uint16_t*>(data)[index]);
+    case RPA_DTYPE_BF16: return bf16_bits_to_float(static_cast<const uint16_t*>(data)[index]);
+    default: return static_cast<const float*>(data)[index];
+  }
+}
+
+__device__ inline void store_element(void* data, rpa_dtype dtype, int64_t index, float value) {
+  switch (dtype) {
+    case RPA_DTYPE_F16: static_cast<uint16_t*>(data)[index] = __half_as_ushort(__float2half_rn(value)); break;
+    case RPA_DTYPE_BF16: static_cast<uint16_t*>(data)[index] = float_to_bf16_bits(value); break;
+    default: static_cast<float*>(data)[index] = value; break;
+  }
+}
+
+// KV storage types: Kv::load8 converts 16 bytes (kVector elements) to floats.
+struct KvF32 {
+  static constexpr rpa_dtype kDtype = RPA_DTYPE_F32;
+  static constexpr int kVector = 4;
+  __device__ static void convert(const uint4& raw, float* out) {
+    out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
+  }
+};
+
+template <bool kBf16>
+struct Kv16 {
+  static constexpr rpa_dtype kDtype = kBf16 ? RPA_DTYPE_BF16 : RPA_DTYPE_F16;
+  static constexpr int kVector = 8;
+  __device__ static float one(uint32_t bits) {
+    return kBf16 ? bf16_bits_to_float(uint16_t(bits)) : f16_bits_to_float(uint16_t(bits));
+  }
+  __device__ static void convert(const uint4& raw, float* out) {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[2 * i] = one(words[i] & 0xffffu), out[2 * i + 1] = one(words[i] >> 16);
+  }
+};
+using KvBf16 = Kv16<true>;
+using KvF16 = Kv16<false>;
+
+__device__ inline bool is_finite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+
+__device__ inline float warp_max(float x) {
+  for (int lane_mask = warpSize / 2; lane_mask > 0; lane_mask /= 2) x = fmaxf(x, __shfl_xor(x, lane_mask));
+  return x;
+}
+
+__device__ inline float warp_sum(float x) {
+  for (int lane_mask = warpSize / 2; lane_mask > 0; lane_mask /= 2) x += __shfl_xor(x, lane_mask);
+  return x;
+}
+
+// The raw sink logits of q head `head` enter only the denominator: combine them with a row's running
+// (max, sum) into the final max and denominator.
+__device__ inline void add_sinks(const Params& p, int head, float& max_logit, float& sum) {
+  if (!p.sinks) return;
+  int64_t row = 0;  // one row shared by all heads
+  if (p.sink_heads == p.num_q_heads) row = head;
+  else if (p.sink_heads == p.num_kv_heads) row = head / p.group;
+  float new_max = max_logit;
+  for (int n = 0; n < p.sinks_per_head; ++n)
+    new_max = fmaxf(new_max, load_element(p.sinks, p.sink_dtype, row * p.sink_head_stride + n * p.sink_stride));
+  if (new_max == -INFINITY) return;  // no visible key and every sink -inf
+  sum = max_logit == -INFINITY ? 0.0f : sum * expf(max_logit - new_max);
+  for (int n = 0; n < p.sinks_per_head; ++n) {
+    const float sink = load_element(p.sinks, p.sink_dtype, row * p.sink_head_stride + n * p.sink_stride);
+    if (sink != -INFINITY) sum += expf(sink - new_max);
+  }
+  max_logit = new_max;
+}
+
+// Final output scale of a row whose running (max, sum) covers `row_max`, and its lse.
+__device__ inline void finish_row(const Params& p, int head, float row_max, float row_sum, float& scale, float& lse) {
+  float max_logit = row_max, sum = row_sum;
+  add_sinks(p, head, max_logit, sum);
+  if (max_logit == -INFINITY) {  // nothing visible, no sink: the row is 0, lse -inf
+    scale = 0.0f, lse = -INFINITY;
+    return;
+  }
+  scale = row_max == -INFINITY ? 0.0f : expf(row_max - max_logit) / sum;
+  lse = max_logit + logf(sum);
+}
+
+__device__ inline void store_lse(const Params& p, int64_t row, int head, float value) {
+  if (p.lse) p.lse[row * p.lse_token_stride + head * p.lse_head_stride] = value;
+}
+
+// Loads keys [key0, key0 + count) of the tile's sequence into shared rows (as f32), zeroing rows past
+// `count`. Returns whether this thread saw a non-finite value (an Inf or NaN in a visible slot).
+template <typename Kv, int D_MAX>
+__device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t* key_offsets, int count,
+                             float* rows) {
+  using G = Geometry<D_MAX>;
+  const auto* base = static_cast<const uint16_t*>(view.data);  // byte arithmetic in 2-byte units
+  constexpr int kElementBytes = Kv::kDtype == RPA_DTYPE_F32 ? 4 : 2;
+  bool nonfinite = false;
+  if (p.vector_kv) {
+    constexpr int kUnroll = 8;  // a bf16 128-wide tile is 8 loads per thread: all in flight at once
+    const int chunks_per_key = p.head_dim / Kv::kVector;
+    const int total = G::kKeys * chunks_per_key;
+    for (int first = threadIdx.x; first < total; first += kThreads * kUnroll) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {  // all loads in flight before the first use
+        const int chunk = first + u * kThreads, key = chunk / chunks_per_key;
+        raw[u] = make_uint4(0, 0, 0, 0);
+        if (chunk < total && key < count) {
+          const int64_t element = key_offsets[key] + int64_t(chunk % chunks_per_key) * Kv::kVector;
+          raw[u] = *reinterpret_cast<const uint4*>(base + element * kElementBytes / 2);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int chunk = first + u * kThreads, key = chunk / chunks_per_key;
+        if (chunk < total) {
+          float values[Kv::kVector];
+          Kv::convert(raw[u], values);
+          float4* row = reinterpret_cast<float4*>(rows + key * G::kStride + (chunk % chunks_per_key) * Kv::kVector);
+#pragma unroll
+          for (int e = 0; e < Kv::kVector; ++e) nonfinite |= !is_finite(values[e]);
+#pragma unroll
+          for (int e = 0; e < Kv::kVector / 4; ++e)  // 16-byte stores: scalar ones would conflict on banks
+            row[e] = make_float4(values[4 * e], values[4 * e + 1], values[4 * e + 2], values[4 * e + 3]);
+        }
+      }
+    }
+  } else {
+    const int width = (p.head_dim + 3) / 4 * 4;  // products run over float4 columns: pad with zeros
+    for (int e = threadIdx.x; e < G::kKeys * width; e += kThreads) {
+      const int key = e / width, d = e % width;
+      float value = 0.0f;
+      if (key < count && d < p.head_dim) {
+        value = load_element(view.data, Kv::kDtype, key_offsets[key] + d);
+        nonfinite |= !is_finite(value);
+      }
+      rows[key * G::kStride + d] = value;
+    }
+  }
+  return nonfinite;
+}
+
+// S = Q K^T for this thread's keys and rows, scaled, capped and masked, into scores[row][key].
+template <int D_MAX>
+__device__ void tile_scores(const Params& p, const Tile& tile, const float* q_rows, const float* k_rows, int key0,
+                            int count, float* scores) {
+  using G = Geometry<D_MAX>;
+  constexpr int kKeyLanes = G::kKeys / G::kScoreKeys;
+  const int lane = threadIdx.x % kKeyLanes, group = threadIdx.x / kKeyLanes;
+  const int tile_rows = tile.heads * tile.rows;
+  float dot[G::kScoreRows][G::kScoreKeys];
+#pragma unroll
+  for (int r = 0; r < G::kScoreRows; ++r)
+#pragma unroll
+    for (int k = 0; k < G::kScoreKeys; ++k) dot[r][k] = 0.0f;
+  for (int d = 0; d < p.head_dim; d += 4) {
+    float4 k4[G::kScoreKeys];
+#pragma unroll
+    for (int k = 0; k < G::kScoreKeys; ++k)
+      k4[k] = *reinterpret_cast<const float4*>(k_rows + (lane + k * kKeyLanes) * G::kStride + d);
+#pragma unroll
+    for (int r = 0; r < G::kScoreRows; ++r) {
+      const int row = group + r * G::kScoreGroups;
+      if (row >= tile_rows) continue;
+      const float4 q4 = *reinterpret_cast<const float4*>(q_rows + row * G::kStride + d);
+#pragma unroll
+      for (int k = 0; k < G::kScoreKeys; ++k) {
+        dot[r][k] = fmaf(q4.x, k4[k].x, dot[r][k]);
+        dot[r][k] = fmaf(q4.y, k4[k].y, dot[r][k]);
+        dot[r][k] = fmaf(q4.z, k4[k].z, dot[r][k]);
+        dot[r][k] = fmaf(q4.w, k4[k].w, dot[r][k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < G::kScoreRows; ++r) {
+    const int row = group + r * G::kScoreGroups;
+    const int pos = tile.first_pos + row / tile.heads;
+#pragma unroll
+    for (int k = 0; k < G::kScoreKeys; ++k) {
+      const int key = lane + k * kKeyLanes, j = key0 + key;
+      const bool visible = key < count && row < tile_rows && j <= pos && (p.window == 0 || j > pos - p.window);
+      float score = p.softmax_scale * dot[r][k];
+      if (p.soft_cap > 0.0f) score = p.soft_cap * tanhf(score / p.soft_cap);
+      scores[row * G::kKeys + key] = visible ? score : -INFINITY;  // select: a masked NaN never propagates
+    }
+  }
+}
+
+// Online softmax over one tile of scores: one warp per row turns scores into probabilities and records
+// the factor the row's accumulator must be rescaled by.
+template <int D_MAX>
+__device__ void tile_softmax(int tile_rows, float* scores, float* row_max, float* row_sum, float* row_rescale) {
+  using G = Geometry<D_MAX>;
+  const int lane = threadIdx.x % warpSize, warps = kThreads / warpSize;
+  for (int row = threadIdx.x / warpSize; row < tile_rows; row += warps) {
+    float* s = scores + row * G::kKeys;
+    float tile_max = -INFINITY;
+    for (int key = lane; key < G::kKeys; key += warpSize) tile_max = fmaxf(tile_max, s[key]);
+    tile_max = warp_max(tile_max);
+    const float old_max = row_max[row], new_max = fmaxf(old_max, tile_max);
+    float sum = 0.0f;
+    for (int key = lane; key < G::kKeys; key += warpSize) {
+      const float prob = s[key] == -INFINITY ? 0.0f : expf(s[key] - new_max);
+      s[key] = prob;
+      sum += prob;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      const float rescale = old_max == -INFINITY ? 0.0f : expf(old_max - new_max);
+      row_rescale[row] = rescale;
+      row_sum[row] = row_sum[row] * rescale + sum;
+      row_max[row] = new_max;
+    }
+  }
+}
+
+// O = O * rescale + P V for this thread's float4 column and rows. With a non-finite value in the tile
+// (visible to some row but maybe not to all), masked products are skipped rather than multiplied by 0.
+template <int D_MAX>
+__device__ void tile_accumulate(int tile_rows, const float* probs, const float* v_rows, const float* row_rescale,
+                                int count, bool nonfinite, float4 (&acc)[Geometry<D_MAX>::kValueRows]) {
+  using G = Geometry<D_MAX>;
+  const int column = (threadIdx.x % G::kChunks) * 4, group = threadIdx.x / G::kChunks;
+#pragma unroll
+  for (int r = 0; r < G::kValueRows; ++r) {
+    if (group + r * G::kValueGroups >= tile_rows) continue;  // decode tiles use few of the rows
+    const float rescale = row_rescale[group + r * G::kValueGroups];
+    acc[r].x *= rescale, acc[r].y *= rescale, acc[r].z *= rescale, acc[r].w *= rescale;
+  }
+  // Four keys at a time: probabilities past `count` are 0 and their V rows were zeroed by load_kv_tile.
+  for (int key = 0; key < count; key += 4) {
+    float4 v4[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v4[k] = *reinterpret_cast<const float4*>(v_rows + (key + k) * G::kStride + column);
+#pragma unroll
+    for (int r = 0; r < G::kValueRows; ++r) {
+      const int row = group + r * G::kValueGroups;
+      if (row >= tile_rows) continue;
+      const float4 p4 = *reinterpret_cast<const float4*>(probs + row * G::kKeys + key);
+      const float prob[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (nonfinite && prob[k] == 0.0f) continue;
+        acc[r].x = fmaf(prob[k], v4[k].x, acc[r].x);
+        acc[r].y = fmaf(prob[k], v4[k].y, acc[r].y);
+        acc[r].z = fmaf(prob[k], v4[k].z, acc[r].z);
+        acc[r].w = fmaf(prob[k], v4[k].w, acc[r].w);
+      }
+    }
+  }
+}
+
+template <typename Kv, int D_MAX>
+__global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
+  using G = Geometry<D_MAX>;
+  extern __shared__ float4 shared_raw[];
+  float* q_rows = reinterpret_cast<float*>(shared_raw);  // [kRows][kStride]
+  float* kv_rows = q_rows + G::kRows * G::kStride;        // [kKeys][kStride], K then V
+  float* scores = kv_rows + G::kKeys * G::kStride;        // [kRows][kKeys]
+  float* row_max = scores + G::kRows * G::kKeys;
+  float* row_sum = row_max + G::kRows;
+  float* row_rescale = row_sum + G::kRows;
+  int64_t* k_offsets = reinterpret_cast<int64_t*>(row_rescale + G::kRows);
+  int64_t* v_offsets = k_offsets + G::kKeys;
+
+  const Tile tile = p.tiles[blockIdx.x];
+  const int tile_rows = tile.heads * tile.rows;
+  const int kv_head = tile.head_begin / p.group;
+
+  // Tile row r is query row r / heads of q head head_begin + r % heads.
+  const int width = (p.head_dim + 3) / 4 * 4;
+  for (int e = threadIdx.x; e < G::kRows * width; e += kThreads) {
+    const int row = e / width, d = e % width;
+    float value = 0.0f;
+    if (row < tile_rows && d < p.head_dim)
+      value = load_element(p.queries, p.query_dtype,
+                           int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
+                               int64_t(tile.head_begin + row % tile.heads) * p.query_head_stride + d);
+    q_rows[row * G::kStride + d] = value;
+  }
+  if (threadIdx.x < G::kRows) row_max[threadIdx.x] = -INFINITY, row_sum[threadIdx.x] = 0.0f;
+
+  float4 acc[G::kValueRows];
+#pragma unroll
+  for (int r = 0; r < G::kValueRows; ++r) acc[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+  const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
+  for (int key0 = tile.key_begin; key0 < tile.key_end; key0 += G::kKeys) {
+    const int count = min(G::kKeys, tile.key_end - key0);
+    if (threadIdx.x < count) {
+      const int j = key0 + threadIdx.x;
+      const int64_t page = pages[j / p.page_size], slot = j % p.page_size;
+      k_offsets[threadIdx.x] = page * p.k.page_stride + slot * p.k.slot_stride + kv_head * p.k.head_stride;
+      v_offsets[threadIdx.x] = page * p.v.page_stride + slot * p.v.slot_stride + kv_head * p.v.head_stride;
+    }
+    __syncthreads();
+    load_kv_tile<Kv, D_MAX>(p, p.k, k_offsets, count, kv_rows);
+    __syncthreads();
+    tile_scores<D_MAX>(p, tile, q_rows, kv_rows, key0, count, scores);
+    __syncthreads();
+    const bool nonfinite_here = load_kv_tile<Kv, D_MAX>(p, p.v, v_offsets, count, kv_rows);
+    tile_softmax<D_MAX>(tile_rows, scores, row_max, row_sum, row_rescale);
+    const bool nonfinite = __syncthreads_or(nonfinite_here);
+    tile_accumulate<D_MAX>(tile_rows, scores, kv_rows, row_rescale, count, nonfinite, acc);
+    __syncthreads();
+  }
+
+  const int column = (threadIdx.x % G::kChunks) * 4, group = threadIdx.x / G::kChunks;
+  if (tile.partial >= 0) {  // one split of a long key range: keep the unnormalised state for the merge
+    const int64_t slot = tile.partial;
+    if (threadIdx.x < tile_rows) {
+      p.partial_stats[(slot * G::kRows + threadIdx.x) * 2] = row_max[threadIdx.x];
+      p.partial_stats[(slot * G::kRows + threadIdx.x) * 2 + 1] = row_sum[threadIdx.x];
+    }
+#pragma unroll
+    for (int r = 0; r < G::kValueRows; ++r) {
+      const int row = group + r * G::kValueGroups;
+      if (row >= tile_rows) continue;
+      float* out = p.partial_acc + (slot * G::kRows + row) * p.head_dim;
+      const float values[4] = {acc[r].x, acc[r].y, acc[r].z, acc[r].w};
+      for (int e = 0; e < 4 && column + e < p.head_dim; ++e) out[column + e] = values[e];
+    }
+    return;
+  }
+
+  if (threadIdx.x < tile_rows) {  // row_rescale now holds each row's output scale
+    const int row = threadIdx.x, head = tile.head_begin + row % tile.heads;
+    float scale, lse;
+    finish_row(p, head, row_max[row], row_sum[row], scale, lse);
+    row_rescale[row] = scale;
+    store_lse(p, tile.row_begin + row / tile.heads, head, lse);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < G::kValueRows; ++r) {
+    const int row = group + r * G::kValueGroups;
+    if (row >= tile_rows) continue;
+    const float scale = row_rescale[row];
+    const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
+                         int64_t(tile.head_begin + row % tile.heads) * p.out_head_stride;
+    const float values[4] = {acc[r].x, acc[r].y, acc[r].z, acc[r].w};
+    for (int e = 0; e < 4 && column + e < p.head_dim; ++e)
+      store_element(p.out, p.out_dtype, base + column + e, values[e] * scale);
+  }
+}
+
+// Combines the `splits` partial states of one merge tile (whose slots start at tile.partial) by
+// log-sum-exp, adds the sinks, and writes out and lse.
+template <int D_MAX>
+__global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
+  using G = Geometry<D_MAX>;
+  __shared__ float global_max[G::kRows], scale[G::kRows];
+  const Tile tile = p.tiles[blockIdx.x];
+  const int tile_rows = tile.heads * tile.rows;
+  const auto stats = [&](int split, int row, int which) {
+    return p.partial_stats[((int64_t(tile.partial) + split) * G::kRows + row) * 2 + which];
+  };
+  if (threadIdx.x < tile_rows) {
+    const int row = threadIdx.x, head = tile.head_begin + row % tile.heads;
+    float max_logit = -INFINITY;
+    for (int s = 0; s < tile.splits; ++s) max_logit = fmaxf(max_logit, stats(s, row, 0));
+    float sum = 0.0f;
+    for (int s = 0; s < tile.splits; ++s)
+      if (stats(s, row, 0) != -INFINITY) sum += stats(s, row, 1) * expf(stats(s, row, 0) - max_logit);
+    float row_scale, lse;
+    finish_row(p, head, max_logit, sum, row_scale, lse);
+    global_max[row] = max_logit;
+    scale[row] = row_scale;
+    store_lse(p, tile.row_begin + row / tile.heads, head, lse);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < tile_rows * p.head_dim; e += kThreads) {
+    const int row = e / p.head_dim, d = e % p.head_dim;
+    float value = 0.0f;
+    for (int s = 0; s < tile.splits; ++s) {
+      const float split_max = stats(s, row, 0);
+      if (split_max == -INFINITY) continue;  // this split saw no key of the row: its accumulator is 0
+      value += p.partial_acc[((int64_t(tile.partial) + s) * G::kRows + row) * p.head_dim + d] *
+               expf(split_max - global_max[row]);
+    }
+    const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
+                         int64_t(tile.head_begin + row % tile.heads) * p.out_head_stride;
+    store_element(p.out, p.out_dtype, base + d, value * scale[row]);
+  }
+}
+
+// Rows [row_begin, row_end) that no processed sequence covers: out 0, lse -inf.
+__global__ void __launch_bounds__(kThreads) zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
+  const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
+  const int64_t total = (row_end - row_begin) * per_row;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
+    const int64_t row = row_begin + e / per_row, head = (e % per_row) / p.head_dim, d = e % p.head_dim;
+    store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
+    if (d == 0) store_lse(p, row, int(head), -INFINITY);
+  }
+}
+
+}  // namespace rpa_gpu

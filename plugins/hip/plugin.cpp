@@ -1,0 +1,606 @@
+// The GPU plugin: host side. Implements plugins/plugin_abi.h over the HIP API (CUDA through
+// gpu_vendor.h): plans a call into tiles on the host (metadata is host memory), uploads the plan, and
+// launches the kernels of attention_kernels.h. Nothing here throws across the ABI: every entry catches
+// and leaves its message in the thread's last_error.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "plugins/hip/attention_kernels.h"
+#include "plugins/plugin_abi.h"
+
+using rpa_gpu::Params;
+using rpa_gpu::Tile;
+
+namespace {
+
+thread_local std::string last_error;
+
+struct Failure {
+  rpa_status status;
+  std::string message;
+};
+
+[[noreturn]] void fail(rpa_status status, std::string message) { throw Failure{status, std::move(message)}; }
+
+void check(hipError_t error, const char* what) {
+  if (error == hipSuccess) return;
+  fail(error == hipErrorOutOfMemory ? RPA_STATUS_OUT_OF_MEMORY : RPA_STATUS_DEVICE_ERROR,
+       std::string(what) + " failed: " + hipGetErrorName(error) + ": " + hipGetErrorString(error));
+}
+
+template <typename Body>
+rpa_status guarded(Body&& body) noexcept {
+  try {
+    body();
+    return RPA_STATUS_OK;
+  } catch (const Failure& failure) {
+    last_error = failure.message;
+    return failure.status;
+  } catch (const std::bad_alloc&) {
+    last_error = "host memory allocation failed";
+    return RPA_STATUS_OUT_OF_MEMORY;
+  } catch (const std::exception& error) {
+    last_error = error.what();
+    return RPA_STATUS_INTERNAL;
+  } catch (...) {
+    last_error = "unknown exception";
+    return RPA_STATUS_INTERNAL;
+  }
+}
+
+// Device memory that only grows, so repeated calls allocate nothing.
+class DeviceBuffer {
+ public:
+  ~DeviceBuffer() {
+    if (data_) (void)hipFree(data_);
+  }
+  char* reserve(size_t bytes) {
+    if (bytes > bytes_) {
+      if (data_) check(hipFree(data_), "hipFree (growing scratch)");
+      data_ = nullptr, bytes_ = 0;
+      const size_t grown = std::max(bytes, bytes_ + bytes_ / 2);
+      check(hipMalloc(reinterpret_cast<void**>(&data_), grown), "hipMalloc (scratch)");
+      bytes_ = grown;
+    }
+    return data_;
+  }
+
+ private:
+  char* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Pinned host memory for the per-call upload, so the copy is asynchronous.
+class PinnedBuffer {
+ public:
+  ~PinnedBuffer() {
+    if (data_) (void)hipHostFree(data_);
+  }
+  char* reserve(size_t bytes) {
+    if (bytes > bytes_) {
+      if (data_) check(hipHostFree(data_), "hipHostFree");
+      data_ = nullptr, bytes_ = 0;
+      check(hipHostMalloc(reinterpret_cast<void**>(&data_), bytes, hipHostMallocDefault), "hipHostMalloc");
+      bytes_ = bytes;
+    }
+    return data_;
+  }
+
+ private:
+  char* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+size_t align_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+int head_dim_bucket(int64_t head_dim) {
+  if (head_dim <= 64) return 64;
+  if (head_dim <= 128) return 128;
+  return 256;
+}
+
+template <int D_MAX>
+using Geometry = rpa_gpu::Geometry<D_MAX>;
+
+int rows_per_block(int d_max) { return d_max == 64 ? Geometry<64>::kRows : d_max == 128 ? Geometry<128>::kRows : Geometry<256>::kRows; }
+int keys_per_tile(int d_max) { return d_max == 64 ? Geometry<64>::kKeys : d_max == 128 ? Geometry<128>::kKeys : Geometry<256>::kKeys; }
+
+// The tiles of one call: attention tiles first, then one merge tile per split key range.
+struct Plan {
+  std::vector<Tile> tiles;
+  size_t attention_tiles = 0;
+  int64_t partial_slots = 0;
+};
+
+// Splits each sequence into tiles of up to rows_per_block (q head, query) rows of one kv head; when there
+// are too few tiles to fill the device, long key ranges are split across blocks and merged afterwards.
+Plan make_plan(const rpa_problem& p, int d_max, int target_blocks) {
+  const int max_rows = rows_per_block(d_max), tile_keys = keys_per_tile(d_max);
+  const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
+  const int heads = std::min(group, max_rows);
+  std::vector<Tile> whole;
+  for (int32_t s = 0; s < p.num_seqs; ++s) {
+    const int32_t first_row = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - first_row;
+    const int32_t context_len = p.context_lens[s];
+    const int rows = std::max(1, max_rows / heads);
+    for (int kv_head = 0; kv_head < p.num_kv_heads; ++kv_head)
+      for (int head = 0; head < group; head += heads)
+        for (int32_t r = 0; r < q_len; r += rows) {
+          Tile tile{};
+          tile.seq = s;
+          tile.head_begin = kv_head * group + head;
+          tile.heads = std::min(heads, group - head);
+          tile.row_begin = first_row + r;
+          tile.rows = std::min(rows, q_len - r);
+          tile.first_pos = context_len - q_len + r;
+          // Keys visible to some row: (first_pos - window, last_pos], clipped at 0.
+          tile.key_begin = p.sliding_window > 0 ? std::max<int64_t>(0, tile.first_pos - p.sliding_window + 1) : 0;
+          tile.key_end = tile.first_pos + tile.rows;
+          tile.partial = -1;
+          tile.splits = 1;
+          whole.push_back(tile);
+        }
+  }
+  // Longest key ranges first, so the causal tail of a prefill does not run alone at the end.
+  std::stable_sort(whole.begin(), whole.end(),
+                   [](const Tile& a, const Tile& b) { return a.key_end - a.key_begin > b.key_end - b.key_begin; });
+
+  constexpr int kMinSplitKeys = 256;
+  Plan plan;
+  std::vector<Tile> merges;
+  const int64_t wanted_splits = whole.empty() ? 1 : (target_blocks + whole.size() - 1) / whole.size();
+  for (const Tile& tile : whole) {
+    const int64_t keys = tile.key_end - tile.key_begin;
+    const int64_t splits = std::min<int64_t>(wanted_splits, keys / kMinSplitKeys);
+    if (splits <= 1) {
+      plan.tiles.push_back(tile);
+      continue;
+    }
+    const int64_t chunk = align_up((keys + splits - 1) / splits, tile_keys);
+    Tile merge = tile;
+    merge.partial = static_cast<int32_t>(plan.partial_slots);
+    merge.splits = 0;
+    for (int64_t begin = tile.key_begin; begin < tile.key_end; begin += chunk) {
+      Tile part = tile;
+      part.key_begin = static_cast<int32_t>(begin);
+      part.key_end = static_cast<int32_t>(std::min<int64_t>(tile.key_end, begin + chunk));
+      part.partial = static_cast<int32_t>(plan.partial_slots++);
+      plan.tiles.push_back(part);
+      ++merge.splits;
+    }
+    merges.push_back(merge);
+  }
+  plan.attention_tiles = plan.tiles.size();
+  plan.tiles.insert(plan.tiles.end(), merges.begin(), merges.end());
+  return plan;
+}
+
+// Bytes from a tensor's first element to one past its last (strides are non-negative).
+size_t span_bytes(int element_size, std::initializer_list<std::pair<int64_t, int64_t>> extents_and_strides,
+                  int64_t last_dim) {
+  int64_t last = last_dim - 1;
+  for (const auto& [extent, stride] : extents_and_strides) last += (extent - 1) * stride;
+  return static_cast<size_t>(last + 1) * element_size;
+}
+
+int element_size(rpa_dtype dtype) { return dtype == RPA_DTYPE_F32 ? 4 : 2; }
+
+}  // namespace
+
+struct rpa_plugin_state {
+  int device = 0;
+  int multiprocessors = 1;
+  int resident_blocks[3] = {1, 1, 1};  // attention blocks one multiprocessor holds, by head-dim bucket 64/128/256
+  hipStream_t own_stream = nullptr;  // host-memory calls
+  hipEvent_t scratch_released = nullptr;  // after the last call's kernels: the next call may reuse scratch
+  hipEvent_t upload_done = nullptr;       // after the last upload: the pinned buffer may be rewritten
+  bool any_work = false;
+  std::mutex mutex;  // one call at a time enqueues (scratch is shared)
+  DeviceBuffer metadata, partials, staging;
+  PinnedBuffer upload;
+
+  ~rpa_plugin_state() {
+    (void)hipSetDevice(device);
+    if (own_stream) (void)hipStreamSynchronize(own_stream), (void)hipStreamDestroy(own_stream);
+    if (scratch_released) (void)hipEventSynchronize(scratch_released), (void)hipEventDestroy(scratch_released);
+    if (upload_done) (void)hipEventDestroy(upload_done);
+  }
+};
+
+namespace {
+
+// A problem whose float tensors point at device memory, with the stream to run on.
+struct DeviceCall {
+  rpa_problem problem;
+  hipStream_t stream;
+};
+
+// Host memory: copies every float tensor's span to the staging buffer (out and lse too, so the gaps of
+// strided outputs come back unchanged) and points the problem at the copies.
+struct HostSpans {
+  struct Span {
+    const void* host;
+    size_t offset, bytes;
+  };
+  Span queries, k, v, sinks, out, lse;
+  size_t total = 0;
+};
+
+HostSpans host_spans(const rpa_problem& p) {
+  HostSpans spans;
+  auto add = [&](const void* host, size_t bytes) {
+    HostSpans::Span span{host, spans.total, host ? bytes : 0};
+    spans.total = align_up(spans.total + span.bytes, 256);
+    return span;
+  };
+  const int kv_size = element_size(p.kv_dtype);
+  spans.queries = add(p.queries, span_bytes(element_size(p.query_dtype),
+                                            {{p.num_tokens, p.query_token_stride}, {p.num_q_heads, p.query_head_stride}},
+                                            p.head_dim));
+  for (auto [view, span] : {std::pair{&p.k, &spans.k}, std::pair{&p.v, &spans.v}})
+    *span = add(view->data, span_bytes(kv_size,
+                                      {{p.num_pages, view->page_stride}, {p.page_size, view->slot_stride},
+                                       {p.num_kv_heads, view->head_stride}},
+                                      p.head_dim));
+  spans.sinks = add(p.sinks, span_bytes(element_size(p.sink_dtype), {{p.sink_heads, p.sink_head_stride}},
+                                        1 + (p.sinks_per_head - 1) * p.sink_stride));
+  spans.out = add(p.out, span_bytes(element_size(p.out_dtype),
+                                    {{p.num_tokens, p.out_token_stride}, {p.num_q_heads, p.out_head_stride}},
+                                    p.head_dim));
+  spans.lse = add(p.lse, span_bytes(4, {{p.num_tokens, p.lse_token_stride}}, 1 + (p.num_q_heads - 1) * p.lse_head_stride));
+  return spans;
+}
+
+DeviceCall copy_in(rpa_plugin_state& state, const rpa_problem& host, const HostSpans& spans) {
+  char* device = state.staging.reserve(spans.total);
+  DeviceCall call{host, state.own_stream};
+  auto put = [&](const HostSpans::Span& span) -> char* {
+    if (!span.bytes) return nullptr;
+    check(hipMemcpyAsync(device + span.offset, span.host, span.bytes, hipMemcpyHostToDevice, call.stream),
+          "hipMemcpyAsync (host inputs)");
+    return device + span.offset;
+  };
+  rpa_problem& p = call.problem;
+  p.queries = put(spans.queries);
+  p.k.data = put(spans.k);
+  p.v.data = put(spans.v);
+  p.sinks = put(spans.sinks);
+  p.out = put(spans.out);
+  p.lse = reinterpret_cast<float*>(put(spans.lse));
+  return call;
+}
+
+void copy_out(const DeviceCall& call, const rpa_problem& host, const HostSpans& spans) {
+  check(hipMemcpyAsync(host.out, call.problem.out, spans.out.bytes, hipMemcpyDeviceToHost, call.stream),
+        "hipMemcpyAsync (out)");
+  if (host.lse)
+    check(hipMemcpyAsync(host.lse, call.problem.lse, spans.lse.bytes, hipMemcpyDeviceToHost, call.stream),
+          "hipMemcpyAsync (lse)");
+  check(hipStreamSynchronize(call.stream), "hipStreamSynchronize");
+}
+
+// Kernels and launch parameters of one planned call, ready to be launched (again, when timing).
+struct Launch {
+  Params params;
+  int d_max;
+  rpa_dtype kv_dtype;
+  int attention_blocks, merge_blocks;
+  int64_t covered_begin, covered_end, num_tokens;
+  hipStream_t stream;
+};
+
+template <typename Kv, int D_MAX>
+void launch_tiles(const Launch& launch) {
+  using G = Geometry<D_MAX>;
+  Params params = launch.params;
+  if (launch.attention_blocks > 0)
+    rpa_gpu::attention_kernel<Kv, D_MAX>
+        <<<launch.attention_blocks, rpa_gpu::kThreads, G::kSharedBytes, launch.stream>>>(params);
+  params.tiles += launch.attention_blocks;
+  if (launch.merge_blocks > 0)
+    rpa_gpu::merge_kernel<D_MAX><<<launch.merge_blocks, rpa_gpu::kThreads, 0, launch.stream>>>(params);
+}
+
+template <int D_MAX>
+void launch_for_head_dim(const Launch& launch) {
+  switch (launch.kv_dtype) {
+    case RPA_DTYPE_F16: launch_tiles<rpa_gpu::KvF16, D_MAX>(launch); break;
+    case RPA_DTYPE_BF16: launch_tiles<rpa_gpu::KvBf16, D_MAX>(launch); break;
+    default: launch_tiles<rpa_gpu::KvF32, D_MAX>(launch); break;
+  }
+}
+
+void launch_zero_rows(const Launch& launch, int64_t begin, int64_t end) {
+  if (begin >= end) return;
+  const int64_t elements = (end - begin) * launch.params.num_q_heads * launch.params.head_dim;
+  const int blocks = static_cast<int>(std::min<int64_t>((elements + rpa_gpu::kThreads - 1) / rpa_gpu::kThreads, 4096));
+  rpa_gpu::zero_rows_kernel<<<blocks, rpa_gpu::kThreads, 0, launch.stream>>>(launch.params, begin, end);
+}
+
+void enqueue(const Launch& launch) {
+  launch_zero_rows(launch, 0, launch.covered_begin);
+  launch_zero_rows(launch, launch.covered_end, launch.num_tokens);
+  switch (launch.d_max) {
+    case 64: launch_for_head_dim<64>(launch); break;
+    case 128: launch_for_head_dim<128>(launch); break;
+    default: launch_for_head_dim<256>(launch); break;
+  }
+  check(hipGetLastError(), "kernel launch");
+}
+
+template <typename Kv, int D_MAX>
+void allow_shared_memory() {
+  check(hipFuncSetAttribute(reinterpret_cast<const void*>(&rpa_gpu::attention_kernel<Kv, D_MAX>),
+                            hipFuncAttributeMaxDynamicSharedMemorySize, int(Geometry<D_MAX>::kSharedBytes)),
+        "hipFuncSetAttribute");
+}
+
+void allow_shared_memory_all() {
+  allow_shared_memory<rpa_gpu::KvF32, 64>(), allow_shared_memory<rpa_gpu::KvF16, 64>();
+  allow_shared_memory<rpa_gpu::KvBf16, 64>(), allow_shared_memory<rpa_gpu::KvF32, 128>();
+  allow_shared_memory<rpa_gpu::KvF16, 128>(), allow_shared_memory<rpa_gpu::KvBf16, 128>();
+  allow_shared_memory<rpa_gpu::KvF32, 256>(), allow_shared_memory<rpa_gpu::KvF16, 256>();
+  allow_shared_memory<rpa_gpu::KvBf16, 256>();
+}
+
+// Blocks of the attention kernel that fit on one multiprocessor at once.
+int resident_blocks(int d_max) {
+  int blocks = 0;
+  hipError_t error = hipSuccess;
+  switch (d_max) {
+    case 64: error = hipOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, rpa_gpu::attention_kernel<rpa_gpu::KvBf16, 64>, rpa_gpu::kThreads, Geometry<64>::kSharedBytes); break;
+    case 128: error = hipOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, rpa_gpu::attention_kernel<rpa_gpu::KvBf16, 128>, rpa_gpu::kThreads, Geometry<128>::kSharedBytes); break;
+    default: error = hipOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, rpa_gpu::attention_kernel<rpa_gpu::KvBf16, 256>, rpa_gpu::kThreads, Geometry<256>::kSharedBytes); break;
+  }
+  check(error, "hipOccupancyMaxActiveBlocksPerMultiprocessor");
+  return std::max(blocks, 1);
+}
+
+bool kv_vectorizable(const rpa_problem& p) {
+  const int64_t vector = p.kv_dtype == RPA_DTYPE_F32 ? 4 : 8;
+  for (const rpa_kv_view* view : {&p.k, &p.v})
+    if (reinterpret_cast<uintptr_t>(view->data) % 16 || view->page_stride % vector || view->slot_stride % vector ||
+        view->head_stride % vector)
+      return false;
+  return p.head_dim % vector == 0;
+}
+
+// Plans the call, uploads block tables and tiles (stream-ordered after the previous call's use of the
+// scratch), and returns the launch. The caller holds state.mutex.
+Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
+  const rpa_problem& p = call.problem;
+  if (p.head_dim > 256)
+    fail(RPA_STATUS_UNSUPPORTED, "argument 'queries': head_dim " + std::to_string(p.head_dim) +
+                                     " exceeds 256, the largest the GPU kernels support");
+  const int d_max = head_dim_bucket(p.head_dim);
+  // Four waves of resident blocks keep every multiprocessor busy to the end.
+  const Plan plan = make_plan(p, d_max, 4 * state.multiprocessors * state.resident_blocks[d_max / 128]);
+
+  const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
+  const size_t tiles_offset = align_up(table_bytes, 256);
+  const size_t upload_bytes = tiles_offset + plan.tiles.size() * sizeof(Tile);
+  if (state.any_work) check(hipEventSynchronize(state.upload_done), "hipEventSynchronize");
+  char* host = state.upload.reserve(std::max<size_t>(upload_bytes, 1));
+  for (int32_t s = 0; s < p.num_seqs; ++s)
+    std::memcpy(host + s * p.pages_per_seq * sizeof(int32_t), p.block_tables + s * p.block_table_stride,
+                p.pages_per_seq * sizeof(int32_t));
+  std::memcpy(host + tiles_offset, plan.tiles.data(), plan.tiles.size() * sizeof(Tile));
+
+  const size_t partial_rows = static_cast<size_t>(plan.partial_slots) * rows_per_block(d_max);
+  char* device = state.metadata.reserve(std::max<size_t>(upload_bytes, 1));
+  float* partials = reinterpret_cast<float*>(
+      state.partials.reserve(std::max<size_t>(partial_rows * (p.head_dim + 2) * sizeof(float), 1)));
+  check(hipMemcpyAsync(device, host, upload_bytes, hipMemcpyHostToDevice, call.stream), "hipMemcpyAsync (plan)");
+  check(hipEventRecord(state.upload_done, call.stream), "hipEventRecord");
+  state.any_work = true;
+
+  Launch launch{};
+  Params& k = launch.params;
+  k.queries = p.queries;
+  k.query_token_stride = p.query_token_stride, k.query_head_stride = p.query_head_stride;
+  k.query_dtype = p.query_dtype;
+  k.k = rpa_gpu::KvView{p.k.data, p.k.page_stride, p.k.slot_stride, p.k.head_stride};
+  k.v = rpa_gpu::KvView{p.v.data, p.v.page_stride, p.v.slot_stride, p.v.head_stride};
+  k.out = p.out;
+  k.out_token_stride = p.out_token_stride, k.out_head_stride = p.out_head_stride;
+  k.out_dtype = p.out_dtype;
+  k.lse = p.lse;
+  k.lse_token_stride = p.lse_token_stride, k.lse_head_stride = p.lse_head_stride;
+  k.sinks = p.sinks;
+  k.sink_dtype = p.sink_dtype;
+  k.sink_heads = static_cast<int32_t>(p.sink_heads), k.sinks_per_head = static_cast<int32_t>(p.sinks_per_head);
+  k.sink_head_stride = p.sink_head_stride, k.sink_stride = p.sink_stride;
+  k.softmax_scale = static_cast<float>(p.softmax_scale);
+  k.soft_cap = static_cast<float>(p.logits_soft_cap);
+  k.window = static_cast<int32_t>(p.sliding_window);
+  k.num_q_heads = static_cast<int32_t>(p.num_q_heads), k.num_kv_heads = static_cast<int32_t>(p.num_kv_heads);
+  k.group = k.num_q_heads / k.num_kv_heads;
+  k.head_dim = static_cast<int32_t>(p.head_dim), k.page_size = static_cast<int32_t>(p.page_size);
+  k.block_tables = reinterpret_cast<const int32_t*>(device);
+  k.block_table_stride = static_cast<int32_t>(p.pages_per_seq);
+  k.tiles = reinterpret_cast<const Tile*>(device + tiles_offset);
+  k.partial_acc = partials;
+  k.partial_stats = partials + partial_rows * p.head_dim;
+  k.vector_kv = kv_vectorizable(p) ? 1 : 0;
+
+  launch.d_max = d_max;
+  launch.kv_dtype = p.kv_dtype;
+  launch.attention_blocks = static_cast<int>(plan.attention_tiles);
+  launch.merge_blocks = static_cast<int>(plan.tiles.size() - plan.attention_tiles);
+  launch.covered_begin = p.num_seqs > 0 ? p.query_start_loc[0] : p.num_tokens;
+  launch.covered_end = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : p.num_tokens;
+  launch.num_tokens = p.num_tokens;
+  launch.stream = call.stream;
+  return launch;
+}
+
+// Runs `body(launch)` with the call on the device: host memory is staged in and out around it.
+template <typename Body>
+void with_call(rpa_plugin_state& state, const rpa_problem& problem, Body&& body) {
+  check(hipSetDevice(state.device), "hipSetDevice");
+  std::lock_guard<std::mutex> lock(state.mutex);
+  const bool on_host = problem.memory == RPA_MEMORY_HOST;
+  const hipStream_t stream = on_host ? state.own_stream : static_cast<hipStream_t>(problem.stream);
+  // Scratch is reused: wait (on the device) until the previous call, on whatever stream, is done with it.
+  if (state.any_work) check(hipStreamWaitEvent(stream, state.scratch_released, 0), "hipStreamWaitEvent");
+  const HostSpans spans = on_host ? host_spans(problem) : HostSpans{};
+  const DeviceCall call = on_host ? copy_in(state, problem, spans) : DeviceCall{problem, stream};
+  body(prepare(state, call));
+  check(hipEventRecord(state.scratch_released, stream), "hipEventRecord");
+  if (on_host) copy_out(call, problem, spans);
+  else if (problem.synchronize) check(hipStreamSynchronize(stream), "hipStreamSynchronize");
+}
+
+// ---- the ABI entries ----
+
+int32_t cached_device_count = 0;
+
+const char* plugin_last_error() { return last_error.c_str(); }
+
+rpa_status plugin_init() {
+  return guarded([] {
+    const hipError_t error = hipGetDeviceCount(&cached_device_count);
+    if (error == hipErrorNoDevice) {
+      cached_device_count = 0;
+      return;
+    }
+    check(error, "hipGetDeviceCount");
+  });
+}
+
+rpa_status plugin_device_count(int32_t* count) {
+  *count = cached_device_count;
+  return RPA_STATUS_OK;
+}
+
+rpa_status plugin_describe_device(int32_t ordinal, char* text, size_t text_size) {
+  return guarded([&] {
+    hipDeviceProp_t properties;
+    check(hipGetDeviceProperties(&properties, ordinal), "hipGetDeviceProperties");
+    std::snprintf(text, text_size, "%s, %d multiprocessors, %.1f GiB, warp %d", properties.name,
+                  properties.multiProcessorCount, properties.totalGlobalMem / 1073741824.0, properties.warpSize);
+  });
+}
+
+rpa_status plugin_create(int32_t ordinal, rpa_plugin_state** out) {
+  *out = nullptr;
+  return guarded([&] {
+    if (ordinal < 0 || ordinal >= cached_device_count)
+      fail(RPA_STATUS_UNAVAILABLE, "no device " + std::to_string(ordinal) + " (" +
+                                       std::to_string(cached_device_count) + " present)");
+    auto state = std::make_unique<rpa_plugin_state>();
+    state->device = ordinal;
+    check(hipSetDevice(ordinal), "hipSetDevice");
+    hipDeviceProp_t properties;
+    check(hipGetDeviceProperties(&properties, ordinal), "hipGetDeviceProperties");
+    state->multiprocessors = properties.multiProcessorCount;
+    check(hipStreamCreateWithFlags(&state->own_stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
+    check(hipEventCreateWithFlags(&state->scratch_released, hipEventDisableTiming), "hipEventCreateWithFlags");
+    check(hipEventCreateWithFlags(&state->upload_done, hipEventDisableTiming), "hipEventCreateWithFlags");
+    allow_shared_memory_all();
+    for (int d_max : {64, 128, 256}) state->resident_blocks[d_max / 128] = resident_blocks(d_max);
+    *out = state.release();
+  });
+}
+
+void plugin_destroy(rpa_plugin_state* state) { delete state; }
+
+rpa_status plugin_run(rpa_plugin_state* state, const rpa_problem* problem) {
+  return guarded([&] { with_call(*state, *problem, [](const Launch& launch) { enqueue(launch); }); });
+}
+
+rpa_status plugin_time_runs(rpa_plugin_state* state, const rpa_problem* problem, int32_t iterations,
+                            double* milliseconds) {
+  return guarded([&] {
+    std::vector<hipEvent_t> events(2 * static_cast<size_t>(iterations), nullptr);
+    struct Destroy {
+      std::vector<hipEvent_t>& events;
+      ~Destroy() {
+        for (hipEvent_t event : events)
+          if (event) (void)hipEventDestroy(event);
+      }
+    } destroy{events};
+    check(hipSetDevice(state->device), "hipSetDevice");
+    for (hipEvent_t& event : events) check(hipEventCreate(&event), "hipEventCreate");
+    // The plan is uploaded once; each timed iteration is the kernels alone, back to back.
+    with_call(*state, *problem, [&](const Launch& launch) {
+      for (int32_t i = 0; i < iterations; ++i) {
+        check(hipEventRecord(events[2 * i], launch.stream), "hipEventRecord");
+        enqueue(launch);
+        check(hipEventRecord(events[2 * i + 1], launch.stream), "hipEventRecord");
+      }
+    });
+    for (int32_t i = 0; i < iterations; ++i) {
+      check(hipEventSynchronize(events[2 * i + 1]), "hipEventSynchronize");
+      float elapsed = 0;
+      check(hipEventElapsedTime(&elapsed, events[2 * i], events[2 * i + 1]), "hipEventElapsedTime");
+      milliseconds[i] = elapsed;
+    }
+  });
+}
+
+rpa_status plugin_device_alloc(rpa_plugin_state* state, size_t bytes, void** pointer) {
+  *pointer = nullptr;
+  return guarded([&] {
+    check(hipSetDevice(state->device), "hipSetDevice");
+    check(hipMalloc(pointer, std::max<size_t>(bytes, 1)), "hipMalloc");
+  });
+}
+
+rpa_status plugin_device_free(rpa_plugin_state* state, void* pointer) {
+  return guarded([&] {
+    check(hipSetDevice(state->device), "hipSetDevice");
+    check(hipFree(pointer), "hipFree");
+  });
+}
+
+rpa_status plugin_device_copy(rpa_plugin_state* state, void* dst, const void* src, size_t bytes, rpa_copy_kind kind) {
+  return guarded([&] {
+    check(hipSetDevice(state->device), "hipSetDevice");
+    const hipMemcpyKind direction = kind == RPA_COPY_HOST_TO_DEVICE   ? hipMemcpyHostToDevice
+                                    : kind == RPA_COPY_DEVICE_TO_HOST ? hipMemcpyDeviceToHost
+                                                                      : hipMemcpyDeviceToDevice;
+    check(hipMemcpy(dst, src, bytes, direction), "hipMemcpy");
+    // A device-to-device hipMemcpy may return before the copy ends; the ABI promises it has ended.
+    if (direction == hipMemcpyDeviceToDevice) check(hipDeviceSynchronize(), "hipDeviceSynchronize");
+  });
+}
+
+const rpa_plugin_api plugin_api = {
+    RPA_PLUGIN_ABI_VERSION, sizeof(rpa_plugin_api), RPA_GPU_PLUGIN_NAME, plugin_last_error, plugin_init,
+    plugin_device_count,    plugin_describe_device, plugin_create,       plugin_destroy,    plugin_run,
+    plugin_time_runs,       plugin_device_alloc,    plugin_device_free,  plugin_device_copy};
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) const rpa_plugin_api* rpa_plugin_entry(void) { return &plugin_api; }
+
+// Declines before the runtime is initialised when the vendor's kernel driver is absent.
+__attribute__((visibility("default"))) int32_t rpa_plugin_score(void) {
+#if defined(RPA_GPU_CUDA)
+  if (!dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL)) {
+    last_error = "the NVIDIA driver is not installed (libcuda.so.1 cannot be opened)";
+    return 0;
+  }
+#else
+  if (access("/dev/kfd", R_OK | W_OK) != 0) {
+    last_error = "the AMD GPU kernel driver is absent or not accessible (/dev/kfd)";
+    return 0;
+  }
+#endif
+  return 1;
+}
+
+}  // extern "C"

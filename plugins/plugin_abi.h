@@ -1,0 +1,75 @@
+/*
+ * The ABI between librpa and a GPU plugin (librpa_hip.so, librpa_cuda.so) that the core loads with
+ * dlopen. Plain C: only C types and rpa_status codes cross it, never a C++ exception. The plugin keeps
+ * the detailed text of its calling thread's last failure, readable through last_error().
+ *
+ * A plugin exports:
+ *   rpa_plugin_entry (required): returns its static function table; it must not fail or touch a device.
+ *   rpa_plugin_score (optional): a cheap probe run before init(); 0 means "cannot run on this machine"
+ *     (for instance its driver is absent), otherwise a priority: the usable plugin with the highest score
+ *     serves the gpu backend. A plugin without it scores 1.
+ *
+ * The table starts with its ABI version and its own size. Entries are only ever appended, so a core may
+ * use a larger table than it knows; a table smaller than the core's rpa_plugin_api is rejected.
+ */
+#ifndef RPA_PLUGIN_ABI_H
+#define RPA_PLUGIN_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/problem.h"
+#include "rpa/rpa.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Raised when an entry changes meaning or is removed (appending entries keeps the version). */
+#define RPA_PLUGIN_ABI_VERSION 1
+
+#define RPA_PLUGIN_ENTRY_SYMBOL "rpa_plugin_entry"
+#define RPA_PLUGIN_SCORE_SYMBOL "rpa_plugin_score"
+
+/** One context's state inside the plugin (its device, stream, scratch). */
+typedef struct rpa_plugin_state rpa_plugin_state;
+
+typedef struct rpa_plugin_api {
+  uint32_t abi_version; /* RPA_PLUGIN_ABI_VERSION the plugin was built with */
+  uint32_t struct_size; /* sizeof(rpa_plugin_api) as the plugin was built */
+  const char* name;     /* short name, e.g. "hip" or "cuda" */
+
+  /* Detailed message of the calling thread's last failure inside the plugin; never NULL. */
+  const char* (*last_error)(void);
+
+  /* Initialises the GPU runtime; called once, before anything else below. */
+  rpa_status (*init)(void);
+  /* Devices this plugin can drive, and a one-line description of device `ordinal`. */
+  rpa_status (*device_count)(int32_t* count);
+  rpa_status (*describe_device)(int32_t ordinal, char* text, size_t text_size);
+
+  /* A context on device `ordinal`; destroy waits for its pending work. */
+  rpa_status (*create)(int32_t ordinal, rpa_plugin_state** state);
+  void (*destroy)(rpa_plugin_state* state);
+
+  /* One attention call, validated by the core. Safe to call from several threads on one state. */
+  rpa_status (*run)(rpa_plugin_state* state, const rpa_problem* problem);
+  /* `iterations` runs of the problem, each timed with device events, in milliseconds. */
+  rpa_status (*time_runs)(rpa_plugin_state* state, const rpa_problem* problem, int32_t iterations,
+                          double* milliseconds);
+
+  rpa_status (*device_alloc)(rpa_plugin_state* state, size_t bytes, void** pointer);
+  rpa_status (*device_free)(rpa_plugin_state* state, void* pointer);
+  /* Synchronous copy between host and the state's device (or within the device). */
+  rpa_status (*device_copy)(rpa_plugin_state* state, void* dst, const void* src, size_t bytes,
+                            rpa_copy_kind kind);
+} rpa_plugin_api;
+
+typedef const rpa_plugin_api* (*rpa_plugin_entry_fn)(void);
+typedef int32_t (*rpa_plugin_score_fn)(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* RPA_PLUGIN_ABI_H */

@@ -1,0 +1,81 @@
+/* Fake GPU plugins for the loader tests, compiled once per FAKE_* kind (tests/plugins/meson.build):
+ * each breaks the plugin ABI in one way, and the core must reject it with the matching reason. */
+#include <string.h>
+
+#include "plugins/plugin_abi.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static const char* fake_last_error(void) { return "fake plugin: initialisation refused on purpose"; }
+
+static rpa_status fake_init(void) {
+#ifdef FAKE_INIT_FAILS
+  return RPA_STATUS_DEVICE_ERROR;
+#else
+  return RPA_STATUS_OK;
+#endif
+}
+
+static rpa_status fake_device_count(int32_t* count) {
+  *count = 0; /* FAKE_NO_DEVICE; the other fakes are rejected before they are asked */
+  return RPA_STATUS_OK;
+}
+
+static rpa_status fake_describe_device(int32_t ordinal, char* text, size_t text_size) {
+  (void)ordinal, (void)text, (void)text_size;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_create(int32_t ordinal, rpa_plugin_state** state) {
+  (void)ordinal;
+  *state = NULL;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static void fake_destroy(rpa_plugin_state* state) { (void)state; }
+
+static rpa_status fake_run(rpa_plugin_state* state, const rpa_problem* problem) {
+  (void)state, (void)problem;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_time_runs(rpa_plugin_state* state, const rpa_problem* problem, int32_t iterations,
+                                 double* milliseconds) {
+  (void)state, (void)problem, (void)iterations, (void)milliseconds;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_device_alloc(rpa_plugin_state* state, size_t bytes, void** pointer) {
+  (void)state, (void)bytes;
+  *pointer = NULL;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_device_free(rpa_plugin_state* state, void* pointer) {
+  (void)state, (void)pointer;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_device_copy(rpa_plugin_state* state, void* dst, const void* src, size_t bytes,
+                                   rpa_copy_kind kind) {
+  (void)state, (void)dst, (void)src, (void)bytes, (void)kind;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+#ifdef FAKE_WRONG_ABI
+#define FAKE_ABI_VERSION (RPA_PLUGIN_ABI_VERSION + 1000)
+#else
+#define FAKE_ABI_VERSION RPA_PLUGIN_ABI_VERSION
+#endif
+
+static const rpa_plugin_api fake_api = {
+    FAKE_ABI_VERSION, sizeof(rpa_plugin_api), FAKE_NAME, fake_last_error, fake_init, fake_device_count,
+    fake_describe_device, fake_create, fake_destroy, fake_run, fake_time_runs, fake_device_alloc,
+    fake_device_free, fake_device_copy};
+
+#ifdef FAKE_NO_ENTRY
+/* Exports something, but not the entry point. */
+EXPORT const rpa_plugin_api* rpa_plugin_entry_misspelt(void) { return &fake_api; }
+#else
+EXPORT const rpa_plugin_api* rpa_plugin_entry(void) { return &fake_api; }
+#endif

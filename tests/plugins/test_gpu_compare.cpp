@@ -1,0 +1,229 @@
+// The gpu backend against the reference on random problems covering the whole contract: GQA/MQA, head
+// dims up to 256 (vector and scalar load paths), page sizes, windows, soft caps, sinks of every shape,
+// lse, padding rows and sequences, empty sequences, long contexts split across blocks, every dtype
+// combination, combined/separate and strided layouts, host and device memory. Skips without a GPU.
+#define BOOST_TEST_MODULE gpu_compare
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "tests/support/case.h"
+
+using namespace rpa::testing;
+
+namespace {
+
+struct GpuPresent {
+  boost::test_tools::assertion_result operator()(boost::unit_test::test_unit_id) const {
+    boost::test_tools::assertion_result present(rpa_backend_available(RPA_BACKEND_GPU) != 0);
+    present.message() << "no usable GPU plugin or device";
+    return present;
+  }
+};
+
+// f32 output: 2e-5 absolute. A 16-bit output may round the other way at a tie: one unit in its last place.
+double tolerance(rpa_dtype out_dtype, float expected) {
+  const double relative = out_dtype == RPA_DTYPE_BF16 ? std::ldexp(1.0, -7) : out_dtype == RPA_DTYPE_F16 ? std::ldexp(1.0, -10) : 0.0;
+  return 2e-5 + relative * std::abs(expected);
+}
+
+void expect_close(const Result& got, const Result& expected, rpa_dtype out_dtype, const std::string& what) {
+  BOOST_REQUIRE_MESSAGE(got.status == RPA_STATUS_OK, what << ": " << got.message);
+  BOOST_REQUIRE_EQUAL(got.out.size(), expected.out.size());
+  double worst = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.out.size(); ++i) {
+    const double error = std::isnan(got.out[i]) ? INFINITY : std::abs(double(got.out[i]) - expected.out[i]);
+    if (error > tolerance(out_dtype, expected.out[i])) ++bad;
+    if (out_dtype == RPA_DTYPE_F32) worst = std::max(worst, error);
+  }
+  BOOST_TEST(bad == 0u, what << ": " << bad << " output elements outside tolerance");
+  if (out_dtype == RPA_DTYPE_F32) BOOST_TEST(worst <= 2e-5, what << ": max abs error " << worst);
+  BOOST_TEST(max_abs_diff(got.lse, expected.lse) <= 2e-5, what << ": lse");
+}
+
+// The same prepared call with every float tensor in device memory (rpa_device_alloc/copy).
+Result run_on_device(Prepared prepared) {
+  Result result;
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_GPU;
+  rpa_context* context = nullptr;
+  BOOST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  rpa_attention_args& args = prepared.args;
+  struct Buffer {
+    void* host;
+    size_t bytes;
+    void* device;
+  };
+  std::vector<Buffer> buffers;
+  auto to_device = [&](rpa_tensor& tensor, void* host, size_t bytes) {
+    if (!tensor.data) return;
+    void* device = nullptr;
+    BOOST_REQUIRE(rpa_device_alloc(context, bytes, &device) == RPA_STATUS_OK);
+    BOOST_REQUIRE(rpa_device_copy(context, device, host, bytes, RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+    tensor.data = device;
+    buffers.push_back({host, bytes, device});
+  };
+  to_device(args.queries, prepared.queries.data(), prepared.queries.size());
+  to_device(args.kv_pages, prepared.kv.data(), prepared.kv.size());
+  to_device(args.k_cache, prepared.k_cache.data(), prepared.k_cache.size());
+  to_device(args.v_cache, prepared.v_cache.data(), prepared.v_cache.size());
+  to_device(args.softmax_aux, prepared.sinks.data(), prepared.sinks.size() * sizeof(float));
+  to_device(args.out, prepared.out.data(), prepared.out.size());
+  to_device(args.lse, prepared.lse.data(), prepared.lse.size() * sizeof(float));
+  args.memory = RPA_MEMORY_DEVICE;
+  args.synchronize = 1;
+  result.status = rpa_attention(context, &args);
+  if (result.status != RPA_STATUS_OK) result.message = rpa_last_error();
+  for (const Buffer& buffer : buffers) {
+    BOOST_REQUIRE(rpa_device_copy(context, buffer.host, buffer.device, buffer.bytes, RPA_COPY_DEVICE_TO_HOST) ==
+                  RPA_STATUS_OK);
+    BOOST_REQUIRE(rpa_device_free(context, buffer.device) == RPA_STATUS_OK);
+  }
+  rpa_context_destroy(context);
+  const rpa_tensor &out = args.out, &lse = args.lse;
+  const bool has_lse = !prepared.lse.empty() && lse.data;
+  for (int64_t t = 0; t < out.shape[0]; ++t)
+    for (int64_t h = 0; h < out.shape[1]; ++h) {
+      for (int64_t d = 0; d < out.shape[2]; ++d)
+        result.out.push_back(rpa::load_float(prepared.out.data(), out.dtype, t * out.strides[0] + h * out.strides[1] + d));
+      if (has_lse) result.lse.push_back(prepared.lse[t * lse.strides[0] + h]);
+    }
+  return result;
+}
+
+void compare(const Case& c, const std::string& what) {
+  const Result expected = run_case(c, RPA_BACKEND_REFERENCE);
+  BOOST_REQUIRE_MESSAGE(expected.status == RPA_STATUS_OK, what << ": reference: " << expected.message);
+  expect_close(run_case(c, RPA_BACKEND_GPU), expected, c.out_dtype, what + " (host memory)");
+  expect_close(run_on_device(prepare(c)), expected, c.out_dtype, what + " (device memory)");
+}
+
+// Shapes that reach every path of the kernels: decode, prefill, split long contexts, head dims that
+// take the 16-byte and the element-wise loads, q-head groups larger than one block's rows.
+std::vector<RandomSpec> shapes() {
+  std::vector<RandomSpec> specs;
+  RandomSpec s;
+  s.q_lens = {1, 1, 1, 1, 1, 1}, s.context_lens = {1, 17, 300, 64, 650, 33};
+  s.num_q_heads = 8, s.num_kv_heads = 2, s.head_dim = 64, s.page_size = 16;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {5, 0, 17, 1}, s.context_lens = {9, 4, 40, 33};
+  s.num_q_heads = 4, s.num_kv_heads = 4, s.head_dim = 16, s.page_size = 4, s.padding_tokens = 3, s.padding_seqs = 2;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {1, 2}, s.context_lens = {3000, 1500};
+  s.num_q_heads = 32, s.num_kv_heads = 8, s.head_dim = 128, s.page_size = 16;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {3, 1}, s.context_lens = {300, 900};
+  s.num_q_heads = 2, s.num_kv_heads = 1, s.head_dim = 256, s.page_size = 7;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {40, 2}, s.context_lens = {70, 2};
+  s.num_q_heads = 48, s.num_kv_heads = 1, s.head_dim = 80, s.page_size = 5, s.padding_tokens = 1;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {33, 7}, s.context_lens = {100, 7};
+  s.num_q_heads = 6, s.num_kv_heads = 3, s.head_dim = 13, s.page_size = 1;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {130}, s.context_lens = {600};
+  s.num_q_heads = 4, s.num_kv_heads = 1, s.head_dim = 96, s.page_size = 32;
+  specs.push_back(s);
+  return specs;
+}
+
+// Adds a random subset of the features to a case.
+void add_features(Case& c, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> coin(0, 1), pick(0, 3);
+  if (coin(rng)) c.sliding_window = std::vector<int>{1, 5, 64, 1000}[pick(rng)];
+  if (coin(rng)) c.logits_soft_cap = std::vector<double>{0.5, 5.0, 30.0, 1e4}[pick(rng)];
+  if (coin(rng)) c.softmax_scale = 0.3;
+  const int sinks = pick(rng);  // none, shared, per kv head, per q head
+  if (sinks) {
+    c.sink_heads = sinks == 1 ? 1 : sinks == 2 ? c.num_kv_heads : c.num_q_heads;
+    c.sinks_per_head = 2;
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    c.sinks.resize(c.sink_heads * c.sinks_per_head);
+    for (float& x : c.sinks) x = normal(rng);
+    c.sinks[0] = -std::numeric_limits<float>::infinity();  // allowed: contributes nothing
+  }
+  c.separate_kv = coin(rng);
+  c.strided = coin(rng);
+}
+
+const rpa_dtype kDtypes[] = {RPA_DTYPE_F32, RPA_DTYPE_F16, RPA_DTYPE_BF16};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(f32_matches_reference_within_2e5, *boost::unit_test::precondition(GpuPresent())) {
+  std::mt19937_64 rng(2024);
+  const std::vector<RandomSpec> specs = shapes();
+  for (int round = 0; round < 3; ++round)
+    for (size_t i = 0; i < specs.size(); ++i) {
+      Case c = random_case(specs[i], 100 * round + i);
+      if (round > 0) add_features(c, rng);
+      compare(c, "f32 shape " + std::to_string(i) + " round " + std::to_string(round));
+    }
+}
+
+BOOST_AUTO_TEST_CASE(every_dtype_combination, *boost::unit_test::precondition(GpuPresent())) {
+  std::mt19937_64 rng(7);
+  const std::vector<RandomSpec> specs = shapes();
+  int n = 0;
+  for (rpa_dtype q : kDtypes)
+    for (rpa_dtype kv : kDtypes)
+      for (rpa_dtype out : kDtypes) {
+        Case c = random_case(specs[n % specs.size()], 1000 + n);
+        add_features(c, rng);
+        c.query_dtype = q, c.kv_dtype = kv, c.out_dtype = out;
+        c.round_to_dtypes();
+        compare(c, "dtypes " + std::to_string(q) + "/" + std::to_string(kv) + "/" + std::to_string(out) + " shape " +
+                       std::to_string(n % specs.size()));
+        ++n;
+      }
+}
+
+// NaN and Inf in keys that are inside the context but outside every query's window never reach the output.
+BOOST_AUTO_TEST_CASE(nan_outside_the_window_never_leaks, *boost::unit_test::precondition(GpuPresent())) {
+  RandomSpec spec;
+  spec.q_lens = {4, 1}, spec.context_lens = {900, 700};
+  spec.num_q_heads = 4, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = 16;
+  Case c = random_case(spec, 5);
+  c.sliding_window = 100;
+  for (int32_t s = 0; s < c.num_seqs; ++s) {
+    const int32_t q_len = c.query_start_loc[s + 1] - c.query_start_loc[s];
+    const int32_t first_visible = c.context_lens[s] - q_len - c.sliding_window + 1;
+    for (int32_t j = 0; j < first_visible; ++j) {
+      const int32_t page = c.block_tables[s * c.pages_per_seq + j / c.page_size];
+      for (int64_t h = 0; h < c.num_kv_heads; ++h)
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          c.k(page, j % c.page_size, h, d) = std::numeric_limits<float>::infinity();
+          c.v(page, j % c.page_size, h, d) = std::numeric_limits<float>::quiet_NaN();
+        }
+    }
+  }
+  compare(c, "NaN outside the window");
+}
+
+BOOST_AUTO_TEST_CASE(timing_reports_each_run, *boost::unit_test::precondition(GpuPresent())) {
+  RandomSpec spec;
+  spec.q_lens = {1, 1}, spec.context_lens = {100, 200};
+  Prepared prepared = prepare(random_case(spec, 3));
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_GPU;
+  rpa_context* context = nullptr;
+  BOOST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  std::vector<double> milliseconds(5, -1.0);
+  BOOST_REQUIRE(rpa_time_attention(context, &prepared.args, 5, milliseconds.data()) == RPA_STATUS_OK);
+  for (double ms : milliseconds) BOOST_TEST((ms > 0.0 && ms < 1000.0), ms);
+  rpa_context_destroy(context);
+}

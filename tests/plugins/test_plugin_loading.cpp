@@ -1,0 +1,120 @@
+// The plugin loader against fake plugins that each break the ABI in one way (tests/plugins/fake_plugin.c)
+// and against the real plugins built here: each is reported with the right reason, and the CPU backends
+// keep working whatever the plugins do.
+#define BOOST_TEST_MODULE plugin_loading
+#include <boost/test/unit_test.hpp>
+
+#include <cstdlib>
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "tests/support/case.h"
+
+namespace {
+
+// Reports by file name (the loader keeps the first file of each name).
+std::map<std::string, rpa_plugin_report> reports_by_file() {
+  std::map<std::string, rpa_plugin_report> reports;
+  for (int32_t i = 0; i < rpa_plugin_report_count(); ++i) {
+    rpa_plugin_report report{};
+    BOOST_REQUIRE_EQUAL(rpa_get_plugin_report(i, &report), RPA_STATUS_OK);
+    const std::string path = report.path;
+    reports.emplace(path.substr(path.rfind('/') + 1), report);
+  }
+  return reports;
+}
+
+bool starts_with(const std::string& text, const std::string& prefix) { return text.rfind(prefix, 0) == 0; }
+
+void expect_rejected(const std::string& file, const std::string& reason_prefix, const std::string& also_contains = "") {
+  const auto reports = reports_by_file();
+  const auto found = reports.find(file);
+  BOOST_REQUIRE_MESSAGE(found != reports.end(), file << " was not found by the loader");
+  const rpa_plugin_report& report = found->second;
+  BOOST_TEST(report.usable == 0);
+  BOOST_TEST(report.device_count == 0);
+  BOOST_TEST_MESSAGE(file << ": " << report.reason);
+  BOOST_TEST(starts_with(report.reason, reason_prefix), file << " reason: " << report.reason);
+  if (!also_contains.empty()) BOOST_TEST(std::string(report.reason).find(also_contains) != std::string::npos);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(wrong_abi_version_is_rejected) {
+  expect_rejected("librpa_fake_wrong_abi.so", "wrong ABI: the plugin has ABI version 1001");
+}
+
+BOOST_AUTO_TEST_CASE(missing_entry_is_rejected) {
+  expect_rejected("librpa_fake_no_entry.so", "not an rpa plugin: it exports no rpa_plugin_entry");
+}
+
+BOOST_AUTO_TEST_CASE(init_failure_is_rejected_with_the_plugins_message) {
+  expect_rejected("librpa_fake_init_fails.so", "driver error: initialisation failed (device error)",
+                  "refused on purpose");
+  BOOST_TEST(std::string(reports_by_file().at("librpa_fake_init_fails.so").name) == "fake-init_fails");
+}
+
+BOOST_AUTO_TEST_CASE(zero_devices_is_rejected) {
+  expect_rejected("librpa_fake_no_device.so", "no device: the fake-no_device runtime reports no device");
+}
+
+// The real plugins load with dlopen wherever their runtime libraries are installed; without a GPU they
+// report "no device". librpa_hip.so links the ROCm runtime, which a machine without ROCm lacks.
+BOOST_AUTO_TEST_CASE(real_plugins_load_and_report_cleanly) {
+  const char* names = std::getenv("RPA_TEST_REAL_PLUGINS");
+  BOOST_REQUIRE(names);
+  std::stringstream list(names);
+  const auto reports = reports_by_file();
+  for (std::string file; std::getline(list, file, ',');) {
+    if (file.empty()) continue;
+    const auto found = reports.find(file);
+    BOOST_REQUIRE_MESSAGE(found != reports.end(), file << " was not found by the loader");
+    const rpa_plugin_report& report = found->second;
+    BOOST_TEST_MESSAGE(file << ": " << (report.usable ? "usable: " : "rejected: ") << report.reason);
+    if (report.usable) {
+      BOOST_TEST(report.device_count > 0);
+      continue;
+    }
+    const std::string reason = report.reason;
+    const bool rocm_missing = file == "librpa_hip.so" && starts_with(reason, "cannot be loaded") &&
+                              reason.find("libamdhip64") != std::string::npos;
+    BOOST_TEST((starts_with(reason, "no device: ") || rocm_missing), file << " reason: " << reason);
+  }
+}
+
+// Without a GPU, the gpu backend is refused with every plugin's reason; with one, it is created.
+BOOST_AUTO_TEST_CASE(gpu_backend_unavailable_names_each_plugin) {
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_GPU;
+  rpa_context* context = nullptr;
+  if (rpa_backend_available(RPA_BACKEND_GPU)) {
+    BOOST_TEST(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
+    rpa_context_destroy(context);
+    return;
+  }
+  BOOST_TEST(rpa_context_create(&options, &context) == RPA_STATUS_UNAVAILABLE);
+  BOOST_TEST(context == nullptr);
+  const std::string message = rpa_last_error();
+  BOOST_TEST(message.find("no usable GPU plugin") != std::string::npos, message);
+  BOOST_TEST(message.find("librpa_fake_wrong_abi.so: wrong ABI") != std::string::npos, message);
+  BOOST_TEST(message.find("librpa_fake_no_device.so: no device") != std::string::npos, message);
+}
+
+BOOST_AUTO_TEST_CASE(cpu_keeps_working) {
+  using namespace rpa::testing;
+  RandomSpec spec;
+  spec.q_lens = {3, 1};
+  spec.context_lens = {7, 5};
+  const Case c = random_case(spec, 11);
+  const Result expected = run_case(c, RPA_BACKEND_REFERENCE);
+  BOOST_REQUIRE_EQUAL(expected.status, RPA_STATUS_OK);
+  for (rpa_backend backend : {RPA_BACKEND_AUTO, RPA_BACKEND_SIMD}) {
+    if (!rpa_backend_available(backend)) continue;
+    const Result got = run_case(c, backend);
+    BOOST_REQUIRE_MESSAGE(got.status == RPA_STATUS_OK, got.message);
+    BOOST_TEST(max_abs_diff(got.out, expected.out) <= 2e-5);
+    BOOST_TEST(max_abs_diff(got.lse, expected.lse) <= 2e-5);
+  }
+}
