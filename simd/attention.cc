@@ -1,0 +1,544 @@
+// The per-target kernels of the simd backend: flash attention with an online softmax in f32.
+//
+// A work item (plan.h) is up to kMaxRows rows of one sequence, runs of rows sharing a kv head (the q heads
+// of its group times a block of query tokens; a decode item holds several kv heads), and a key range.
+// The keys are walked in tiles of kTileKeys; for each run, the tile's K and V rows of its kv head are
+// converted to f32 once and shared by all the run's rows, in blocks of 4 rows (single rows for the rest):
+//   - Q.K^T: ScoreBlock computes kLanes dot products at once (4 rows x kLanes/4 keys), each K vector
+//     loaded once for all rows, and sums them with a transposing tree (no horizontal sum per key);
+//   - the soft cap and the mask are applied, then the running max, sum and output rescale;
+//   - P.V: AccumulateBlock keeps a 4-row x kPvVecs-vector block of the output in registers and streams
+//     the tile's V rows through it.
+// Keys a row cannot see are never multiplied into its output (the P.V kernels only run over visible
+// ranges), so NaN or Inf there cannot leak, and tiles no row of a run can see are neither loaded nor
+// computed (causal and window bounds).
+//
+// Compiled once per Highway target through foreach_target; only AttendItem, MergeSplits and
+// TargetBits are exported and reached through HWY_DYNAMIC_DISPATCH (attention.h).
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "core/dtype.h"
+#include "simd/attention.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "simd/attention.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+
+#include <hwy/cache_control.h>
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace rpa::simd {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+constexpr size_t kLanes = hn::MaxLanes(DF());
+constexpr size_t kTile = static_cast<size_t>(kTileKeys);
+static_assert(kTile % kLanes == 0 && kLanes % 4 == 0, "tiles hold whole vectors; blocks of 4 rows fill one");
+
+// Output vectors per P.V block: 4 rows x 4 vectors needs the 32 registers of AVX-512; 16 registers
+// (AVX2, SSE4) hold 4 rows x 2 vectors.
+constexpr size_t kPvVecs = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
+
+// Highway 1.0.3 emulates f16 conversions on targets without F16C by truncating and without Inf/NaN;
+// those targets use the exact scalar conversions of core/dtype.h instead.
+constexpr bool kNativeF16 = !(HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3 || HWY_TARGET == HWY_EMU128 ||
+                              HWY_TARGET == HWY_SCALAR);
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+constexpr size_t RoundUp(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+const void* Element(const void* base, rpa_dtype dtype, int64_t index) {
+  return static_cast<const char*>(base) + index * dtype_size(dtype);
+}
+
+// Converts `dim` elements stored as `dtype` to f32 at dst (aligned) and zero-fills up to `padded`.
+HWY_INLINE void LoadRow(const void* src, rpa_dtype dtype, size_t dim, size_t padded, float* HWY_RESTRICT dst) {
+  const DF df;
+  size_t i = 0;
+  if (dtype == RPA_DTYPE_F32) {
+    const float* from = static_cast<const float*>(src);
+    for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::LoadU(df, from + i), df, dst + i);
+  } else if (dtype == RPA_DTYPE_BF16) {
+    const hn::Rebind<hwy::bfloat16_t, DF> dbf;
+    const hwy::bfloat16_t* from = static_cast<const hwy::bfloat16_t*>(src);
+    for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::PromoteTo(df, hn::LoadU(dbf, from + i)), df, dst + i);
+  } else if (kNativeF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const hwy::float16_t* from = static_cast<const hwy::float16_t*>(src);
+    for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, from + i)), df, dst + i);
+  }
+  for (; i < dim; ++i) dst[i] = load_float(src, dtype, static_cast<int64_t>(i));
+  for (; i < padded; ++i) dst[i] = 0.0f;
+}
+
+// Writes src[0..dim) * factor to dst stored as `dtype`, rounding to nearest even like core/dtype.h.
+HWY_INLINE void StoreRow(const float* HWY_RESTRICT src, float factor, size_t dim, void* dst, rpa_dtype dtype) {
+  const DF df;
+  const VF scale = hn::Set(df, factor);
+  size_t i = 0;
+  if (dtype == RPA_DTYPE_F32) {
+    float* to = static_cast<float*>(dst);
+    for (; i + kLanes <= dim; i += kLanes) hn::StoreU(hn::Mul(hn::Load(df, src + i), scale), df, to + i);
+  } else if (dtype == RPA_DTYPE_BF16) {
+    // Highway 1.0.3's DemoteTo(bf16) truncates: round to nearest even by hand.
+    const hn::RebindToUnsigned<DF> du;
+    const hn::RebindToSigned<DF> di;
+    const hn::Rebind<uint16_t, DF> du16;
+    uint16_t* to = static_cast<uint16_t*>(dst);
+    for (; i + kLanes <= dim; i += kLanes) {
+      const VF value = hn::Mul(hn::Load(df, src + i), scale);
+      const auto bits = hn::BitCast(du, value);
+      const auto upper = hn::ShiftRight<16>(bits);
+      const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(hn::Set(du, 0x7fffu), hn::And(upper, hn::Set(du, 1u)))));
+      const auto quiet_nan = hn::Or(upper, hn::Set(du, 0x40u));
+      const auto result = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(value)), quiet_nan, rounded);
+      hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, result)), du16, to + i);
+    }
+  } else if (kNativeF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    hwy::float16_t* to = static_cast<hwy::float16_t*>(dst);
+    for (; i + kLanes <= dim; i += kLanes) hn::StoreU(hn::DemoteTo(dh, hn::Mul(hn::Load(df, src + i), scale)), dh, to + i);
+  }
+  for (; i < dim; ++i) store_float(dst, dtype, static_cast<int64_t>(i), src[i] * factor);
+}
+
+// K or V rows of the current tile, converted to f32 (stride dp).
+struct TileRows {
+  const float* HWY_RESTRICT base;
+  size_t stride;
+  HWY_INLINE VF Load(size_t j, size_t d) const { return hn::Load(DF(), base + j * stride + d); }
+};
+
+// Folds kCount vectors pairwise until acc[0] lane i holds the total of the original acc[i]: each step
+// leaves, in its lower half, the pair sums of the first vector's lanes and in its upper half those of the
+// second. A template, so every level is unrolled and the vectors stay in registers.
+template <size_t kCount>
+HWY_INLINE void SumEach(VF* acc) {
+  if constexpr (kCount > 1) {
+    const DF df;
+    HWY_UNROLL(8)
+    for (size_t i = 0; i < kCount / 2; ++i)
+      acc[i] = hn::Add(hn::ConcatEven(df, acc[2 * i + 1], acc[2 * i]), hn::ConcatOdd(df, acc[2 * i + 1], acc[2 * i]));
+    SumEach<kCount / 2>(acc);
+  }
+}
+
+// Scores of kRows query rows (stride dp) against the kLanes / kRows keys at k (stride dp), written to
+// s[r * kTile + j]. Each K vector feeds every row; the kLanes accumulators are summed by a tree of
+// ConcatEven/ConcatOdd pairs that leaves lane i holding the total of accumulator i.
+template <size_t kRows>
+HWY_INLINE void ScoreBlock(const float* HWY_RESTRICT q, const TileRows& k, size_t j0, size_t dp, float* HWY_RESTRICT s) {
+  const DF df;
+  constexpr size_t kKeys = kLanes / kRows;
+  VF acc[kLanes];
+  HWY_UNROLL(16)
+  for (size_t i = 0; i < kLanes; ++i) acc[i] = hn::Zero(df);
+  for (size_t d = 0; d < dp; d += kLanes) {
+    VF key[kKeys];
+    HWY_UNROLL(16)
+    for (size_t j = 0; j < kKeys; ++j) key[j] = k.Load(j0 + j, d);
+    HWY_UNROLL(4)
+    for (size_t r = 0; r < kRows; ++r) {
+      const VF query = hn::Load(df, q + r * dp + d);
+      HWY_UNROLL(16)
+      for (size_t j = 0; j < kKeys; ++j) acc[r * kKeys + j] = hn::MulAdd(query, key[j], acc[r * kKeys + j]);
+    }
+  }
+  SumEach<kLanes>(acc);
+  if constexpr (kRows == 1) {
+    hn::StoreU(acc[0], df, s);
+  } else {
+    HWY_ALIGN float lanes[kLanes];
+    hn::Store(acc[0], df, lanes);
+    for (size_t r = 0; r < kRows; ++r) std::memcpy(s + r * kTile, lanes + r * kKeys, kKeys * sizeof(float));
+  }
+}
+
+// o[r][0, kVecs * kLanes) += sum over j in [j0, j1) of p[r * kTile + j] * v[j][same range], for kRows rows
+// (o and v with stride dp). The output block stays in registers while V streams through.
+template <size_t kRows, size_t kVecs>
+HWY_INLINE void AccumulateBlock(const float* HWY_RESTRICT p, const TileRows& v, size_t d0, size_t dp, size_t j0,
+                                size_t j1, float* HWY_RESTRICT o) {
+  const DF df;
+  VF acc[kRows * kVecs];
+  HWY_UNROLL(4)
+  for (size_t r = 0; r < kRows; ++r) {
+    HWY_UNROLL(4)
+    for (size_t i = 0; i < kVecs; ++i) acc[r * kVecs + i] = hn::Load(df, o + r * dp + i * kLanes);
+  }
+  for (size_t j = j0; j < j1; ++j) {
+    VF value[kVecs];
+    HWY_UNROLL(4)
+    for (size_t i = 0; i < kVecs; ++i) value[i] = v.Load(j, d0 + i * kLanes);
+    HWY_UNROLL(4)
+    for (size_t r = 0; r < kRows; ++r) {
+      const VF weight = hn::Set(df, p[r * kTile + j]);
+      HWY_UNROLL(4)
+      for (size_t i = 0; i < kVecs; ++i) acc[r * kVecs + i] = hn::MulAdd(weight, value[i], acc[r * kVecs + i]);
+    }
+  }
+  HWY_UNROLL(4)
+  for (size_t r = 0; r < kRows; ++r) {
+    HWY_UNROLL(4)
+    for (size_t i = 0; i < kVecs; ++i) hn::Store(acc[r * kVecs + i], df, o + r * dp + i * kLanes);
+  }
+}
+
+// The whole padded row width of AccumulateBlock.
+template <size_t kRows>
+HWY_INLINE void AccumulateRows(const float* HWY_RESTRICT p, const TileRows& v, size_t dp, size_t j0, size_t j1,
+                               float* HWY_RESTRICT o) {
+  size_t d = 0;
+  for (; d + kPvVecs * kLanes <= dp; d += kPvVecs * kLanes) AccumulateBlock<kRows, kPvVecs>(p, v, d, dp, j0, j1, o + d);
+  for (; d < dp; d += kLanes) AccumulateBlock<kRows, 1>(p, v, d, dp, j0, j1, o + d);
+}
+
+// Where row `row` of a sequence (plan.h: kv head first, then token, then q head of the group) lives.
+struct RowPlace {
+  int64_t token;    // global query row
+  int64_t head;     // q head
+  int64_t kv_head;
+  int64_t pos;      // position of the query in its sequence
+};
+
+RowPlace PlaceOf(const rpa_problem& p, int32_t seq, int64_t row) {
+  const int64_t group = p.num_q_heads / p.num_kv_heads;
+  const int64_t first = p.query_start_loc[seq];
+  const int64_t q_len = p.query_start_loc[seq + 1] - first;
+  const int64_t kv_head = row / (q_len * group), token = row % (q_len * group) / group;
+  return {first + token, kv_head * group + row % group, kv_head, p.context_lens[seq] - q_len + token};
+}
+
+// Normalises one row by its softmax denominator (visible keys and the head's sinks) and writes it with
+// its lse. `max` and `sum` are the running max and sum of exp(score - max) over the visible keys.
+HWY_INLINE void FinalizeRow(const rpa_problem& p, const RowPlace& place, float max, float sum,
+                            const float* HWY_RESTRICT o, size_t dim) {
+  int64_t sink_row = 0;
+  if (p.sink_heads == p.num_q_heads) sink_row = place.head;
+  else if (p.sink_heads == p.num_kv_heads) sink_row = place.kv_head;
+  float top = max;
+  if (p.sinks)
+    for (int64_t n = 0; n < p.sinks_per_head; ++n)
+      top = std::max(top, load_float(p.sinks, p.sink_dtype, sink_row * p.sink_head_stride + n * p.sink_stride));
+  void* out = static_cast<char*>(p.out) + (place.token * p.out_token_stride + place.head * p.out_head_stride) *
+                                              dtype_size(p.out_dtype);
+  float* lse = p.lse ? p.lse + place.token * p.lse_token_stride + place.head * p.lse_head_stride : nullptr;
+  if (top == kNegInf) {  // no visible key and no finite sink: a zero row
+    std::memset(out, 0, dim * dtype_size(p.out_dtype));
+    if (lse) *lse = kNegInf;
+    return;
+  }
+  const float kept = max == kNegInf ? 0.0f : std::exp(max - top);
+  float denominator = sum * kept;
+  if (p.sinks)
+    for (int64_t n = 0; n < p.sinks_per_head; ++n)
+      denominator += std::exp(load_float(p.sinks, p.sink_dtype, sink_row * p.sink_head_stride + n * p.sink_stride) - top);
+  StoreRow(o, kept / denominator, dim, out, p.out_dtype);
+  if (lse) *lse = top + std::log(denominator);
+}
+
+// Walks a sequence's keys page by page: one division at the start, none per key.
+struct KeyCursor {
+  KeyCursor(const rpa_problem& p, int64_t first) : key(first), page_index(first / p.page_size),
+                                                   slot(first % p.page_size), page_size(p.page_size) {}
+  void next() {
+    ++key;
+    if (++slot == page_size) {
+      slot = 0;
+      ++page_index;
+    }
+  }
+  int64_t key, page_index, slot, page_size;
+};
+
+HWY_INLINE void Prefetch(const void* row, size_t bytes) {
+  const char* start = static_cast<const char*>(row);
+  for (size_t offset = 0; offset < bytes; offset += 64) hwy::Prefetch(start + offset);
+}
+
+// The state of one item while its tiles stream by.
+struct ItemState {
+  const rpa_problem& p;
+  size_t dp;
+  size_t rows;
+  float* HWY_RESTRICT q;   // [kMaxRows][dp], pre-scaled by softmax_scale
+  float* HWY_RESTRICT o;   // [kMaxRows][dp] unnormalised output
+  float* HWY_RESTRICT k;   // [kTile][dp] current tile
+  float* HWY_RESTRICT v;   // [kTile][dp]
+  float* HWY_RESTRICT s;   // [kMaxRows][kTile] scores, then probabilities
+  float* HWY_RESTRICT max; // [kMaxRows] running max
+  float* HWY_RESTRICT sum; // [kMaxRows] running sum
+  int64_t first_key[kMaxRows], end_key[kMaxRows];  // visible keys of each row: [first, end)
+  int64_t kv_head[kMaxRows];
+};
+
+// Applies the soft cap and the row's mask to its scores in [j0, j1), then folds the tile into the row's
+// running max and sum and rescales its output. Keys in [j0, j1) outside [a, b) are masked.
+HWY_INLINE void SoftmaxRow(ItemState& st, size_t row, size_t j0, size_t j1, size_t a, size_t b) {
+  const DF df;
+  float* HWY_RESTRICT s = st.s + row * kTile;
+  const double cap = st.p.logits_soft_cap;
+  if (cap > 0) {
+    const VF vcap = hn::Set(df, static_cast<float>(cap)), inverse = hn::Set(df, static_cast<float>(1.0 / cap));
+    for (size_t j = j0; j < j1; j += kLanes)
+      hn::Store(hn::Mul(vcap, hn::Tanh(df, hn::Mul(hn::Load(df, s + j), inverse))), df, s + j);
+  }
+  for (size_t j = j0; j < a; ++j) s[j] = kNegInf;
+  for (size_t j = b; j < j1; ++j) s[j] = kNegInf;
+  VF top = hn::Set(df, kNegInf);
+  for (size_t j = j0; j < j1; j += kLanes) top = hn::Max(top, hn::Load(df, s + j));
+  const float old_max = st.max[row];
+  const float new_max = std::max(old_max, hn::GetLane(hn::MaxOfLanes(df, top)));
+  const VF shift = hn::Set(df, new_max);
+  VF total = hn::Zero(df);
+  for (size_t j = j0; j < j1; j += kLanes) {
+    const VF e = hn::Exp(df, hn::Sub(hn::Load(df, s + j), shift));  // masked: exp(-inf) = 0
+    hn::Store(e, df, s + j);
+    total = hn::Add(total, e);
+  }
+  float running = st.sum[row];
+  if (old_max != kNegInf && old_max != new_max) {  // before the first visible key the output is still 0
+    const float alpha = std::exp(old_max - new_max);
+    running *= alpha;
+    const VF valpha = hn::Set(df, alpha);
+    float* HWY_RESTRICT o = st.o + row * st.dp;
+    for (size_t d = 0; d < st.dp; d += kLanes) hn::Store(hn::Mul(hn::Load(df, o + d), valpha), df, o + d);
+  }
+  st.sum[row] = running + hn::GetLane(hn::SumOfLanes(df, total));
+  st.max[row] = new_max;
+}
+
+// One tile [t0, t0 + nk) for rows [r0, r0 + kRows).
+template <size_t kRows>
+HWY_INLINE void TileBlock(ItemState& st, const TileRows& k, const TileRows& v, size_t r0, int64_t t0, size_t nk) {
+  size_t a[kRows], b[kRows];  // visible keys of each row within the tile
+  size_t lo = kTile, hi = 0;
+  bool all_see = true;
+  for (size_t r = 0; r < kRows; ++r) {
+    a[r] = static_cast<size_t>(std::clamp<int64_t>(st.first_key[r0 + r] - t0, 0, static_cast<int64_t>(nk)));
+    b[r] = static_cast<size_t>(std::clamp<int64_t>(st.end_key[r0 + r] - t0, 0, static_cast<int64_t>(nk)));
+    if (a[r] < b[r]) {
+      lo = std::min(lo, a[r]);
+      hi = std::max(hi, b[r]);
+    } else {
+      all_see = false;
+    }
+  }
+  if (lo >= hi) return;  // causal or window bound: no row of the block sees this tile
+  const size_t j0 = lo / kLanes * kLanes, j1 = RoundUp(hi, kLanes);
+  constexpr size_t kKeys = kLanes / kRows;
+  for (size_t j = j0; j < j1; j += kKeys) ScoreBlock<kRows>(st.q + r0 * st.dp, k, j, st.dp, st.s + r0 * kTile + j);
+  for (size_t r = 0; r < kRows; ++r)
+    if (a[r] < b[r]) SoftmaxRow(st, r0 + r, j0, j1, a[r], b[r]);
+
+  // P.V over the keys every row of the block sees, then each row's own edges one row at a time.
+  size_t common_a = 0, common_b = nk;
+  for (size_t r = 0; r < kRows; ++r) {
+    common_a = std::max(common_a, a[r]);
+    common_b = std::min(common_b, b[r]);
+  }
+  if (!all_see || common_a >= common_b) common_a = common_b = 0;
+  if (common_a < common_b) AccumulateRows<kRows>(st.s + r0 * kTile, v, st.dp, common_a, common_b, st.o + r0 * st.dp);
+  for (size_t r = 0; r < kRows; ++r) {
+    if (a[r] >= b[r]) continue;
+    const float* p = st.s + (r0 + r) * kTile;
+    float* o = st.o + (r0 + r) * st.dp;
+    if (common_a < common_b) {
+      if (a[r] < common_a) AccumulateRows<1>(p, v, st.dp, a[r], common_a, o);
+      if (common_b < b[r]) AccumulateRows<1>(p, v, st.dp, common_b, b[r], o);
+    } else {
+      AccumulateRows<1>(p, v, st.dp, a[r], b[r], o);
+    }
+  }
+}
+
+// Calls row(j, k_row, v_row) for keys [t0, t0 + nk) of kv head `kv_head`, and prefetches the rows of
+// the next tile (keys before `end`): decode streams K and V from DRAM in rows of a few cache lines
+// spread over pages, a pattern the hardware prefetchers do not follow.
+template <class RowFn>
+HWY_INLINE void WalkTile(const ItemState& st, const int32_t* table, int64_t kv_head, int64_t t0, size_t nk,
+                         int64_t end, size_t row_bytes, const RowFn& row) {
+  const rpa_problem& p = st.p;
+  const void* k_head = Element(p.k.data, p.kv_dtype, kv_head * p.k.head_stride);
+  const void* v_head = Element(p.v.data, p.kv_dtype, kv_head * p.v.head_stride);
+  KeyCursor key(p, t0), ahead(p, t0 + kTileKeys);
+  for (size_t j = 0; j < nk; ++j, key.next()) {
+    if (ahead.key < end) {
+      const int64_t page = table[ahead.page_index];
+      Prefetch(Element(k_head, p.kv_dtype, page * p.k.page_stride + ahead.slot * p.k.slot_stride), row_bytes);
+      Prefetch(Element(v_head, p.kv_dtype, page * p.v.page_stride + ahead.slot * p.v.slot_stride), row_bytes);
+      ahead.next();
+    }
+    const int64_t page = table[key.page_index];
+    row(j, Element(k_head, p.kv_dtype, page * p.k.page_stride + key.slot * p.k.slot_stride),
+        Element(v_head, p.kv_dtype, page * p.v.page_stride + key.slot * p.v.slot_stride));
+  }
+}
+
+// Rows [run, run_end) (one kv head) against the tile [t0, t0 + nk), its K and V converted into the tile.
+HWY_INLINE void TileRunConverted(ItemState& st, const int32_t* table, int64_t kv_head, size_t run, size_t run_end,
+                                 int64_t t0, size_t nk, int64_t end, size_t dim, size_t row_bytes) {
+  const DF df;
+  WalkTile(st, table, kv_head, t0, nk, end, row_bytes, [&](size_t j, const void* k_row, const void* v_row) {
+    LoadRow(k_row, st.p.kv_dtype, dim, st.dp, st.k + j * st.dp);
+    LoadRow(v_row, st.p.kv_dtype, dim, st.dp, st.v + j * st.dp);
+  });
+  // Scores of the padding keys up to a whole vector are computed (then masked): keep them finite.
+  for (size_t j = nk; j < RoundUp(nk, kLanes); ++j)
+    for (size_t d = 0; d < st.dp; d += kLanes) hn::Store(hn::Zero(df), df, st.k + j * st.dp + d);
+  const TileRows k{st.k, st.dp}, v{st.v, st.dp};
+  size_t r0 = run;
+  for (; r0 + 4 <= run_end; r0 += 4) TileBlock<4>(st, k, v, r0, t0, nk);
+  for (; r0 < run_end; ++r0) TileBlock<1>(st, k, v, r0, t0, nk);
+}
+
+// kDim: the head dimension when known at compile time (the fast paths), else 0.
+template <size_t kDim>
+void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRICT scratch,
+                   float* HWY_RESTRICT partial) {
+  const DF df;
+  const size_t dim = kDim ? kDim : static_cast<size_t>(p.head_dim);
+  const size_t dp = RoundUp(dim, kLanes);
+  const size_t rows = static_cast<size_t>(item.row_end - item.row_begin);
+  ItemState st{p, dp, rows, scratch, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}, {}};
+  st.o = st.q + kMaxRows * dp;
+  st.k = st.o + kMaxRows * dp;
+  st.v = st.k + kTile * dp;
+  st.s = st.v + kTile * dp;
+  st.max = st.s + kMaxRows * kTile;
+  st.sum = st.max + kMaxRows;
+
+  const VF scale = hn::Set(df, static_cast<float>(p.softmax_scale));
+  int64_t begin = item.key_end, end = item.key_begin;
+  for (size_t r = 0; r < rows; ++r) {
+    const RowPlace place = PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r));
+    st.kv_head[r] = place.kv_head;
+    const int64_t window_start = p.sliding_window > 0 ? place.pos - p.sliding_window + 1 : 0;
+    st.first_key[r] = std::max(item.key_begin, window_start);
+    st.end_key[r] = std::min(item.key_end, place.pos + 1);
+    if (st.first_key[r] < st.end_key[r]) {
+      begin = std::min(begin, st.first_key[r]);
+      end = std::max(end, st.end_key[r]);
+    }
+    float* q = st.q + r * dp;
+    LoadRow(Element(p.queries, p.query_dtype, place.token * p.query_token_stride + place.head * p.query_head_stride),
+            p.query_dtype, dim, dp, q);
+    float* o = st.o + r * dp;
+    for (size_t d = 0; d < dp; d += kLanes) {
+      hn::Store(hn::Mul(hn::Load(df, q + d), scale), df, q + d);
+      hn::Store(hn::Zero(df), df, o + d);
+    }
+    st.max[r] = kNegInf;
+    st.sum[r] = 0.0f;
+  }
+
+  const int32_t* table = p.block_tables + item.seq * p.block_table_stride;
+  const size_t row_bytes = dim * static_cast<size_t>(dtype_size(p.kv_dtype));
+  for (int64_t t0 = begin; t0 < end; t0 += kTileKeys) {
+    const size_t nk = static_cast<size_t>(std::min<int64_t>(kTileKeys, end - t0));
+    // The item's rows in runs of one kv head; each run converts that head's tile once. The heads of a
+    // decode item take turns on the same tile of slots.
+    for (size_t run = 0; run < rows;) {
+      size_t run_end = run + 1;
+      while (run_end < rows && st.kv_head[run_end] == st.kv_head[run]) ++run_end;
+      int64_t lo = end, hi = begin;
+      for (size_t r = run; r < run_end; ++r) {
+        lo = std::min(lo, std::max(st.first_key[r], t0));
+        hi = std::max(hi, std::min(st.end_key[r], t0 + static_cast<int64_t>(nk)));
+      }
+      if (lo < hi) {  // some row of the run sees the tile
+        TileRunConverted(st, table, st.kv_head[run], run, run_end, t0, nk, end, dim, row_bytes);
+      }
+      run = run_end;
+    }
+  }
+
+  for (size_t r = 0; r < rows; ++r) {
+    const float* o = st.o + r * dp;
+    if (item.partial < 0) {
+      FinalizeRow(p, PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r)), st.max[r], st.sum[r], o, dim);
+    } else {
+      float* state = partial + item.partial + static_cast<int64_t>(r) * partial_row_floats(p.head_dim);
+      state[0] = st.max[r];
+      state[1] = st.sum[r];
+      std::memcpy(state + 2, o, dim * sizeof(float));
+    }
+  }
+}
+
+void AttendItem(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial) {
+  switch (p.head_dim) {
+    case 64: return AttendItemFor<64>(p, item, scratch, partial);
+    case 80: return AttendItemFor<80>(p, item, scratch, partial);
+    case 96: return AttendItemFor<96>(p, item, scratch, partial);
+    case 128: return AttendItemFor<128>(p, item, scratch, partial);
+    case 256: return AttendItemFor<256>(p, item, scratch, partial);
+    default: return AttendItemFor<0>(p, item, scratch, partial);
+  }
+}
+
+// Combines the splits' states of each row by log-sum-exp, in split order, and writes the row.
+void MergeSplits(const rpa_problem& p, const MergeGroup& group, const float* partial, float* scratch) {
+  const DF df;
+  const size_t dim = static_cast<size_t>(p.head_dim);
+  const int64_t row_floats = partial_row_floats(p.head_dim);
+  float* HWY_RESTRICT acc = scratch;
+  for (int64_t r = 0; r < group.row_end - group.row_begin; ++r) {
+    float top = kNegInf;
+    for (int32_t split = 0; split < group.num_splits; ++split)
+      top = std::max(top, partial[group.partial + split * group.partial_stride + r * row_floats]);
+    std::fill(acc, acc + RoundUp(dim, kLanes), 0.0f);
+    float sum = 0.0f;
+    for (int32_t split = 0; top != kNegInf && split < group.num_splits; ++split) {
+      const float* state = partial + group.partial + split * group.partial_stride + r * row_floats;
+      if (state[0] == kNegInf) continue;  // this split saw none of the row's keys
+      const float weight = std::exp(state[0] - top);
+      sum += state[1] * weight;
+      const VF vweight = hn::Set(df, weight);
+      size_t d = 0;
+      for (; d + kLanes <= dim; d += kLanes)
+        hn::Store(hn::MulAdd(vweight, hn::LoadU(df, state + 2 + d), hn::Load(df, acc + d)), df, acc + d);
+      for (; d < dim; ++d) acc[d] += weight * state[2 + d];
+    }
+    FinalizeRow(p, PlaceOf(p, group.seq, group.row_begin + r), top, sum, acc, dim);
+  }
+}
+
+int64_t TargetBits() { return HWY_TARGET; }
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace rpa::simd
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace rpa::simd {
+
+HWY_EXPORT(AttendItem);
+HWY_EXPORT(MergeSplits);
+HWY_EXPORT(TargetBits);
+
+void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial) {
+  HWY_DYNAMIC_DISPATCH(AttendItem)(problem, item, scratch, partial);
+}
+
+void merge_splits(const rpa_problem& problem, const MergeGroup& group, const float* partial, float* scratch) {
+  HWY_DYNAMIC_DISPATCH(MergeSplits)(problem, group, partial, scratch);
+}
+
+bool cpu_supported() { return (hwy::SupportedTargets() & HWY_TARGETS) != 0; }
+
+const char* active_target() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetBits)()); }
+
+}  // namespace rpa::simd
+#endif  // HWY_ONCE

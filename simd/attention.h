@@ -1,0 +1,25 @@
+// Entry points of the Highway kernels (attention.cc). Each call dispatches at run time to the best
+// target the CPU supports (or the one hwy::SetSupportedTargetsForTest selects).
+#pragma once
+
+#include <cstdint>
+
+#include "core/problem.h"
+#include "simd/plan.h"
+
+namespace rpa::simd {
+
+// Computes one work item. `scratch` holds scratch_floats(head_dim) floats, 64-byte aligned, used by
+// no other thread meanwhile; `partial` is the plan's partial buffer.
+void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial);
+
+// Merges the splits of one group and writes its rows. Same scratch contract.
+void merge_splits(const rpa_problem& problem, const MergeGroup& group, const float* partial, float* scratch);
+
+// Whether the CPU supports at least one of the targets compiled into the kernels.
+bool cpu_supported();
+
+// Name of the target the kernels dispatch to now (for tests and the benchmark).
+const char* active_target();
+
+}  // namespace rpa::simd
