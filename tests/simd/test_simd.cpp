@@ -235,24 +235,18 @@ BOOST_AUTO_TEST_CASE(bitwise_identical_for_any_thread_count) {
   });
 }
 
-BOOST_AUTO_TEST_CASE(nan_where_no_query_looks_changes_nothing) {
-  // Chunked prefills with windows: keys before every query's window, slots past the context, unused
-  // pages and stale block-table entries all hold garbage in `dirty` and finite values in `clean`.
-  RandomSpec spec;
-  spec.num_q_heads = 6;
-  spec.num_kv_heads = 2;
-  spec.head_dim = 80;
-  spec.page_size = 5;
-  spec.q_lens = {9, 1, 30};
-  spec.context_lens = {200, 130, 77};
-  spec.extra_pages = 4;
+// Keys before every query's window, slots past the context, unused pages and stale block-table entries
+// all hold garbage in `dirty` and finite values in `clean`: the outputs must be identical.
+void check_garbage_never_leaks(const RandomSpec& spec, int32_t window, rpa_dtype kv_dtype, const std::string& name) {
   Case dirty = random_case(spec, 42);
-  dirty.sliding_window = 33;
+  dirty.sliding_window = window;
+  dirty.kv_dtype = kv_dtype;
+  dirty.round_to_dtypes();
   Case clean = dirty;
   std::mt19937 rng(3);
   std::normal_distribution<float> normal;
   for (float& x : clean.kv)
-    if (!std::isfinite(x)) x = normal(rng);
+    if (!std::isfinite(x)) x = round_to(kv_dtype, normal(rng));
   for (int32_t s = 0; s < dirty.num_seqs; ++s) {
     const int32_t q_len = dirty.query_start_loc[s + 1] - dirty.query_start_loc[s];
     const int64_t first_key = std::max<int64_t>(0, dirty.context_lens[s] - q_len - dirty.sliding_window + 1);
@@ -273,10 +267,34 @@ BOOST_AUTO_TEST_CASE(nan_where_no_query_looks_changes_nothing) {
     for_each_target([&](const std::string& target) {
       const Result from_clean = run_case(clean, RPA_BACKEND_SIMD), from_dirty = run_case(dirty, RPA_BACKEND_SIMD);
       BOOST_REQUIRE_MESSAGE(from_dirty.status == RPA_STATUS_OK, from_dirty.message);
-      BOOST_CHECK_MESSAGE(from_dirty.out == from_clean.out && from_dirty.lse == from_clean.lse, target << ": garbage leaked");
-      check_close(from_dirty, want, RPA_DTYPE_F32, target + " dirty");
+      BOOST_CHECK_MESSAGE(from_dirty.out == from_clean.out && from_dirty.lse == from_clean.lse,
+                          target << " " << name << ": garbage leaked");
+      check_close(from_dirty, want, dirty.out_dtype, target + " " + name + " dirty");
     });
   }
+}
+
+BOOST_AUTO_TEST_CASE(nan_where_no_query_looks_changes_nothing) {
+  // Chunked prefills with windows, through the kernels that convert K and V tiles.
+  RandomSpec spec;
+  spec.num_q_heads = 6;
+  spec.num_kv_heads = 2;
+  spec.head_dim = 80;
+  spec.page_size = 5;
+  spec.q_lens = {9, 1, 30};
+  spec.context_lens = {200, 130, 77};
+  spec.extra_pages = 4;
+  check_garbage_never_leaks(spec, 33, RPA_DTYPE_F32, "chunked prefill");
+  // Groups of 4 q heads, whose rows of one token share their softmax (SharedBlock).
+  spec.num_q_heads = 8;
+  check_garbage_never_leaks(spec, 33, RPA_DTYPE_F32, "chunked prefill, group 4");
+  // bf16 decodes in groups of 4 q heads: the kernels that read K and V in place from the cache, with
+  // windows and contexts that end inside a tile (its padding keys must not be read from the cache).
+  spec.head_dim = 128;
+  spec.page_size = 16;
+  spec.q_lens = {1, 1, 1};
+  spec.context_lens = {200, 130, 77};
+  check_garbage_never_leaks(spec, 33, RPA_DTYPE_BF16, "bf16 decode");
 }
 
 BOOST_AUTO_TEST_CASE(one_context_from_several_threads) {
