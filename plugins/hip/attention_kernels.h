@@ -1,16 +1,18 @@
-// Device code of the plugin: the tiled attention kernel, the split merge, and the zero fill of rows no
-// sequence covers. All arithmetic is f32 (no TF32, no fast-math intrinsics); storage types are converted
-// on load and store.
+// Device code of the plugin: the decode kernel, the tiled attention kernel (FMA products), the split
+// merge, and the zero fill of rows no sequence covers (matrix_core_kernel.h holds the mma variant of the
+// tiled kernel). All arithmetic is f32 (no TF32, no fast-math intrinsics); storage types are converted on
+// load and store.
 //
 // One block computes one Tile: a few q heads of one kv head times a few consecutive query rows of one
 // sequence (M = heads * rows "tile rows"), over a range of that sequence's keys. Each K/V page is read
-// once per block for all its tile rows, so decode (rows = 1) streams each page once per kv head for all
-// of its q heads, and prefill (many rows) reuses each K/V tile across up to M_MAX tile rows. A long key
-// range is split across blocks (flash-decoding): each split writes (max, sum, unnormalised accumulator)
-// and merge_kernel combines them by log-sum-exp.
+// once per block for all its tile rows: a decode tile (one query, up to kDecodeMaxRows q heads) streams
+// each page once per kv head for all of its q heads, and a prefill tile reuses each K/V tile across all
+// of its rows. A long key range is split across blocks (flash-decoding): each split writes (max, sum,
+// unnormalised accumulator) and merge_kernel combines them by log-sum-exp.
 //
-// Matrix-core seam: tile_scores() (S = Q K^T) and tile_accumulate() (O += P V) are the two products;
-// everything else (masking, online softmax, sinks, output) is independent of how they are computed.
+// Matrix-core seam: tile_scores() (S = Q K^T) and tile_accumulate() (O += P V) are attention_kernel's two
+// products; matrix_core_kernel computes them with mma from 16-bit tiles and keeps the same masking,
+// online softmax, sinks and output.
 #pragma once
 
 #include <stdint.h>
@@ -21,6 +23,9 @@
 namespace rpa_gpu {
 
 constexpr int kThreads = 128;  // per block: 4 warps of 32 or 2 wavefronts of 64
+constexpr int kDecodeMaxRows = 8;  // q heads of a decode tile (decode_kernel takes 4 or 8)
+constexpr int kMatrixRows = 64;    // rows of a matrix-core tile: 16 per warp
+constexpr int kMaxTileRows = 64;   // the most rows of any tile
 
 // One block's work. Positions and rows are absolute (row_begin indexes the queries tensor).
 struct Tile {
@@ -32,8 +37,8 @@ struct Tile {
   int32_t first_pos;   // position of the first row in its sequence
   int32_t key_begin;   // keys [key_begin, key_end) of the sequence
   int32_t key_end;
-  int32_t partial;     // -1: write the output directly; else the first partial slot (see merge)
-  int32_t splits;      // merge tiles: how many partial slots, from `partial` on
+  int32_t partial;     // -1: write the output directly; else its first partial row (see merge_kernel)
+  int32_t splits;      // merge tiles: how many splits, whose partial rows follow each other from `partial` on
 };
 
 struct KvView {
@@ -58,11 +63,14 @@ struct Params {
   float softmax_scale, soft_cap;  // soft_cap 0: none
   int32_t window;                 // 0: none
   int32_t num_q_heads, num_kv_heads, group, head_dim, page_size;
+  uint32_t page_multiplier;  // j / page_size = (umulhi(j, page_multiplier) + j) >> page_shift (page_of)
+  int32_t page_shift;
   const int32_t* block_tables;  // device copy, [num_seqs, block_table_stride]
   int32_t block_table_stride;
   const Tile* tiles;
-  float* partial_acc;    // [slot][M_MAX][head_dim]
-  float* partial_stats;  // [slot][M_MAX][2]: running max, running sum
+  // Splits of a long key range: each split tile writes its tile rows from row `partial` on.
+  float* partial_acc;    // [partial row][head_dim]
+  float* partial_stats;  // [partial row][2]: running max, running sum
   int32_t vector_kv;     // KV rows and strides allow 16-byte loads
 };
 
@@ -84,6 +92,7 @@ struct Geometry {
       sizeof(float) * (size_t(kRows) * kStride + size_t(kKeys) * kStride + size_t(kRows) * kKeys + 3 * kRows) +
       sizeof(int64_t) * 2 * kKeys;
   static_assert(kSharedBytes <= 65536, "shared memory must fit AMD's 64 KiB LDS");
+  static_assert(kRows <= kKeys, "the key offsets hold the query rows' offsets first");
   static_assert(kThreads * kScoreKeys % kKeys == 0 && kThreads % kChunks == 0 && kRows % kScoreGroups == 0 &&
                     kRows % kValueGroups == 0 && kKeys % 4 == 0,
                 "thread mappings must tile exactly");
@@ -118,10 +127,12 @@ __device__ inline void store_element(void* data, rpa_dtype dtype, int64_t index,
   }
 }
 
-// KV storage types: Kv::load8 converts 16 bytes (kVector elements) to floats.
+// KV storage types: Kv::convert turns 16 bytes (kVector elements) into floats.
 struct KvF32 {
   static constexpr rpa_dtype kDtype = RPA_DTYPE_F32;
   static constexpr int kVector = 4;
+  static constexpr int kBytes = 4;
+  static constexpr int kWords = 2;  // 16-byte words per 8 elements
   __device__ static void convert(const uint4& raw, float* out) {
     out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
     out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
@@ -132,6 +143,8 @@ template <bool kBf16>
 struct Kv16 {
   static constexpr rpa_dtype kDtype = kBf16 ? RPA_DTYPE_BF16 : RPA_DTYPE_F16;
   static constexpr int kVector = 8;
+  static constexpr int kBytes = 2;
+  static constexpr int kWords = 1;
   __device__ static float one(uint32_t bits) {
     return kBf16 ? bf16_bits_to_float(uint16_t(bits)) : f16_bits_to_float(uint16_t(bits));
   }
@@ -143,6 +156,15 @@ struct Kv16 {
 };
 using KvBf16 = Kv16<true>;
 using KvF16 = Kv16<false>;
+
+// Page and slot of key j: division by page_size as a multiply and shift (Granlund-Montgomery; j < 2^31).
+struct PageSlot {
+  int64_t page, slot;
+};
+__device__ inline PageSlot page_of(const Params& p, const int32_t* pages, int j) {
+  const uint32_t index = (__umulhi(uint32_t(j), p.page_multiplier) + uint32_t(j)) >> p.page_shift;
+  return {pages[index], j - int64_t(index) * p.page_size};
+}
 
 __device__ inline bool is_finite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
@@ -373,18 +395,33 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
 
-  // Tile row r is query row r / heads of q head head_begin + r % heads.
+  // Tile row r is query row r / heads of q head head_begin + r % heads. Each row's offset is computed once
+  // (in k_offsets, free until the first K tile); then a thread's loads are in flight together.
+  if (threadIdx.x < G::kRows)
+    k_offsets[threadIdx.x] = threadIdx.x < tile_rows
+                                 ? int64_t(tile.row_begin + threadIdx.x / tile.heads) * p.query_token_stride +
+                                       int64_t(tile.head_begin + threadIdx.x % tile.heads) * p.query_head_stride
+                                 : -1;
+  __syncthreads();
   const int width = (p.head_dim + 3) / 4 * 4;
-  for (int e = threadIdx.x; e < G::kRows * width; e += kThreads) {
-    const int row = e / width, d = e % width;
-    float value = 0.0f;
-    if (row < tile_rows && d < p.head_dim)
-      value = load_element(p.queries, p.query_dtype,
-                           int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
-                               int64_t(tile.head_begin + row % tile.heads) * p.query_head_stride + d);
-    q_rows[row * G::kStride + d] = value;
+  constexpr int kBatch = 8;
+  for (int first = threadIdx.x; first < G::kRows * width; first += kBatch * kThreads) {
+    float values[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int e = first + i * kThreads, row = e / width, d = e % width;
+      values[i] = 0.0f;
+      if (e < G::kRows * width && d < p.head_dim && k_offsets[row] >= 0)
+        values[i] = load_element(p.queries, p.query_dtype, k_offsets[row] + d);
+    }
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int e = first + i * kThreads;
+      if (e < G::kRows * width) q_rows[e / width * G::kStride + e % width] = values[i];
+    }
   }
   if (threadIdx.x < G::kRows) row_max[threadIdx.x] = -INFINITY, row_sum[threadIdx.x] = 0.0f;
+  __syncthreads();  // k_offsets is rewritten for the first K tile
 
   float4 acc[G::kValueRows];
 #pragma unroll
@@ -395,7 +432,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
     const int count = min(G::kKeys, tile.key_end - key0);
     if (threadIdx.x < count) {
       const int j = key0 + threadIdx.x;
-      const int64_t page = pages[j / p.page_size], slot = j % p.page_size;
+      const auto [page, slot] = page_of(p, pages, j);
       k_offsets[threadIdx.x] = page * p.k.page_stride + slot * p.k.slot_stride + kv_head * p.k.head_stride;
       v_offsets[threadIdx.x] = page * p.v.page_stride + slot * p.v.slot_stride + kv_head * p.v.head_stride;
     }
@@ -413,16 +450,16 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
 
   const int column = (threadIdx.x % G::kChunks) * 4, group = threadIdx.x / G::kChunks;
   if (tile.partial >= 0) {  // one split of a long key range: keep the unnormalised state for the merge
-    const int64_t slot = tile.partial;
+    const int64_t first = tile.partial;
     if (threadIdx.x < tile_rows) {
-      p.partial_stats[(slot * G::kRows + threadIdx.x) * 2] = row_max[threadIdx.x];
-      p.partial_stats[(slot * G::kRows + threadIdx.x) * 2 + 1] = row_sum[threadIdx.x];
+      p.partial_stats[(first + threadIdx.x) * 2] = row_max[threadIdx.x];
+      p.partial_stats[(first + threadIdx.x) * 2 + 1] = row_sum[threadIdx.x];
     }
 #pragma unroll
     for (int r = 0; r < G::kValueRows; ++r) {
       const int row = group + r * G::kValueGroups;
       if (row >= tile_rows) continue;
-      float* out = p.partial_acc + (slot * G::kRows + row) * p.head_dim;
+      float* out = p.partial_acc + (first + row) * p.head_dim;
       const float values[4] = {acc[r].x, acc[r].y, acc[r].z, acc[r].w};
       for (int e = 0; e < 4 && column + e < p.head_dim; ++e) out[column + e] = values[e];
     }
@@ -450,16 +487,176 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
   }
 }
 
+// ---- decode: the q heads of one kv head for one query token, K/V straight from global memory ----
+//
+// A tile holds up to ROWS q heads of one kv head for a single query, so every key of its range is
+// visible to every row: no masking beyond the range's end. A group of kLanes lanes scores one key at a
+// time, each lane holding 8 of its elements (one or two 16-byte loads) and the same 8 elements of every
+// row's query in registers; shuffles sum the lanes' partial dots. Each group runs its own online softmax
+// over its keys and the groups are combined once at the end through shared memory: no barrier and no
+// shared memory inside the key loop, and all loads of a step are in flight before their first use.
+// Used when K/V rows allow 16-byte loads and head_dim is a multiple of 8 (decode_eligible).
+template <int D_MAX, int ROWS>
+struct DecodeGeometry {
+  static constexpr int kElements = 8;                // per lane and key
+  static constexpr int kLanes = D_MAX / kElements;   // lanes per key: 8, 16 or 32, within one warp
+  static constexpr int kGroups = kThreads / kLanes;  // keys a block scores at once
+  static constexpr int kUnroll = ROWS <= 4 ? 4 : 2;  // keys per group and step (registers allow fewer at 8 rows)
+  static constexpr int kStep = kGroups * kUnroll;
+  static constexpr int kMinBlocks = ROWS <= 4 ? 4 : 2;  // resident blocks (AMD: waves per SIMD) to hide latency
+};
+
+template <typename Kv, int D_MAX, int ROWS>
+__global__ void __launch_bounds__(kThreads, (DecodeGeometry<D_MAX, ROWS>::kMinBlocks)) decode_kernel(Params p) {
+  using G = DecodeGeometry<D_MAX, ROWS>;
+  __shared__ float4 group_acc[G::kGroups][ROWS][D_MAX / 4];
+  __shared__ float group_max[G::kGroups][ROWS], group_sum[G::kGroups][ROWS], group_factor[G::kGroups][ROWS];
+  __shared__ float row_scale[ROWS];
+
+  const Tile tile = p.tiles[blockIdx.x];
+  const int tile_rows = tile.heads;  // one query row
+  const int kv_head = tile.head_begin / p.group;
+  const int lane = threadIdx.x % G::kLanes, group = threadIdx.x / G::kLanes;
+  const int d0 = lane * G::kElements;
+  const bool lane_active = d0 < p.head_dim;  // head_dim is a multiple of 8
+
+  float q[ROWS][G::kElements], acc[ROWS][G::kElements], row_max[ROWS], row_sum[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int64_t base =
+        int64_t(tile.row_begin) * p.query_token_stride + int64_t(tile.head_begin + r) * p.query_head_stride + d0;
+#pragma unroll
+    for (int e = 0; e < G::kElements; ++e) {
+      q[r][e] = r < tile_rows && lane_active ? load_element(p.queries, p.query_dtype, base + e) : 0.0f;
+      acc[r][e] = 0.0f;
+    }
+    row_max[r] = -INFINITY, row_sum[r] = 0.0f;
+  }
+
+  const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
+  const char* k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + d0) * Kv::kBytes;
+  const char* v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + d0) * Kv::kBytes;
+  for (int key0 = tile.key_begin; key0 < tile.key_end; key0 += G::kStep) {
+    uint4 k_raw[G::kUnroll][Kv::kWords], v_raw[G::kUnroll][Kv::kWords];
+#pragma unroll
+    for (int u = 0; u < G::kUnroll; ++u) {
+      const int j = key0 + u * G::kGroups + group;
+#pragma unroll
+      for (int w = 0; w < Kv::kWords; ++w) k_raw[u][w] = v_raw[u][w] = make_uint4(0, 0, 0, 0);
+      if (j < tile.key_end && lane_active) {  // a key past the end stays 0: finite, and its weight is 0
+        const auto [page, slot] = page_of(p, pages, j);
+        const uint4* k = reinterpret_cast<const uint4*>(k_head + (page * p.k.page_stride + slot * p.k.slot_stride) * Kv::kBytes);
+        const uint4* v = reinterpret_cast<const uint4*>(v_head + (page * p.v.page_stride + slot * p.v.slot_stride) * Kv::kBytes);
+#pragma unroll
+        for (int w = 0; w < Kv::kWords; ++w) k_raw[u][w] = k[w], v_raw[u][w] = v[w];
+      }
+    }
+    float score[G::kUnroll][ROWS];
+#pragma unroll
+    for (int u = 0; u < G::kUnroll; ++u) {
+      float k[G::kElements];
+#pragma unroll
+      for (int w = 0; w < Kv::kWords; ++w) Kv::convert(k_raw[u][w], k + w * Kv::kVector);
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < G::kElements; ++e) dot = fmaf(q[r][e], k[e], dot);
+        score[u][r] = dot;
+      }
+    }
+#pragma unroll
+    for (int lane_mask = G::kLanes / 2; lane_mask > 0; lane_mask /= 2)
+#pragma unroll
+      for (int u = 0; u < G::kUnroll; ++u)
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) score[u][r] += __shfl_xor(score[u][r], lane_mask);
+
+    // Online softmax over the step's keys; a key past the range's end scores -inf (select).
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      float step_max = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < G::kUnroll; ++u) {
+        float s = p.softmax_scale * score[u][r];
+        if (p.soft_cap > 0.0f) s = p.soft_cap * tanhf(s / p.soft_cap);
+        score[u][r] = key0 + u * G::kGroups + group < tile.key_end ? s : -INFINITY;
+        step_max = fmaxf(step_max, score[u][r]);
+      }
+      const float new_max = fmaxf(row_max[r], step_max);
+      const float rescale = row_max[r] == new_max ? 1.0f : expf(row_max[r] - new_max);
+      row_max[r] = new_max, row_sum[r] *= rescale;
+#pragma unroll
+      for (int e = 0; e < G::kElements; ++e) acc[r][e] *= rescale;
+    }
+#pragma unroll
+    for (int u = 0; u < G::kUnroll; ++u) {
+      float v[G::kElements];
+#pragma unroll
+      for (int w = 0; w < Kv::kWords; ++w) Kv::convert(v_raw[u][w], v + w * Kv::kVector);
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const float prob = score[u][r] == -INFINITY ? 0.0f : expf(score[u][r] - row_max[r]);
+        row_sum[r] += prob;
+#pragma unroll
+        for (int e = 0; e < G::kElements; ++e) acc[r][e] = fmaf(prob, v[e], acc[r][e]);
+      }
+    }
+  }
+
+  // Combine the groups' (max, sum, accumulator) by log-sum-exp.
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    if (lane == 0) group_max[group][r] = row_max[r], group_sum[group][r] = row_sum[r];
+    group_acc[group][r][2 * lane] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    group_acc[group][r][2 * lane + 1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+  }
+  __syncthreads();
+  const bool partial = tile.partial >= 0;
+  if (threadIdx.x < tile_rows) {
+    const int r = threadIdx.x, head = tile.head_begin + r;
+    float max_logit = -INFINITY, sum = 0.0f;
+    for (int g = 0; g < G::kGroups; ++g) max_logit = fmaxf(max_logit, group_max[g][r]);
+    for (int g = 0; g < G::kGroups; ++g) {
+      const float factor = group_max[g][r] == -INFINITY ? 0.0f : expf(group_max[g][r] - max_logit);
+      group_factor[g][r] = factor;
+      sum += group_sum[g][r] * factor;
+    }
+    if (partial) {  // one split of a long key range: keep the unnormalised state for the merge
+      p.partial_stats[(int64_t(tile.partial) + r) * 2] = max_logit;
+      p.partial_stats[(int64_t(tile.partial) + r) * 2 + 1] = sum;
+      row_scale[r] = 1.0f;
+    } else {
+      float scale, lse;
+      finish_row(p, head, max_logit, sum, scale, lse);
+      row_scale[r] = scale;
+      store_lse(p, tile.row_begin, head, lse);
+    }
+  }
+  __syncthreads();
+  const float* acc_of = reinterpret_cast<const float*>(group_acc);
+  for (int e = threadIdx.x; e < tile_rows * p.head_dim; e += kThreads) {
+    const int r = e / p.head_dim, d = e % p.head_dim;
+    float value = 0.0f;
+    for (int g = 0; g < G::kGroups; ++g)  // a group that saw no key has factor 0 and accumulator 0
+      value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], group_factor[g][r], value);
+    if (partial) {
+      p.partial_acc[(int64_t(tile.partial) + r) * p.head_dim + d] = value;
+    } else {
+      const int64_t base = int64_t(tile.row_begin) * p.out_token_stride + int64_t(tile.head_begin + r) * p.out_head_stride;
+      store_element(p.out, p.out_dtype, base + d, value * row_scale[r]);
+    }
+  }
+}
+
 // Combines the `splits` partial states of one merge tile (whose slots start at tile.partial) by
 // log-sum-exp, adds the sinks, and writes out and lse.
-template <int D_MAX>
 __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
-  using G = Geometry<D_MAX>;
-  __shared__ float global_max[G::kRows], scale[G::kRows];
+  __shared__ float global_max[kMaxTileRows], scale[kMaxTileRows];
   const Tile tile = p.tiles[blockIdx.x];
   const int tile_rows = tile.heads * tile.rows;
   const auto stats = [&](int split, int row, int which) {
-    return p.partial_stats[((int64_t(tile.partial) + split) * G::kRows + row) * 2 + which];
+    return p.partial_stats[(int64_t(tile.partial) + int64_t(split) * tile_rows + row) * 2 + which];
   };
   if (threadIdx.x < tile_rows) {
     const int row = threadIdx.x, head = tile.head_begin + row % tile.heads;
@@ -481,7 +678,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
     for (int s = 0; s < tile.splits; ++s) {
       const float split_max = stats(s, row, 0);
       if (split_max == -INFINITY) continue;  // this split saw no key of the row: its accumulator is 0
-      value += p.partial_acc[((int64_t(tile.partial) + s) * G::kRows + row) * p.head_dim + d] *
+      value += p.partial_acc[(int64_t(tile.partial) + int64_t(s) * tile_rows + row) * p.head_dim + d] *
                expf(split_max - global_max[row]);
     }
     const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +

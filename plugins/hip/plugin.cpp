@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "plugins/hip/attention_kernels.h"
+#include "plugins/hip/matrix_core_kernel.h"
 #include "plugins/plugin_abi.h"
 
 using rpa_gpu::Params;
@@ -115,24 +117,30 @@ using Geometry = rpa_gpu::Geometry<D_MAX>;
 int rows_per_block(int d_max) { return d_max == 64 ? Geometry<64>::kRows : d_max == 128 ? Geometry<128>::kRows : Geometry<256>::kRows; }
 int keys_per_tile(int d_max) { return d_max == 64 ? Geometry<64>::kKeys : d_max == 128 ? Geometry<128>::kKeys : Geometry<256>::kKeys; }
 
-// The tiles of one call: attention tiles first, then one merge tile per split key range.
+// The tiles of one call: decode tiles, then the other attention tiles, then one merge tile per split key
+// range.
 struct Plan {
   std::vector<Tile> tiles;
-  size_t attention_tiles = 0;
-  int64_t partial_slots = 0;
+  size_t decode_tiles = 0, attention_tiles = 0;
+  int decode_rows = 0;  // the most rows of a decode tile
+  int64_t partial_rows = 0;
 };
 
-// Splits each sequence into tiles of up to rows_per_block (q head, query) rows of one kv head; when there
-// are too few tiles to fill the device, long key ranges are split across blocks and merged afterwards.
-Plan make_plan(const rpa_problem& p, int d_max, int target_blocks) {
-  const int max_rows = rows_per_block(d_max), tile_keys = keys_per_tile(d_max);
+// Splits each sequence into tiles of (q head, query) rows of one kv head: a one-token sequence becomes
+// decode tiles of up to kDecodeMaxRows q heads (when decode_kernel can read its KV), any other one tiles of
+// up to rows_per_block rows (kMatrixRows with matrix cores). When a kind has too few tiles to fill the
+// device, its long key ranges are split across blocks and merged afterwards.
+Plan make_plan(const rpa_problem& p, int d_max, bool decode_eligible, bool matrix_cores, int target_blocks) {
+  const int max_rows = matrix_cores ? rpa_gpu::kMatrixRows : rows_per_block(d_max);
+  const int tile_keys = keys_per_tile(d_max);
   const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
-  const int heads = std::min(group, max_rows);
-  std::vector<Tile> whole;
+  std::vector<Tile> decode, tiled;
   for (int32_t s = 0; s < p.num_seqs; ++s) {
     const int32_t first_row = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - first_row;
     const int32_t context_len = p.context_lens[s];
-    const int rows = std::max(1, max_rows / heads);
+    const bool is_decode = decode_eligible && q_len == 1;
+    const int heads = std::min(group, is_decode ? rpa_gpu::kDecodeMaxRows : max_rows);
+    const int rows = is_decode ? 1 : std::max(1, max_rows / heads);
     for (int kv_head = 0; kv_head < p.num_kv_heads; ++kv_head)
       for (int head = 0; head < group; head += heads)
         for (int32_t r = 0; r < q_len; r += rows) {
@@ -148,38 +156,45 @@ Plan make_plan(const rpa_problem& p, int d_max, int target_blocks) {
           tile.key_end = tile.first_pos + tile.rows;
           tile.partial = -1;
           tile.splits = 1;
-          whole.push_back(tile);
+          (is_decode ? decode : tiled).push_back(tile);
         }
   }
-  // Longest key ranges first, so the causal tail of a prefill does not run alone at the end.
-  std::stable_sort(whole.begin(), whole.end(),
-                   [](const Tile& a, const Tile& b) { return a.key_end - a.key_begin > b.key_end - b.key_begin; });
 
   constexpr int kMinSplitKeys = 256;
   Plan plan;
   std::vector<Tile> merges;
-  const int64_t wanted_splits = whole.empty() ? 1 : (target_blocks + whole.size() - 1) / whole.size();
-  for (const Tile& tile : whole) {
-    const int64_t keys = tile.key_end - tile.key_begin;
-    const int64_t splits = std::min<int64_t>(wanted_splits, keys / kMinSplitKeys);
-    if (splits <= 1) {
-      plan.tiles.push_back(tile);
-      continue;
+  const auto add_split = [&](std::vector<Tile>& whole) {
+    // Longest key ranges first, so the causal tail of a prefill does not run alone at the end.
+    std::stable_sort(whole.begin(), whole.end(),
+                     [](const Tile& a, const Tile& b) { return a.key_end - a.key_begin > b.key_end - b.key_begin; });
+    const int64_t wanted_splits = whole.empty() ? 1 : (target_blocks + whole.size() - 1) / whole.size();
+    for (const Tile& tile : whole) {
+      const int64_t keys = tile.key_end - tile.key_begin;
+      const int64_t splits = std::min<int64_t>(wanted_splits, keys / kMinSplitKeys);
+      if (splits <= 1) {
+        plan.tiles.push_back(tile);
+        continue;
+      }
+      const int64_t chunk = align_up((keys + splits - 1) / splits, tile_keys);
+      Tile merge = tile;
+      merge.partial = static_cast<int32_t>(plan.partial_rows);
+      merge.splits = 0;
+      for (int64_t begin = tile.key_begin; begin < tile.key_end; begin += chunk) {
+        Tile part = tile;
+        part.key_begin = static_cast<int32_t>(begin);
+        part.key_end = static_cast<int32_t>(std::min<int64_t>(tile.key_end, begin + chunk));
+        part.partial = static_cast<int32_t>(plan.partial_rows);
+        plan.partial_rows += tile.heads * tile.rows;
+        plan.tiles.push_back(part);
+        ++merge.splits;
+      }
+      merges.push_back(merge);
     }
-    const int64_t chunk = align_up((keys + splits - 1) / splits, tile_keys);
-    Tile merge = tile;
-    merge.partial = static_cast<int32_t>(plan.partial_slots);
-    merge.splits = 0;
-    for (int64_t begin = tile.key_begin; begin < tile.key_end; begin += chunk) {
-      Tile part = tile;
-      part.key_begin = static_cast<int32_t>(begin);
-      part.key_end = static_cast<int32_t>(std::min<int64_t>(tile.key_end, begin + chunk));
-      part.partial = static_cast<int32_t>(plan.partial_slots++);
-      plan.tiles.push_back(part);
-      ++merge.splits;
-    }
-    merges.push_back(merge);
-  }
+  };
+  for (const Tile& tile : decode) plan.decode_rows = std::max(plan.decode_rows, tile.heads * tile.rows);
+  add_split(decode);
+  plan.decode_tiles = plan.tiles.size();
+  add_split(tiled);
   plan.attention_tiles = plan.tiles.size();
   plan.tiles.insert(plan.tiles.end(), merges.begin(), merges.end());
   return plan;
@@ -201,7 +216,10 @@ struct rpa_plugin_state {
   int device = 0;
   int multiprocessors = 1;
   int resident_blocks[3] = {1, 1, 1};  // attention blocks one multiprocessor holds, by head-dim bucket 64/128/256
+  bool matrix_cores = false;  // mma for 16-bit inputs: NVIDIA sm_80 on, unless RPA_GPU_MATRIX_CORES=0
   hipStream_t own_stream = nullptr;  // host-memory calls
+  hipStream_t side_stream = nullptr;  // decode tiles beside the other attention tiles (see launch_tiles)
+  hipEvent_t fork = nullptr, join = nullptr;  // the side stream starts after, and is joined back into, the call's
   hipEvent_t scratch_released = nullptr;  // after the last call's kernels: the next call may reuse scratch
   hipEvent_t upload_done = nullptr;       // after the last upload: the pinned buffer may be rewritten
   bool any_work = false;
@@ -212,6 +230,9 @@ struct rpa_plugin_state {
   ~rpa_plugin_state() {
     (void)hipSetDevice(device);
     if (own_stream) (void)hipStreamSynchronize(own_stream), (void)hipStreamDestroy(own_stream);
+    if (side_stream) (void)hipStreamSynchronize(side_stream), (void)hipStreamDestroy(side_stream);
+    if (fork) (void)hipEventDestroy(fork);
+    if (join) (void)hipEventDestroy(join);
     if (scratch_released) (void)hipEventSynchronize(scratch_released), (void)hipEventDestroy(scratch_released);
     if (upload_done) (void)hipEventDestroy(upload_done);
   }
@@ -294,21 +315,53 @@ struct Launch {
   Params params;
   int d_max;
   rpa_dtype kv_dtype;
-  int attention_blocks, merge_blocks;
+  int decode_blocks, decode_rows, attention_blocks, merge_blocks;
+  bool matrix_cores;  // the attention tiles take matrix_core_kernel
   int64_t covered_begin, covered_end, num_tokens;
-  hipStream_t stream;
+  hipStream_t stream, side_stream;
+  hipEvent_t fork, join;
 };
 
 template <typename Kv, int D_MAX>
+void launch_attention(const Launch& launch, const Params& params) {
+#if defined(RPA_GPU_CUDA)
+  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128)
+    if (launch.matrix_cores) {
+      rpa_gpu::matrix_core_kernel<Kv, D_MAX><<<launch.attention_blocks, rpa_gpu::kThreads,
+                                               rpa_gpu::MatrixGeometry<D_MAX>::kSharedBytes, launch.stream>>>(params);
+      return;
+    }
+#endif
+  rpa_gpu::attention_kernel<Kv, D_MAX>
+      <<<launch.attention_blocks, rpa_gpu::kThreads, Geometry<D_MAX>::kSharedBytes, launch.stream>>>(params);
+}
+
+// With both kinds of tiles, the decode tiles (memory bound) run on the side stream beside the others
+// (compute bound), and the merge waits for both.
+template <typename Kv, int D_MAX>
 void launch_tiles(const Launch& launch) {
-  using G = Geometry<D_MAX>;
   Params params = launch.params;
-  if (launch.attention_blocks > 0)
-    rpa_gpu::attention_kernel<Kv, D_MAX>
-        <<<launch.attention_blocks, rpa_gpu::kThreads, G::kSharedBytes, launch.stream>>>(params);
+  const bool beside = launch.decode_blocks > 0 && launch.attention_blocks > 0;
+  const hipStream_t decode_stream = beside ? launch.side_stream : launch.stream;
+  if (beside) {
+    check(hipEventRecord(launch.fork, launch.stream), "hipEventRecord (fork)");
+    check(hipStreamWaitEvent(launch.side_stream, launch.fork, 0), "hipStreamWaitEvent (fork)");
+  }
+  if (launch.decode_blocks > 0) {
+    if (launch.decode_rows <= 4)
+      rpa_gpu::decode_kernel<Kv, D_MAX, 4><<<launch.decode_blocks, rpa_gpu::kThreads, 0, decode_stream>>>(params);
+    else
+      rpa_gpu::decode_kernel<Kv, D_MAX, 8><<<launch.decode_blocks, rpa_gpu::kThreads, 0, decode_stream>>>(params);
+  }
+  params.tiles += launch.decode_blocks;
+  if (launch.attention_blocks > 0) launch_attention<Kv, D_MAX>(launch, params);
   params.tiles += launch.attention_blocks;
+  if (beside) {
+    check(hipEventRecord(launch.join, launch.side_stream), "hipEventRecord (join)");
+    check(hipStreamWaitEvent(launch.stream, launch.join, 0), "hipStreamWaitEvent (join)");
+  }
   if (launch.merge_blocks > 0)
-    rpa_gpu::merge_kernel<D_MAX><<<launch.merge_blocks, rpa_gpu::kThreads, 0, launch.stream>>>(params);
+    rpa_gpu::merge_kernel<<<launch.merge_blocks, rpa_gpu::kThreads, 0, launch.stream>>>(params);
 }
 
 template <int D_MAX>
@@ -343,6 +396,13 @@ void allow_shared_memory() {
   check(hipFuncSetAttribute(reinterpret_cast<const void*>(&rpa_gpu::attention_kernel<Kv, D_MAX>),
                             hipFuncAttributeMaxDynamicSharedMemorySize, int(Geometry<D_MAX>::kSharedBytes)),
         "hipFuncSetAttribute");
+#if defined(RPA_GPU_CUDA)
+  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128)
+    check(hipFuncSetAttribute(reinterpret_cast<const void*>(&rpa_gpu::matrix_core_kernel<Kv, D_MAX>),
+                              hipFuncAttributeMaxDynamicSharedMemorySize,
+                              int(rpa_gpu::MatrixGeometry<D_MAX>::kSharedBytes)),
+          "hipFuncSetAttribute");
+#endif
 }
 
 void allow_shared_memory_all() {
@@ -383,8 +443,16 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
     fail(RPA_STATUS_UNSUPPORTED, "argument 'queries': head_dim " + std::to_string(p.head_dim) +
                                      " exceeds 256, the largest the GPU kernels support");
   const int d_max = head_dim_bucket(p.head_dim);
-  // Four waves of resident blocks keep every multiprocessor busy to the end.
-  const Plan plan = make_plan(p, d_max, 4 * state.multiprocessors * state.resident_blocks[d_max / 128]);
+  // Matrix cores for 16-bit Q and KV of one type, rows that allow 16-byte copies, head dims up to 128.
+  const bool matrix_cores = state.matrix_cores && p.query_dtype == p.kv_dtype && p.kv_dtype != RPA_DTYPE_F32 &&
+                            d_max <= 128 && kv_vectorizable(p);
+  // decode_kernel reads 8 elements with 16-byte loads.
+  const bool decode_eligible = kv_vectorizable(p) && p.head_dim % 8 == 0;
+  // Split long key ranges only up to one wave of resident blocks: each split costs a partial write and a
+  // merge, which measured slower on an H100 than a last wave the splits would fill (W1: 0.29 ms unsplit,
+  // 0.32 ms with four waves).
+  const Plan plan =
+      make_plan(p, d_max, decode_eligible, matrix_cores, state.multiprocessors * state.resident_blocks[d_max / 128]);
 
   const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
   const size_t tiles_offset = align_up(table_bytes, 256);
@@ -396,7 +464,7 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
                 p.pages_per_seq * sizeof(int32_t));
   std::memcpy(host + tiles_offset, plan.tiles.data(), plan.tiles.size() * sizeof(Tile));
 
-  const size_t partial_rows = static_cast<size_t>(plan.partial_slots) * rows_per_block(d_max);
+  const size_t partial_rows = static_cast<size_t>(plan.partial_rows);
   char* device = state.metadata.reserve(std::max<size_t>(upload_bytes, 1));
   float* partials = reinterpret_cast<float*>(
       state.partials.reserve(std::max<size_t>(partial_rows * (p.head_dim + 2) * sizeof(float), 1)));
@@ -426,6 +494,10 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
   k.num_q_heads = static_cast<int32_t>(p.num_q_heads), k.num_kv_heads = static_cast<int32_t>(p.num_kv_heads);
   k.group = k.num_q_heads / k.num_kv_heads;
   k.head_dim = static_cast<int32_t>(p.head_dim), k.page_size = static_cast<int32_t>(p.page_size);
+  // page_of's divisor: shift = ceil(log2 page_size), multiplier = floor(2^32 (2^shift - page_size) / page_size) + 1.
+  while ((int64_t(1) << k.page_shift) < p.page_size) ++k.page_shift;
+  k.page_multiplier = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << k.page_shift) - p.page_size)) /
+                                                p.page_size + 1);
   k.block_tables = reinterpret_cast<const int32_t*>(device);
   k.block_table_stride = static_cast<int32_t>(p.pages_per_seq);
   k.tiles = reinterpret_cast<const Tile*>(device + tiles_offset);
@@ -435,12 +507,17 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
 
   launch.d_max = d_max;
   launch.kv_dtype = p.kv_dtype;
-  launch.attention_blocks = static_cast<int>(plan.attention_tiles);
+  launch.matrix_cores = matrix_cores;
+  launch.decode_blocks = static_cast<int>(plan.decode_tiles);
+  launch.decode_rows = plan.decode_rows;
+  launch.attention_blocks = static_cast<int>(plan.attention_tiles - plan.decode_tiles);
   launch.merge_blocks = static_cast<int>(plan.tiles.size() - plan.attention_tiles);
   launch.covered_begin = p.num_seqs > 0 ? p.query_start_loc[0] : p.num_tokens;
   launch.covered_end = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : p.num_tokens;
   launch.num_tokens = p.num_tokens;
   launch.stream = call.stream;
+  launch.side_stream = state.side_stream;
+  launch.fork = state.fork, launch.join = state.join;
   return launch;
 }
 
@@ -504,7 +581,15 @@ rpa_status plugin_create(int32_t ordinal, rpa_plugin_state** out) {
     hipDeviceProp_t properties;
     check(hipGetDeviceProperties(&properties, ordinal), "hipGetDeviceProperties");
     state->multiprocessors = properties.multiProcessorCount;
+#if defined(RPA_GPU_CUDA)
+    // RPA_GPU_MATRIX_CORES=0 keeps the FMA products, to compare the two paths (tests, benchmark).
+    const char* matrix_cores = std::getenv("RPA_GPU_MATRIX_CORES");
+    state->matrix_cores = properties.major >= 8 && !(matrix_cores && std::strcmp(matrix_cores, "0") == 0);
+#endif
     check(hipStreamCreateWithFlags(&state->own_stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
+    check(hipStreamCreateWithFlags(&state->side_stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
+    check(hipEventCreateWithFlags(&state->fork, hipEventDisableTiming), "hipEventCreateWithFlags");
+    check(hipEventCreateWithFlags(&state->join, hipEventDisableTiming), "hipEventCreateWithFlags");
     check(hipEventCreateWithFlags(&state->scratch_released, hipEventDisableTiming), "hipEventCreateWithFlags");
     check(hipEventCreateWithFlags(&state->upload_done, hipEventDisableTiming), "hipEventCreateWithFlags");
     allow_shared_memory_all();

@@ -4,7 +4,7 @@
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
 #   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
 # Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests,
-# a Python-binding check with backend="gpu", and the W1/W2/W3 benchmark.
+# a Python-binding check with backend="gpu", and the W1/W2/W3 benchmark (with and without matrix cores).
 set -u
 build=${1:-build-gpu}
 results=${2:-.}
@@ -29,6 +29,8 @@ step info "$build/tools/rpa" info
 step plugin_loading env RPA_PLUGIN_PATH="$build/tests/plugins:$build/plugins" RPA_TEST_REAL_PLUGINS="$plugins" \
   "$build/tests/plugins/test_plugin_loading" --log_level=message
 step gpu_compare "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+# RPA_GPU_MATRIX_CORES=0: the FMA products in place of mma for 16-bit inputs (NVIDIA), checked and timed too.
+step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 step python_gpu env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 - <<'PY'
 # One random mixed batch through the binding: gpu against reference, f32 (the acceptance path).
 import numpy as np
@@ -54,4 +56,5 @@ print("python binding, backend=gpu vs reference: max abs error %.3g" % err)
 assert err <= 2e-5
 PY
 step bench "$build/plugins/rpa_gpu_bench"
+step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/plugins/rpa_gpu_bench"
 exit $status
