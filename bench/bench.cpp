@@ -457,24 +457,31 @@ void run_bench(const Options& options) {
 
   // The targets of the CPU kernel.
   nlohmann::json targets = nlohmann::json::object();
-  auto find = [&](const std::string& workload, int threads) -> const Row* {
+  auto find = [&](const std::string& workload, const char* backend, int threads) -> const Row* {
     for (const Row& r : rows)
-      if (r.workload == workload && r.backend == std::string("simd") && (threads == 0 || r.threads == threads)) return &r;
+      if (r.workload == workload && r.backend == std::string(backend) && (threads == 0 || r.threads == threads))
+        return &r;
     return nullptr;
   };
-  std::printf("\ntargets (simd):\n");
-  auto report = [&](const std::string& name, double value, double goal, const char* unit) {
-    std::printf("  %-34s %8.2f%s (goal >= %.2f%s) %s\n", name.c_str(), value, unit, goal, unit, value >= goal ? "met" : "MISSED");
-    targets[name] = {{"value", value}, {"goal", goal}, {"met", value >= goal}};
+  std::printf("\ntargets:\n");
+  auto report = [&](const std::string& name, double value, double goal, const char* unit, bool at_least = true) {
+    const bool met = at_least ? value >= goal : value <= goal;
+    std::printf("  %-40s %8.2f%s (goal %s %.2f%s) %s\n", name.c_str(), value, unit, at_least ? ">=" : "<=", goal, unit,
+                met ? "met" : "MISSED");
+    targets[name] = {{"value", value}, {"goal", goal}, {"met", met}};
   };
-  if (const Row* w1 = find("W1", 0)) report("W1 share of read bandwidth", 100 * w1->kv_rate() / w1->bandwidth, 85, "%");
-  if (const Row* w2 = find("W2", 0)) report("W2 share of FMA peak", 100 * w2->flop_rate() / w2->peak, 60, "%");
-  const Row *one = find("W1 threads", 1), *two = find("W1 threads", 2);
-  if (one && two) report("decode scaling 1 -> 2 threads", one->ms / two->ms, 1.8, "x");
+  if (const Row* w1 = find("W1", "simd", 0))
+    report("simd W1 share of read bandwidth", 100 * w1->kv_rate() / w1->bandwidth, 85, "%");
+  if (const Row* w2 = find("W2", "simd", 0)) report("simd W2 share of FMA peak", 100 * w2->flop_rate() / w2->peak, 60, "%");
+  const Row *one = find("W1 threads", "simd", 1), *two = find("W1 threads", "simd", 2);
+  if (one && two) report("simd decode scaling 1 -> 2 threads", one->ms / two->ms, 1.8, "x");
   double slowest = INFINITY;
   for (const Row& r : rows)  // the thread sweep measures scaling, not the configured run
     if (r.backend == std::string("simd") && r.workload != "W1 threads") slowest = std::min(slowest, r.speedup());
-  if (std::isfinite(slowest)) report("speed-up over reference (lowest)", slowest, 100, "x");
+  if (std::isfinite(slowest)) report("simd speed-up over reference (lowest)", slowest, 100, "x");
+  // The GPU goals are the H100's (issue 4); on another GPU they are only a yardstick.
+  for (const auto& [workload, goal_ms] : {std::pair<const char*, double>{"W1", 0.21}, {"W2", 0.25}, {"W3", 0.30}})
+    if (const Row* r = find(workload, "gpu", 0)) report(std::string("gpu ") + workload + " time (H100 goal)", r->ms, goal_ms, " ms", false);
   bool all_valid = true;
   for (const Row& r : rows) all_valid = all_valid && r.valid;
   std::printf("  validation against the reference: %s\n", all_valid ? "all ok" : "FAILED");

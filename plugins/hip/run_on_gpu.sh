@@ -4,7 +4,7 @@
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
 #   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
 # Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests,
-# a Python-binding check with backend="gpu", and the W1/W2/W3 benchmark (with and without matrix cores).
+# the Python binding's tests (gpu included), and `rpa bench` on the gpu backend (with and without matrix cores).
 set -u
 build=${1:-build-gpu}
 results=${2:-.}
@@ -31,30 +31,8 @@ step plugin_loading env RPA_PLUGIN_PATH="$build/tests/plugins:$build/plugins" RP
 step gpu_compare "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # RPA_GPU_MATRIX_CORES=0: the FMA products in place of mma for 16-bit inputs (NVIDIA), checked and timed too.
 step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
-step python_gpu env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 - <<'PY'
-# One random mixed batch through the binding: gpu against reference, f32 (the acceptance path).
-import numpy as np
-import rpa
-assert rpa.backend_available("gpu"), rpa.plugin_reports()
-rng = np.random.default_rng(0)
-q_lens, ctx, QH, KVH, D, ps = [1, 7, 0, 3], [50, 300, 9, 3], 8, 2, 128, 16
-W = max(-(-c // ps) for c in ctx) + 1
-P = sum(-(-c // ps) for c in ctx) + 2
-kv = rng.standard_normal((P, ps, 2 * KVH, D)).astype(np.float32)
-tables = rng.integers(0, P, size=(len(ctx), W), dtype=np.int32)
-qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-q = rng.standard_normal((int(qsl[-1]) + 2, QH, D)).astype(np.float32)
-args = (q, kv, np.array(ctx, np.int32), tables, qsl, len(ctx))
-kw = dict(logits_soft_cap=20.0, sliding_window=40, softmax_aux=rng.standard_normal((KVH, 1)).astype(np.float32),
-          return_lse=True)
-out_g, lse_g = rpa.ragged_paged_attention(*args, backend="gpu", **kw)
-out_r, lse_r = rpa.ragged_paged_attention(*args, backend="reference", **kw)
-finite = np.isfinite(lse_r)
-assert (lse_g[~finite] == lse_r[~finite]).all()
-err = max(np.abs(out_g - out_r).max(), np.abs(lse_g[finite] - lse_r[finite]).max())
-print("python binding, backend=gpu vs reference: max abs error %.3g" % err)
-assert err <= 2e-5
-PY
-step bench "$build/plugins/rpa_gpu_bench"
-step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/plugins/rpa_gpu_bench"
+# The binding's suite: with a GPU present every test also runs backend="gpu" against the fp64 oracle.
+step python env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 -m pytest -q python/tests
+step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --json "$results/bench.json"
+step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 exit $status
