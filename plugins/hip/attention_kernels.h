@@ -98,6 +98,30 @@ struct Geometry {
                 "thread mappings must tile exactly");
 };
 
+// 16 bytes from global to shared memory, zero-filled when !valid. NVIDIA: cp.async, without registers,
+// completed by copy_async_wait<n> (all but the n most recent commit groups). AMD (HIP 5.2 has no
+// asynchronous copy): a plain load and store, complete at once.
+#if defined(RPA_GPU_CUDA)
+__device__ inline uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+__device__ inline void copy_async16(void* shared, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ inline void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ inline void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
+#else
+__device__ inline void copy_async16(void* shared, const void* global, bool valid) {
+  *static_cast<uint4*>(shared) = valid ? *static_cast<const uint4*>(global) : make_uint4(0, 0, 0, 0);
+}
+__device__ inline void copy_async_commit() {}
+template <int kPending>
+__device__ inline void copy_async_wait() {}
+#endif
+
 // ---- element conversions (bit-exact with core/dtype.h) ----
 
 __device__ inline float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
@@ -487,31 +511,73 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
   }
 }
 
-// ---- decode: the q heads of one kv head for one query token, K/V straight from global memory ----
+// ---- decode: the q heads of one kv head for one query token, K/V streamed through shared memory ----
 //
 // A tile holds up to ROWS q heads of one kv head for a single query, so every key of its range is
 // visible to every row: no masking beyond the range's end. A group of kLanes lanes scores one key at a
-// time, each lane holding 8 of its elements (one or two 16-byte loads) and the same 8 elements of every
-// row's query in registers; shuffles sum the lanes' partial dots. Each group runs its own online softmax
-// over its keys and the groups are combined once at the end through shared memory: no barrier and no
-// shared memory inside the key loop, and all loads of a step are in flight before their first use.
+// time, each lane holding 8 of its elements (one or two 16-byte words) and the same 8 elements of every
+// row's query in registers. A reduce-scatter of the partial dots leaves each lane the full scores of a
+// few (key, row) pairs of the step, whose scaling and exponentials it evaluates once for the group;
+// shuffles gather the results. Each group runs its own online softmax over its keys and the groups are
+// combined once at the end through shared memory.
+//
+// Decode is bound by memory latency: K/V words are copied kStages - 1 steps ahead into a ring in shared
+// memory (cp.async on NVIDIA), so many bytes are in flight per multiprocessor without holding registers.
+// Each thread reads back only the words it copied itself, so the key loop needs no barrier.
 // Used when K/V rows allow 16-byte loads and head_dim is a multiple of 8 (decode_eligible).
-template <int D_MAX, int ROWS>
+template <typename Kv, int D_MAX, int ROWS>
 struct DecodeGeometry {
   static constexpr int kElements = 8;                // per lane and key
   static constexpr int kLanes = D_MAX / kElements;   // lanes per key: 8, 16 or 32, within one warp
   static constexpr int kGroups = kThreads / kLanes;  // keys a block scores at once
-  static constexpr int kUnroll = ROWS <= 4 ? 4 : 2;  // keys per group and step (registers allow fewer at 8 rows)
+  // Keys per group and step: fewer at 8 rows (registers) and with f32 KV (two words per key).
+  static constexpr int kUnroll = (ROWS <= 4 ? 4 : 2) / Kv::kWords;
   static constexpr int kStep = kGroups * kUnroll;
+  static constexpr int kWordsPerStep = 2 * kUnroll * Kv::kWords;  // 16-byte words a thread copies per step
+  static constexpr int kRingWords = 24;                           // per thread: 48 KiB per block
+  static constexpr int kStages = kRingWords / kWordsPerStep;
   static constexpr int kMinBlocks = ROWS <= 4 ? 4 : 2;  // resident blocks (AMD: waves per SIMD) to hide latency
+  static constexpr int kPairs = kUnroll * ROWS;                      // (key, row) pairs of a group's step
+  // A lane owns kOwnPairs of them after the reduce-scatter of the dots (with fewer pairs than lanes,
+  // kLanes / kPairs lanes share one): own_pair(lane, i) is its i-th, owner(pair) a lane holding it.
+  static constexpr int kOwnPairs = kPairs >= kLanes ? kPairs / kLanes : 1;
+  __device__ static int own_pair(int lane, int i) { return lane * kPairs / kLanes + i; }
+  __device__ static int owner(int pair) { return pair * kLanes / kPairs; }
+  static_assert(kStages >= 2, "the ring holds at least two steps");
+  static_assert((kPairs & (kPairs - 1)) == 0 && (ROWS & (ROWS - 1)) == 0,
+                "the reduce-scatter halves the pairs, select_by_index takes a power of two");
+};
+
+// values[index] without local memory: a tree of N - 1 selects on the bits of a run-time index.
+template <int N>
+__device__ inline float select_by_index(const float (&values)[N], int index) {
+  float level[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) level[i] = values[i];
+#pragma unroll
+  for (int half = N / 2, bit = 0; half >= 1; half /= 2, ++bit) {
+    const bool high = (index >> bit) & 1;
+#pragma unroll
+    for (int i = 0; i < half; ++i) level[i] = high ? level[2 * i + 1] : level[2 * i];
+  }
+  return level[0];
+}
+
+// The groups' states at the end of decode_kernel, combined through the ring's shared memory.
+template <int D_MAX, int ROWS, int GROUPS>
+struct DecodeCombine {
+  float4 acc[GROUPS][ROWS][D_MAX / 4];
+  float max[GROUPS][ROWS], sum[GROUPS][ROWS], factor[GROUPS][ROWS];
+  float row_scale[ROWS];
 };
 
 template <typename Kv, int D_MAX, int ROWS>
-__global__ void __launch_bounds__(kThreads, (DecodeGeometry<D_MAX, ROWS>::kMinBlocks)) decode_kernel(Params p) {
-  using G = DecodeGeometry<D_MAX, ROWS>;
-  __shared__ float4 group_acc[G::kGroups][ROWS][D_MAX / 4];
-  __shared__ float group_max[G::kGroups][ROWS], group_sum[G::kGroups][ROWS], group_factor[G::kGroups][ROWS];
-  __shared__ float row_scale[ROWS];
+__global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kMinBlocks)) decode_kernel(Params p) {
+  using G = DecodeGeometry<Kv, D_MAX, ROWS>;
+  // ring[stage * kWordsPerStep + word][thread]: a warp's words are consecutive, free of bank conflicts.
+  __shared__ uint4 ring[G::kStages * G::kWordsPerStep][kThreads];
+  using Combine = DecodeCombine<D_MAX, ROWS, G::kGroups>;
+  static_assert(sizeof(Combine) <= sizeof(ring), "the combination reuses the ring");
 
   const Tile tile = p.tiles[blockIdx.x];
   const int tile_rows = tile.heads;  // one query row
@@ -519,6 +585,39 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<D_MAX, ROWS>::kMinBl
   const int lane = threadIdx.x % G::kLanes, group = threadIdx.x / G::kLanes;
   const int d0 = lane * G::kElements;
   const bool lane_active = d0 < p.head_dim;  // head_dim is a multiple of 8
+
+  const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
+  const char* k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + d0) * Kv::kBytes;
+  const char* v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + d0) * Kv::kBytes;
+  const int steps = (tile.key_end - tile.key_begin + G::kStep - 1) / G::kStep;
+  // Copies this thread's words of step `step` into its ring stage and commits them as one group (an empty
+  // group past the last step keeps the wait count uniform). A key past the end is zero-filled: finite,
+  // and its weight is 0.
+  const auto copy_step = [&](int step) {
+    if (step < steps) {
+      uint4* stage = ring[(step % G::kStages) * G::kWordsPerStep] + threadIdx.x;
+#pragma unroll
+      for (int u = 0; u < G::kUnroll; ++u) {
+        const int j = tile.key_begin + step * G::kStep + u * G::kGroups + group;
+        const bool valid = j < tile.key_end && lane_active;
+        const uint4* k = reinterpret_cast<const uint4*>(k_head);
+        const uint4* v = reinterpret_cast<const uint4*>(v_head);
+        if (valid) {
+          const auto [page, slot] = page_of(p, pages, j);
+          k = reinterpret_cast<const uint4*>(k_head + (page * p.k.page_stride + slot * p.k.slot_stride) * Kv::kBytes);
+          v = reinterpret_cast<const uint4*>(v_head + (page * p.v.page_stride + slot * p.v.slot_stride) * Kv::kBytes);
+        }
+#pragma unroll
+        for (int w = 0; w < Kv::kWords; ++w) {
+          copy_async16(stage + (2 * u * Kv::kWords + w) * kThreads, k + w, valid);
+          copy_async16(stage + ((2 * u + 1) * Kv::kWords + w) * kThreads, v + w, valid);
+        }
+      }
+    }
+    copy_async_commit();
+  };
+#pragma unroll
+  for (int step = 0; step < G::kStages - 1; ++step) copy_step(step);
 
   float q[ROWS][G::kElements], acc[ROWS][G::kElements], row_max[ROWS], row_sum[ROWS];
 #pragma unroll
@@ -533,70 +632,91 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<D_MAX, ROWS>::kMinBl
     row_max[r] = -INFINITY, row_sum[r] = 0.0f;
   }
 
-  const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
-  const char* k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + d0) * Kv::kBytes;
-  const char* v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + d0) * Kv::kBytes;
-  for (int key0 = tile.key_begin; key0 < tile.key_end; key0 += G::kStep) {
-    uint4 k_raw[G::kUnroll][Kv::kWords], v_raw[G::kUnroll][Kv::kWords];
-#pragma unroll
-    for (int u = 0; u < G::kUnroll; ++u) {
-      const int j = key0 + u * G::kGroups + group;
-#pragma unroll
-      for (int w = 0; w < Kv::kWords; ++w) k_raw[u][w] = v_raw[u][w] = make_uint4(0, 0, 0, 0);
-      if (j < tile.key_end && lane_active) {  // a key past the end stays 0: finite, and its weight is 0
-        const auto [page, slot] = page_of(p, pages, j);
-        const uint4* k = reinterpret_cast<const uint4*>(k_head + (page * p.k.page_stride + slot * p.k.slot_stride) * Kv::kBytes);
-        const uint4* v = reinterpret_cast<const uint4*>(v_head + (page * p.v.page_stride + slot * p.v.slot_stride) * Kv::kBytes);
-#pragma unroll
-        for (int w = 0; w < Kv::kWords; ++w) k_raw[u][w] = k[w], v_raw[u][w] = v[w];
-      }
-    }
-    float score[G::kUnroll][ROWS];
+  for (int step = 0; step < steps; ++step) {
+    copy_async_wait<G::kStages - 2>();  // this step's words have landed
+    copy_step(step + G::kStages - 1);   // into the stage the previous step freed
+    const uint4* stage = ring[(step % G::kStages) * G::kWordsPerStep] + threadIdx.x;
+    const int key0 = tile.key_begin + step * G::kStep;
+    float part[G::kPairs];  // this lane's partial dots, pair u * ROWS + r
 #pragma unroll
     for (int u = 0; u < G::kUnroll; ++u) {
       float k[G::kElements];
 #pragma unroll
-      for (int w = 0; w < Kv::kWords; ++w) Kv::convert(k_raw[u][w], k + w * Kv::kVector);
+      for (int w = 0; w < Kv::kWords; ++w) Kv::convert(stage[(2 * u * Kv::kWords + w) * kThreads], k + w * Kv::kVector);
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         float dot = 0.0f;
 #pragma unroll
         for (int e = 0; e < G::kElements; ++e) dot = fmaf(q[r][e], k[e], dot);
-        score[u][r] = dot;
+        part[u * ROWS + r] = dot;
       }
     }
+    // Reduce-scatter over the group's lanes: each round a lane keeps the half of its pairs its lane bit
+    // selects and adds its partner's partial dots of them; with fewer pairs than lanes the last rounds
+    // sum one pair. Then part[i] is the full dot of this lane's own pair i (G::own_pair).
+    int held = G::kPairs;
 #pragma unroll
-    for (int lane_mask = G::kLanes / 2; lane_mask > 0; lane_mask /= 2)
+    for (int lane_mask = G::kLanes / 2; lane_mask > 0; lane_mask /= 2) {
+      if (held > 1) {
+        held /= 2;
+        const bool high = lane & lane_mask;
 #pragma unroll
-      for (int u = 0; u < G::kUnroll; ++u)
+        for (int i = 0; i < G::kPairs / 2; ++i) {
+          if (i >= held) break;
+          const float send = high ? part[i] : part[i + held];
+          part[i] = (high ? part[i + held] : part[i]) + __shfl_xor(send, lane_mask);
+        }
+      } else {
+        part[0] += __shfl_xor(part[0], lane_mask);
+      }
+    }
+    // Each lane scales, caps and masks its own pairs (a key past the range's end scores -inf: select),
+    // and shuffles gather every pair's score to every lane of the group.
+    float own_score[G::kOwnPairs];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) score[u][r] += __shfl_xor(score[u][r], lane_mask);
+    for (int i = 0; i < G::kOwnPairs; ++i) {
+      float s = p.softmax_scale * part[i];
+      if (p.soft_cap > 0.0f) s = p.soft_cap * tanhf(s / p.soft_cap);
+      own_score[i] = key0 + G::own_pair(lane, i) / ROWS * G::kGroups + group < tile.key_end ? s : -INFINITY;
+    }
+    float score[G::kUnroll][ROWS];
+#pragma unroll
+    for (int u = 0; u < G::kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const int pair = u * ROWS + r;
+        score[u][r] = __shfl(own_score[pair % G::kOwnPairs], G::owner(pair), G::kLanes);
+      }
 
-    // Online softmax over the step's keys; a key past the range's end scores -inf (select).
+    // Online softmax over the step's keys.
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
       float step_max = -INFINITY;
 #pragma unroll
-      for (int u = 0; u < G::kUnroll; ++u) {
-        float s = p.softmax_scale * score[u][r];
-        if (p.soft_cap > 0.0f) s = p.soft_cap * tanhf(s / p.soft_cap);
-        score[u][r] = key0 + u * G::kGroups + group < tile.key_end ? s : -INFINITY;
-        step_max = fmaxf(step_max, score[u][r]);
-      }
+      for (int u = 0; u < G::kUnroll; ++u) step_max = fmaxf(step_max, score[u][r]);
       const float new_max = fmaxf(row_max[r], step_max);
       const float rescale = row_max[r] == new_max ? 1.0f : expf(row_max[r] - new_max);
       row_max[r] = new_max, row_sum[r] *= rescale;
 #pragma unroll
       for (int e = 0; e < G::kElements; ++e) acc[r][e] *= rescale;
     }
+    // Each lane evaluates the exponentials of its own pairs once, and shuffles hand every lane all of them.
+    float own_prob[G::kOwnPairs];
+#pragma unroll
+    for (int i = 0; i < G::kOwnPairs; ++i)
+      own_prob[i] = own_score[i] == -INFINITY
+                        ? 0.0f
+                        : expf(own_score[i] - select_by_index(row_max, G::own_pair(lane, i) % ROWS));
 #pragma unroll
     for (int u = 0; u < G::kUnroll; ++u) {
       float v[G::kElements];
 #pragma unroll
-      for (int w = 0; w < Kv::kWords; ++w) Kv::convert(v_raw[u][w], v + w * Kv::kVector);
+      for (int w = 0; w < Kv::kWords; ++w)
+        Kv::convert(stage[((2 * u + 1) * Kv::kWords + w) * kThreads], v + w * Kv::kVector);
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
-        const float prob = score[u][r] == -INFINITY ? 0.0f : expf(score[u][r] - row_max[r]);
+        const int pair = u * ROWS + r;
+        const float prob = __shfl(own_prob[pair % G::kOwnPairs], G::owner(pair), G::kLanes);
         row_sum[r] += prob;
 #pragma unroll
         for (int e = 0; e < G::kElements; ++e) acc[r][e] = fmaf(prob, v[e], acc[r][e]);
@@ -604,47 +724,50 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<D_MAX, ROWS>::kMinBl
     }
   }
 
-  // Combine the groups' (max, sum, accumulator) by log-sum-exp.
+  // Combine the groups' (max, sum, accumulator) by log-sum-exp, in the ring once every copy has landed.
+  copy_async_wait<0>();
+  __syncthreads();
+  Combine& combine = *reinterpret_cast<Combine*>(ring);
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
-    if (lane == 0) group_max[group][r] = row_max[r], group_sum[group][r] = row_sum[r];
-    group_acc[group][r][2 * lane] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-    group_acc[group][r][2 * lane + 1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+    if (lane == 0) combine.max[group][r] = row_max[r], combine.sum[group][r] = row_sum[r];
+    combine.acc[group][r][2 * lane] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    combine.acc[group][r][2 * lane + 1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
   }
   __syncthreads();
   const bool partial = tile.partial >= 0;
   if (threadIdx.x < tile_rows) {
     const int r = threadIdx.x, head = tile.head_begin + r;
     float max_logit = -INFINITY, sum = 0.0f;
-    for (int g = 0; g < G::kGroups; ++g) max_logit = fmaxf(max_logit, group_max[g][r]);
+    for (int g = 0; g < G::kGroups; ++g) max_logit = fmaxf(max_logit, combine.max[g][r]);
     for (int g = 0; g < G::kGroups; ++g) {
-      const float factor = group_max[g][r] == -INFINITY ? 0.0f : expf(group_max[g][r] - max_logit);
-      group_factor[g][r] = factor;
-      sum += group_sum[g][r] * factor;
+      const float factor = combine.max[g][r] == -INFINITY ? 0.0f : expf(combine.max[g][r] - max_logit);
+      combine.factor[g][r] = factor;
+      sum += combine.sum[g][r] * factor;
     }
     if (partial) {  // one split of a long key range: keep the unnormalised state for the merge
       p.partial_stats[(int64_t(tile.partial) + r) * 2] = max_logit;
       p.partial_stats[(int64_t(tile.partial) + r) * 2 + 1] = sum;
-      row_scale[r] = 1.0f;
+      combine.row_scale[r] = 1.0f;
     } else {
       float scale, lse;
       finish_row(p, head, max_logit, sum, scale, lse);
-      row_scale[r] = scale;
+      combine.row_scale[r] = scale;
       store_lse(p, tile.row_begin, head, lse);
     }
   }
   __syncthreads();
-  const float* acc_of = reinterpret_cast<const float*>(group_acc);
+  const float* acc_of = reinterpret_cast<const float*>(combine.acc);
   for (int e = threadIdx.x; e < tile_rows * p.head_dim; e += kThreads) {
     const int r = e / p.head_dim, d = e % p.head_dim;
     float value = 0.0f;
     for (int g = 0; g < G::kGroups; ++g)  // a group that saw no key has factor 0 and accumulator 0
-      value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], group_factor[g][r], value);
+      value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], combine.factor[g][r], value);
     if (partial) {
       p.partial_acc[(int64_t(tile.partial) + r) * p.head_dim + d] = value;
     } else {
       const int64_t base = int64_t(tile.row_begin) * p.out_token_stride + int64_t(tile.head_begin + r) * p.out_head_stride;
-      store_element(p.out, p.out_dtype, base + d, value * row_scale[r]);
+      store_element(p.out, p.out_dtype, base + d, value * combine.row_scale[r]);
     }
   }
 }
