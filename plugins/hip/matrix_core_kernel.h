@@ -22,14 +22,13 @@ namespace rpa_gpu {
 
 template <int D_MAX>
 struct MatrixGeometry {
-  static constexpr int kKeys = 32;              // keys per K/V tile: small enough for 3 blocks per SM
+  static constexpr int kKeys = 32;              // keys per K/V tile: small enough for 4 blocks per SM
   static constexpr int kStride = D_MAX + 8;     // 16-bit elements per shared row: ldmatrix rows avoid bank conflicts
   static constexpr int kChunks = D_MAX / 8;     // 16-byte chunks per row
   static constexpr int kWarps = kThreads / 32;  // NVIDIA only: warps of 32
   static constexpr int kStageElements = 2 * kKeys * kStride;  // K then V
   static constexpr size_t kQueryBytes = 2 * size_t(kMatrixRows) * kStride;
-  static constexpr size_t kProbBytes = sizeof(float) * kMatrixRows * kKeys;  // P on the FMA path
-  static constexpr size_t kSharedBytes = kQueryBytes + kProbBytes + 2 * 2 * size_t(kStageElements);
+  static constexpr size_t kSharedBytes = kQueryBytes + 2 * 2 * size_t(kStageElements);
   static_assert(kWarps * 16 == kMatrixRows, "16 tile rows per warp");
   static_assert(kKeys * kChunks % kThreads == 0 && kMatrixRows * D_MAX % (16 * kThreads) == 0,
                 "copies divide among the threads");
@@ -103,16 +102,14 @@ __device__ inline void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo
 // Fragment coordinates (PTX ISA, mma.m16n8k16): lane l holds C/D rows l/4 and l/4 + 8, columns 2(l%4) and
 // 2(l%4) + 1 of each 16x8 tile; the A fragment of 16 keys is the C layout of two adjacent 8-key tiles.
 template <typename Kv, int D_MAX>
-__global__ void __launch_bounds__(kThreads, 3) matrix_core_kernel(Params p) {  // 3 blocks: 168 registers
+__global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  // 4 blocks: 128 registers, a few bytes spilled, beat 3 blocks unspilled
   using G = MatrixGeometry<D_MAX>;
   constexpr bool kBf16 = Kv::kDtype == RPA_DTYPE_BF16;
   constexpr int kKeyTiles = G::kKeys / 8, kDimTiles = D_MAX / 8;
   extern __shared__ float4 shared_raw[];
-  // Q [kMatrixRows][kStride] (16-bit), P [kMatrixRows][kKeys] for the FMA path, two stages of
-  // [kKeys][kStride] K then V (16-bit).
+  // Q [kMatrixRows][kStride] (16-bit), two stages of [kKeys][kStride] K then V (16-bit).
   uint16_t* q_rows = reinterpret_cast<uint16_t*>(shared_raw);
-  float* probs = reinterpret_cast<float*>(reinterpret_cast<char*>(shared_raw) + G::kQueryBytes);
-  uint16_t* stages = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(probs) + G::kProbBytes);
+  uint16_t* stages = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(shared_raw) + G::kQueryBytes);
 
   const Tile tile = p.tiles[blockIdx.x];
   const int tile_rows = tile.heads * tile.rows;
@@ -146,9 +143,9 @@ __global__ void __launch_bounds__(kThreads, 3) matrix_core_kernel(Params p) {  /
   load_stage(tile.key_begin, stages);
 
   // Tile row r is query row r / heads of q head head_begin + r % heads; Q is stored as the KV type. Each
-  // row's offset is computed once (in P's memory, free until the first tile), then the loads of a thread
-  // are all in flight at once.
-  int64_t* row_offsets = reinterpret_cast<int64_t*>(probs);
+  // row's offset is computed once (in the second stage, free until the first tile), then the loads of a
+  // thread are all in flight at once.
+  int64_t* row_offsets = reinterpret_cast<int64_t*>(stages + G::kStageElements);
   if (threadIdx.x < kMatrixRows) {
     const int row = threadIdx.x;
     row_offsets[row] = row < tile_rows ? int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
@@ -171,6 +168,7 @@ __global__ void __launch_bounds__(kThreads, 3) matrix_core_kernel(Params p) {  /
       q_rows[e / D_MAX * G::kStride + e % D_MAX] = bits[i];
     }
   }
+  __syncthreads();  // row_offsets are read before the first tile refills the second stage
   // This lane's ldmatrix row of the warp's Q fragments (re-read for each tile: registers are scarce).
   const uint16_t* q_fragment_row = q_rows + (warp * 16 + lane / 8 % 2 * 8 + lane % 8) * G::kStride + lane / 16 * 8;
 
@@ -246,23 +244,31 @@ __global__ void __launch_bounds__(kThreads, 3) matrix_core_kernel(Params p) {  /
 #pragma unroll
         for (int i = 0; i < 4; ++i)
           if (!visible(i / 2, key0 + n * 8 + pair + i % 2)) s[n][i] = -INFINITY;
-    float tile_max[2] = {-INFINITY, -INFINITY}, rescale[2];
+    // A row's reference max moves only when a tile's max exceeds it by more than kMaxSlack (log2 units),
+    // so most tiles skip the rescale of out; weights stay below 2^kMaxSlack, where f32 sums and the hi + lo
+    // split keep the same relative error.
+    constexpr float kMaxSlack = 8.0f;
+    float tile_max[2] = {-INFINITY, -INFINITY}, rescale[2] = {1.0f, 1.0f};
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n)
 #pragma unroll
       for (int i = 0; i < 4; ++i) tile_max[i / 2] = fmaxf(tile_max[i / 2], s[n][i]);
+    bool moved = false;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 1));
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 2));
-      const float new_max = fmaxf(row_max[h], tile_max[h]);
-      rescale[h] = row_max[h] == new_max ? 1.0f : exp2f(row_max[h] - new_max);
-      row_max[h] = new_max, row_sum[h] *= rescale[h];
+      if (tile_max[h] > row_max[h] + kMaxSlack) {  // also a row's first visible key (row_max -inf)
+        rescale[h] = exp2f(row_max[h] - tile_max[h]);
+        row_max[h] = tile_max[h], row_sum[h] *= rescale[h];
+        moved = true;
+      }
     }
+    if (__any_sync(0xffffffffu, moved))
 #pragma unroll
-    for (int n = 0; n < kDimTiles; ++n)
+      for (int n = 0; n < kDimTiles; ++n)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) out[n][i] *= rescale[i / 2];
+        for (int i = 0; i < 4; ++i) out[n][i] *= rescale[i / 2];
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n)
 #pragma unroll
@@ -292,13 +298,11 @@ __global__ void __launch_bounds__(kThreads, 3) matrix_core_kernel(Params p) {  /
       }
     } else {  // FMA path: keys a row does not see are skipped, never multiplied by 0
 #pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) probs[rows[i / 2] * G::kKeys + n * 8 + pair + i % 2] = s[n][i];
-      __syncwarp();
-      for (int key = 0; key < G::kKeys; ++key) {
+      for (int key = 0; key < G::kKeys; ++key) {  // the quad lane holding key's column passes P along
+        const int from = (lane & ~3) | key % 8 / 2;
         const bool seen[2] = {visible(0, key0 + key), visible(1, key0 + key)};
-        const float prob[2] = {probs[rows[0] * G::kKeys + key], probs[rows[1] * G::kKeys + key]};
+        const float prob[2] = {__shfl_sync(0xffffffffu, s[key / 8][key % 2], from),
+                               __shfl_sync(0xffffffffu, s[key / 8][2 + key % 2], from)};
 #pragma unroll
         for (int n = 0; n < kDimTiles; ++n) {
           const uint32_t two = *reinterpret_cast<const uint32_t*>(v_rows + key * G::kStride + n * 8 + pair);
@@ -308,7 +312,6 @@ __global__ void __launch_bounds__(kThreads, 3) matrix_core_kernel(Params p) {  /
             if (seen[i / 2]) out[n][i] = fmaf(prob[i / 2], v[i % 2], out[n][i]);
         }
       }
-      __syncwarp();
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
