@@ -60,12 +60,8 @@ std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
     case RPA_BACKEND_GPU: return make_gpu_backend(options.device_ordinal, options.num_threads);
     case RPA_BACKEND_AUTO:
       if (gpu_backend_available()) return make_gpu_backend(options.device_ordinal, options.num_threads);
-      try {
-        return make_simd_backend(options.num_threads);
-      } catch (const Error& error) {
-        if (error.status() != RPA_STATUS_UNAVAILABLE) throw;
-        return make_reference_backend();
-      }
+      if (simd_backend_available()) return make_simd_backend(options.num_threads);
+      return make_reference_backend();
   }
   invalid("argument 'options.backend': " + std::to_string(static_cast<int>(options.backend)) +
           " is not an rpa_backend");
@@ -224,7 +220,7 @@ int32_t rpa_backend_available(rpa_backend backend) {
     switch (backend) {
       case RPA_BACKEND_AUTO:
       case RPA_BACKEND_REFERENCE: return 1;
-      case RPA_BACKEND_SIMD: make_simd_backend(1); return 1;
+      case RPA_BACKEND_SIMD: return simd_backend_available() ? 1 : 0;
       case RPA_BACKEND_GPU: return gpu_backend_available() ? 1 : 0;
     }
   } catch (...) {

@@ -31,6 +31,9 @@ std::unique_ptr<Backend> make_reference_backend();
 std::unique_ptr<Backend> make_simd_backend(int num_threads);
 std::unique_ptr<Backend> make_gpu_backend(int device_ordinal, int num_threads);
 
+// Whether make_simd_backend() can succeed: a cheap CPU check, no arena or scratch is made.
+bool simd_backend_available();
+
 // Whether make_gpu_backend() can succeed for some device (loads the plugins on first use).
 bool gpu_backend_available();
 

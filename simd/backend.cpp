@@ -171,8 +171,10 @@ class SimdBackend final : public Backend {
 
 }  // namespace
 
+bool simd_backend_available() { return simd::cpu_supported(); }
+
 std::unique_ptr<Backend> make_simd_backend(int num_threads) {
-  if (!simd::cpu_supported())
+  if (!simd_backend_available())
     fail(RPA_STATUS_UNAVAILABLE, "the simd backend needs an x86-64 CPU with SSE4.2, AES and CLMUL (or better)");
   return std::make_unique<SimdBackend>(num_threads);
 }
