@@ -72,6 +72,7 @@ struct Params {
   float* partial_acc;    // [partial row][head_dim]
   float* partial_stats;  // [partial row][2]: running max, running sum
   int32_t vector_kv;     // KV rows and strides allow 16-byte loads
+  int32_t vector_queries;  // so do the query rows
 };
 
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
@@ -185,8 +186,11 @@ using KvF16 = Kv16<false>;
 struct PageSlot {
   int64_t page, slot;
 };
+__device__ inline int32_t page_index(const Params& p, int j) {
+  return int32_t((__umulhi(uint32_t(j), p.page_multiplier) + uint32_t(j)) >> p.page_shift);
+}
 __device__ inline PageSlot page_of(const Params& p, const int32_t* pages, int j) {
-  const uint32_t index = (__umulhi(uint32_t(j), p.page_multiplier) + uint32_t(j)) >> p.page_shift;
+  const int32_t index = page_index(p, j);
   return {pages[index], j - int64_t(index) * p.page_size};
 }
 

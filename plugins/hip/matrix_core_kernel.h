@@ -1,18 +1,23 @@
-// The matrix-core path of the tiled kernel, for 16-bit queries and KV of one type on NVIDIA GPUs (sm_80 on):
-// S = Q K^T and O += P V as mma.sync m16n8k16 with f32 accumulators. On AMD (and for f32 inputs or head
-// dims over 128) attention_kernel's FMA products run instead.
+// The matrix-core path of the tiled kernel, for 16-bit queries and KV of one type on NVIDIA GPUs:
+// S = Q K^T and O += P V on the tensor cores with f32 accumulators, by one of two product policies:
+// WarpgroupMma (wgmma, Hopper's sm_90a code) or WarpMma (mma.sync, sm_80 on). On AMD (and for f32 inputs
+// or head dims over 128) attention_kernel's FMA products run instead.
 //
 // A block holds kMatrixRows tile rows (16 per warp) of one kv head; K/V tiles of kKeys keys stream
-// through shared memory as stored (16-bit), two stages deep with cp.async. The softmax runs in log2 units
-// (exp2f, scores times log2 e: relative error about 1e-6 in each weight). Q, K and V are exact in the
-// 16-bit type and the products accumulate in f32; P, an f32 probability, is split into hi + lo 16-bit
-// parts (two mma), so it carries 16 significant bits (relative error <= 2^-17 with bf16, less with f16).
+// through shared memory as stored (16-bit, in the policy's layout), two stages deep with cp.async. The
+// softmax runs in log2 units (exp2f, scores times log2 e: relative error about 1e-6 in each weight). Q, K
+// and V are exact in the 16-bit type and the products accumulate in f32; P, an f32 probability, is split
+// into hi + lo 16-bit parts (two products), so it carries 16 significant bits (relative error <= 2^-18
+// with bf16, less with f16), and the row's denominator sums those same hi + lo: a weight's error then
+// cancels between numerator and denominator, leaving only its share of the spread of V.
 //
-// Masked keys have probability exactly 0, which an mma multiplies by V: a tile whose V holds an Inf or
+// Masked keys have probability exactly 0, which a product multiplies by V: a tile whose V holds an Inf or
 // NaN therefore takes P V on the FMA path, which skips masked keys (select, never multiply by 0).
 #pragma once
 
 #include "plugins/hip/attention_kernels.h"
+#include "plugins/hip/warp_mma.h"
+#include "plugins/hip/warpgroup_mma.h"
 
 #if defined(RPA_GPU_CUDA)
 
@@ -20,48 +25,26 @@
 
 namespace rpa_gpu {
 
-template <int D_MAX>
+constexpr int kMatrixKeys = 32;  // keys per K/V tile: small enough for 4 blocks per SM
+
+// The product policy MmaOf (WarpMma or WarpgroupMma) for Kv's type and D_MAX.
+template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
+using MatrixMma = MmaOf<Kv::kDtype == RPA_DTYPE_BF16, D_MAX, kMatrixKeys>;
+
+// Shared memory of matrix_core_kernel in Mma's layout: Q [kMatrixRows][D_MAX], then two stages of K and
+// V [kMatrixKeys][D_MAX] each, all 16-bit.
+template <int D_MAX, typename Mma>
 struct MatrixGeometry {
-  static constexpr int kKeys = 32;              // keys per K/V tile: small enough for 4 blocks per SM
-  static constexpr int kStride = D_MAX + 8;     // 16-bit elements per shared row: ldmatrix rows avoid bank conflicts
-  static constexpr int kChunks = D_MAX / 8;     // 16-byte chunks per row
-  static constexpr int kWarps = kThreads / 32;  // NVIDIA only: warps of 32
-  static constexpr int kStageElements = 2 * kKeys * kStride;  // K then V
-  static constexpr size_t kQueryBytes = 2 * size_t(kMatrixRows) * kStride;
-  static constexpr size_t kSharedBytes = kQueryBytes + 2 * 2 * size_t(kStageElements);
-  static_assert(kWarps * 16 == kMatrixRows, "16 tile rows per warp");
-  static_assert(kKeys * kChunks % kThreads == 0 && kMatrixRows * D_MAX % (16 * kThreads) == 0,
+  static constexpr int kKeys = kMatrixKeys;
+  static constexpr int kChunks = D_MAX / 8;  // 16-byte chunks per row
+  static constexpr int kQueryElements = Mma::Layout::elements(kMatrixRows);
+  static constexpr int kStageElements = 2 * Mma::Layout::elements(kKeys);
+  static constexpr size_t kAlignment = 1024;  // of the tiles: wgmma's swizzle atoms
+  static constexpr size_t kSharedBytes = 2 * (size_t(kQueryElements) + 2 * size_t(kStageElements)) + kAlignment;
+  static_assert(kThreads % kChunks == 0 && kKeys % (kThreads / kChunks) == 0 &&
+                    kMatrixRows * D_MAX % (16 * kThreads) == 0,
                 "copies divide among the threads");
 };
-
-// Four 8x8 16-bit matrices; lanes 8m..8m+7 give the row addresses of matrix m.
-__device__ inline void load_matrices(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row))
-               : "memory");
-}
-__device__ inline void load_matrices_transposed(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row))
-               : "memory");
-}
-
-// d += a b for a 16x16 A (row major) and a 16x8 B (column major) fragment.
-template <bool kBf16>
-__device__ inline void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (kBf16)
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 template <bool kBf16>
 __device__ inline float from_bits16(uint16_t bits) {
@@ -72,6 +55,14 @@ __device__ inline bool bits16_nonfinite(uint32_t two) {  // either half an Inf o
   const uint32_t exponent = kBf16 ? 0x7f807f80u : 0x7c007c00u;
   const uint32_t e = two & exponent;
   return (e & 0xffffu) == (exponent & 0xffffu) || (e >> 16) == (exponent >> 16);
+}
+
+// 2^x in one instruction (MUFU.EX2, 2 ulp); results below 2^-126 flush to 0, which no softmax weight
+// relative to its row's max notices. exp2(-inf) = +0.
+__device__ inline float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Rounds (x0, x1) to nearest even 16-bit values packed as an A-fragment register (x0 in the low half),
@@ -91,55 +82,70 @@ __device__ inline uint32_t round_pair(float x0, float x1, float& r0, float& r1) 
   }
 }
 
-// x ~= hi + lo, both 16-bit, for the pair (x0, x1).
+// x ~= hi + lo, both 16-bit, for the pair (x0, x1); returns hi + lo (exact in f32) as floats in y0, y1.
 template <bool kBf16>
-__device__ inline void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-  float h0, h1, unused0, unused1;
+__device__ inline void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo, float& y0, float& y1) {
+  float h0, h1, l0, l1;
   hi = round_pair<kBf16>(x0, x1, h0, h1);
-  lo = round_pair<kBf16>(x0 - h0, x1 - h1, unused0, unused1);
+  lo = round_pair<kBf16>(x0 - h0, x1 - h1, l0, l1);
+  y0 = h0 + l0, y1 = h1 + l1;
 }
 
-// Fragment coordinates (PTX ISA, mma.m16n8k16): lane l holds C/D rows l/4 and l/4 + 8, columns 2(l%4) and
-// 2(l%4) + 1 of each 16x8 tile; the A fragment of 16 keys is the C layout of two adjacent 8-key tiles.
-template <typename Kv, int D_MAX>
-__global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  // 4 blocks: 128 registers, a few bytes spilled, beat 3 blocks unspilled
-  using G = MatrixGeometry<D_MAX>;
+// Fragment coordinates (PTX ISA, mma.m16n8k16 and wgmma.m64nNk16 alike): lane l of warp w holds S and O
+// rows 16w + l/4 and 16w + l/4 + 8, columns 2(l%4) and 2(l%4) + 1 of each 8-wide tile; the A fragment of
+// 16 keys is the S layout of two adjacent 8-key tiles.
+template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
+__global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  // 4 blocks: 128 registers beat 3 blocks unspilled
+  using Mma = MatrixMma<Kv, D_MAX, MmaOf>;
+  using Layout = typename Mma::Layout;
+  using G = MatrixGeometry<D_MAX, Mma>;
   constexpr bool kBf16 = Kv::kDtype == RPA_DTYPE_BF16;
   constexpr int kKeyTiles = G::kKeys / 8, kDimTiles = D_MAX / 8;
   extern __shared__ float4 shared_raw[];
-  // Q [kMatrixRows][kStride] (16-bit), two stages of [kKeys][kStride] K then V (16-bit).
-  uint16_t* q_rows = reinterpret_cast<uint16_t*>(shared_raw);
-  uint16_t* stages = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(shared_raw) + G::kQueryBytes);
+  uint16_t* q_rows = reinterpret_cast<uint16_t*>(shared_raw) + (-shared_address(shared_raw) % G::kAlignment) / 2;
+  uint16_t* stages = q_rows + G::kQueryElements;  // two stages of K then V
 
   const Tile tile = p.tiles[blockIdx.x];
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
-  // This thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i * kCopyKeys of each tile.
-  constexpr int kCopyKeys = kThreads / G::kChunks;
+  // This thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i * kCopyKeys of each tile
+  // (consecutive threads, consecutive chunks of a row: whole sectors, and no bank conflicts in either layout).
+  constexpr int kCopyKeys = kThreads / G::kChunks, kCopies = G::kKeys / kCopyKeys;
   const int copy_key = threadIdx.x / G::kChunks, copy_dim = threadIdx.x % G::kChunks * 8;
   const bool copy_dim_valid = copy_dim < p.head_dim;
   const auto* k_head = static_cast<const uint16_t*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim);
   const auto* v_head = static_cast<const uint16_t*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim);
 
-  // Issues the copies of keys [key0, key0 + kKeys) into a stage (zeros past key_end and head_dim).
+  // The block-table entries of this thread's keys of a tile, read a tile ahead of the copies that use them.
+  int32_t entries[kCopies];
+  const auto fetch_entries = [&](int key0) {
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int j = key0 + copy_key + i * kCopyKeys;
+      entries[i] = j < tile.key_end ? pages[page_index(p, j)] : 0;
+    }
+  };
+  // Issues the copies of keys [key0, key0 + kKeys) into a stage (zeros past key_end and head_dim), then
+  // fetches the entries of the tile after.
   const auto load_stage = [&](int key0, uint16_t* stage) {
 #pragma unroll
-    for (int i = 0; i < G::kKeys / kCopyKeys; ++i) {
+    for (int i = 0; i < kCopies; ++i) {
       const int key = copy_key + i * kCopyKeys, j = key0 + key;
       const bool valid = j < tile.key_end && copy_dim_valid;
-      int64_t k_at = 0, v_at = 0;
-      if (valid) {
-        const auto [page, slot] = page_of(p, pages, j);
-        k_at = page * p.k.page_stride + slot * p.k.slot_stride;
-        v_at = page * p.v.page_stride + slot * p.v.slot_stride;
-      }
-      copy_async16(stage + key * G::kStride + copy_dim, k_head + k_at, valid);
-      copy_async16(stage + (G::kKeys + key) * G::kStride + copy_dim, v_head + v_at, valid);
+      // Unsigned 32 x 64-bit products: page and slot are non-negative (a key past key_end reads nothing
+      // and takes page 0).
+      const uint64_t page = uint32_t(entries[i]), slot = uint32_t(j - page_index(p, j) * p.page_size);
+      const uint64_t k_at = page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride);
+      const uint64_t v_at = page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride);
+      copy_async16(stage + Layout::at(key, copy_dim, G::kKeys), k_head + k_at, valid);
+      copy_async16(stage + G::kStageElements / 2 + Layout::at(key, copy_dim, G::kKeys), v_head + v_at, valid);
     }
     copy_async_commit();
+    fetch_entries(key0 + G::kKeys);
   };
+  fetch_entries(tile.key_begin);
   load_stage(tile.key_begin, stages);
 
   // Tile row r is query row r / heads of q head head_begin + r % heads; Q is stored as the KV type. Each
@@ -153,24 +159,33 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
                                        : -1;
   }
   __syncthreads();
-  constexpr int kBatch = 16;  // loads in flight per thread
-  for (int first = threadIdx.x; first < kMatrixRows * D_MAX; first += kBatch * kThreads) {
-    uint16_t bits[kBatch];
+  const auto* queries = static_cast<const uint16_t*>(p.queries);
+  if (p.vector_queries) {  // 16-byte copies, completed with the first K/V tile's
 #pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      const int e = first + i * kThreads, row = e / D_MAX, d = e % D_MAX;
+    for (int i = 0; i < kMatrixRows * G::kChunks / kThreads; ++i) {
+      const int chunk = threadIdx.x + i * kThreads, row = chunk / G::kChunks, d = chunk % G::kChunks * 8;
       const int64_t at = row_offsets[row];
-      bits[i] = at >= 0 && d < p.head_dim ? static_cast<const uint16_t*>(p.queries)[at + d] : uint16_t(0);
+      copy_async16(q_rows + Layout::at(row, d, kMatrixRows), queries + (at >= 0 ? at + d : 0), at >= 0 && d < p.head_dim);
     }
+  } else {
+    constexpr int kBatch = 16;  // loads in flight per thread
+    for (int first = threadIdx.x; first < kMatrixRows * D_MAX; first += kBatch * kThreads) {
+      uint16_t bits[kBatch];
 #pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      const int e = first + i * kThreads;
-      q_rows[e / D_MAX * G::kStride + e % D_MAX] = bits[i];
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = first + i * kThreads, row = e / D_MAX, d = e % D_MAX;
+        const int64_t at = row_offsets[row];
+        bits[i] = at >= 0 && d < p.head_dim ? queries[at + d] : uint16_t(0);
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = first + i * kThreads;
+        q_rows[Layout::at(e / D_MAX, e % D_MAX, kMatrixRows)] = bits[i];
+      }
     }
   }
+  copy_async_commit();  // the Q group (empty without vector copies), between the first two K/V groups
   __syncthreads();  // row_offsets are read before the first tile refills the second stage
-  // This lane's ldmatrix row of the warp's Q fragments (re-read for each tile: registers are scarce).
-  const uint16_t* q_fragment_row = q_rows + (warp * 16 + lane / 8 % 2 * 8 + lane % 8) * G::kStride + lane / 16 * 8;
 
   // This lane's two rows (warp-relative lane/4 and lane/4 + 8) and its column pair in each 8-wide tile.
   const int rows[2] = {warp * 16 + lane / 4, warp * 16 + lane / 4 + 8};
@@ -182,6 +197,8 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
     return rows[h] < tile_rows && j < tile.key_end && j <= pos[h] && (p.window == 0 || j > pos[h] - p.window);
   };
   constexpr float kLog2e = 1.4426950408889634f;
+  const float scale_log2 = p.softmax_scale * kLog2e, cap_log2 = p.soft_cap * kLog2e;
+  const float scale_over_cap = p.soft_cap > 0.0f ? p.softmax_scale / p.soft_cap : 0.0f;
   float out[kDimTiles][4], row_sum[2] = {0.0f, 0.0f};
   float row_max[2] = {-INFINITY, -INFINITY};  // in log2 units, like the scores
 #pragma unroll
@@ -190,10 +207,11 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
   int stage_index = 0;
   for (int key0 = tile.key_begin; key0 < tile.key_end; key0 += G::kKeys, stage_index ^= 1) {
     const uint16_t* k_rows = stages + stage_index * G::kStageElements;
-    const uint16_t* v_rows = k_rows + G::kKeys * G::kStride;
+    const uint16_t* v_rows = k_rows + G::kStageElements / 2;
     if (key0 + G::kKeys < tile.key_end) load_stage(key0 + G::kKeys, stages + (stage_index ^ 1) * G::kStageElements);
     else copy_async_commit();  // an empty group keeps the wait count uniform
     copy_async_wait<1>();
+    Mma::publish_shared();  // this thread's copies (and, the first time, its Q stores)
     // A tile every row sees in full needs no mask, and an Inf or NaN in it is visible: only other tiles
     // check their V for the FMA path.
     const bool full = key0 + G::kKeys <= tile.key_end && key0 + G::kKeys - 1 <= tile.first_pos &&
@@ -203,41 +221,28 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
 #pragma unroll
       for (int i = 0; i < G::kKeys * G::kChunks / kThreads; ++i) {
         const int chunk = threadIdx.x + i * kThreads;
-        const uint4 v4 = *reinterpret_cast<const uint4*>(v_rows + chunk / G::kChunks * G::kStride + chunk % G::kChunks * 8);
+        const uint4 v4 = *reinterpret_cast<const uint4*>(v_rows + Layout::at(chunk / G::kChunks, chunk % G::kChunks * 8, G::kKeys));
         nonfinite |= bits16_nonfinite<kBf16>(v4.x) | bits16_nonfinite<kBf16>(v4.y) |
                      bits16_nonfinite<kBf16>(v4.z) | bits16_nonfinite<kBf16>(v4.w);
       }
     }
     nonfinite = __syncthreads_or(nonfinite);
 
-    // Independent accumulators back to back: each mma's result is not needed by the next.
     float s[kKeyTiles][4];
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D_MAX / 32; ++kk) {
-      uint32_t q[2][4], b[kKeyTiles][4];  // b: keys n*8.., dims kk*32 + 8m: B fragments of two 16-dim steps
-      load_matrices(q[0], q_fragment_row + kk * 32);
-      load_matrices(q[1], q_fragment_row + kk * 32 + 16);
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-        load_matrices(b[n], k_rows + (n * 8 + lane % 8) * G::kStride + kk * 32 + lane / 8 * 8);
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) mma16816<kBf16>(s[n], q[0], b[n][0], b[n][1]);
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) mma16816<kBf16>(s[n], q[1], b[n][2], b[n][3]);
-    }
+    Mma::scores(s, q_rows, k_rows);
 
     // Scale and cap, in log2 units (exp2 is one instruction); mask where some row may not see a key
     // (select: a masked NaN never propagates). Then the online softmax; a quad's four lanes share each row.
+    if (p.soft_cap > 0.0f)
 #pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n)
+      for (int n = 0; n < kKeyTiles; ++n)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float x = p.softmax_scale * s[n][i];
-        if (p.soft_cap > 0.0f) x = p.soft_cap * tanhf(x / p.soft_cap);
-        s[n][i] = x * kLog2e;
-      }
+        for (int i = 0; i < 4; ++i) s[n][i] = cap_log2 * tanhf(s[n][i] * scale_over_cap);
+    else
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[n][i] *= scale_log2;
     if (!full)
 #pragma unroll
       for (int n = 0; n < kKeyTiles; ++n)
@@ -259,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 1));
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 2));
       if (tile_max[h] > row_max[h] + kMaxSlack) {  // also a row's first visible key (row_max -inf)
-        rescale[h] = exp2f(row_max[h] - tile_max[h]);
+        rescale[h] = exp2_ftz(row_max[h] - tile_max[h]);
         row_max[h] = tile_max[h], row_sum[h] *= rescale[h];
         moved = true;
       }
@@ -269,34 +274,29 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
       for (int n = 0; n < kDimTiles; ++n)
 #pragma unroll
         for (int i = 0; i < 4; ++i) out[n][i] *= rescale[i / 2];
+    // Masked scores are -inf, whose weight is +0 (a row seeing nothing yet subtracts 0, not -inf).
+    const float subtract[2] = {row_max[0] == -INFINITY ? 0.0f : row_max[0], row_max[1] == -INFINITY ? 0.0f : row_max[1]};
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        s[n][i] = s[n][i] == -INFINITY ? 0.0f : exp2f(s[n][i] - row_max[i / 2]);
-        row_sum[i / 2] += s[n][i];
-      }
+      for (int i = 0; i < 4; ++i) s[n][i] = exp2_ftz(s[n][i] - subtract[i / 2]);
 
     if (!nonfinite) {
+      uint32_t hi[G::kKeys / 16][4], lo[G::kKeys / 16][4];  // A fragments of P, 16 keys each
 #pragma unroll
-      for (int k = 0; k < G::kKeys / 16; ++k) {
-        uint32_t hi[4], lo[4];
-        split_pair<kBf16>(s[2 * k][0], s[2 * k][1], hi[0], lo[0]);
-        split_pair<kBf16>(s[2 * k][2], s[2 * k][3], hi[1], lo[1]);
-        split_pair<kBf16>(s[2 * k + 1][0], s[2 * k + 1][1], hi[2], lo[2]);
-        split_pair<kBf16>(s[2 * k + 1][2], s[2 * k + 1][3], hi[3], lo[3]);
-        uint32_t b[kDimTiles / 2][4];  // keys k*16 + 8(m%2).., dims 16n + 8(m/2): dim tiles 2n and 2n + 1
+      for (int k = 0; k < G::kKeys / 16; ++k)
 #pragma unroll
-        for (int n = 0; n < kDimTiles / 2; ++n)
-          load_matrices_transposed(b[n], v_rows + (k * 16 + lane / 8 % 2 * 8 + lane % 8) * G::kStride + n * 16 + lane / 16 * 8);
-#pragma unroll
-        for (int n = 0; n < kDimTiles / 2; ++n)
-          mma16816<kBf16>(out[2 * n], hi, b[n][0], b[n][1]), mma16816<kBf16>(out[2 * n + 1], hi, b[n][2], b[n][3]);
-#pragma unroll
-        for (int n = 0; n < kDimTiles / 2; ++n)
-          mma16816<kBf16>(out[2 * n], lo, b[n][0], b[n][1]), mma16816<kBf16>(out[2 * n + 1], lo, b[n][2], b[n][3]);
-      }
+        for (int r = 0; r < 4; ++r) {  // register r: 8-key tile 2k + r / 2, row h = r % 2
+          float* two = &s[2 * k + r / 2][r % 2 * 2];
+          split_pair<kBf16>(two[0], two[1], hi[k][r], lo[k][r], two[0], two[1]);
+          row_sum[r % 2] += two[0] + two[1];
+        }
+      Mma::accumulate(out, hi, lo, v_rows);
     } else {  // FMA path: keys a row does not see are skipped, never multiplied by 0
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) row_sum[i / 2] += s[n][i];
 #pragma unroll
       for (int key = 0; key < G::kKeys; ++key) {  // the quad lane holding key's column passes P along
         const int from = (lane & ~3) | key % 8 / 2;
@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
                                __shfl_sync(0xffffffffu, s[key / 8][2 + key % 2], from)};
 #pragma unroll
         for (int n = 0; n < kDimTiles; ++n) {
-          const uint32_t two = *reinterpret_cast<const uint32_t*>(v_rows + key * G::kStride + n * 8 + pair);
+          const uint32_t two = *reinterpret_cast<const uint32_t*>(v_rows + Layout::at(key, n * 8 + pair, G::kKeys));
           const float v[2] = {from_bits16<kBf16>(uint16_t(two)), from_bits16<kBf16>(uint16_t(two >> 16))};
 #pragma unroll
           for (int i = 0; i < 4; ++i)
@@ -338,17 +338,24 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
       finish_row(p, head, row_max[h], row_sum[h], scale, lse);
       if (lane % 4 == 0) store_lse(p, tile.row_begin + row / tile.heads, head, lse);
     }
+    // The output's type is chosen once for the row, not per element.
+    const auto write = [&](auto* to, int64_t base, auto convert) {
+#pragma unroll
+      for (int n = 0; n < kDimTiles; ++n)
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          if (n * 8 + pair + i < p.head_dim) to[base + n * 8 + pair + i] = convert(out[n][2 * h + i] * scale);
+    };
+    if (tile.partial >= 0) {
+      write(p.partial_acc, (int64_t(tile.partial) + row) * p.head_dim, [](float x) { return x; });
+      continue;
+    }
     const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
                          int64_t(head) * p.out_head_stride;
-#pragma unroll
-    for (int n = 0; n < kDimTiles; ++n)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int d = n * 8 + pair + i;
-        if (d >= p.head_dim) continue;
-        if (tile.partial >= 0) p.partial_acc[(int64_t(tile.partial) + row) * p.head_dim + d] = out[n][2 * h + i];
-        else store_element(p.out, p.out_dtype, base + d, out[n][2 * h + i] * scale);
-      }
+    if (p.out_dtype == RPA_DTYPE_BF16) write(static_cast<uint16_t*>(p.out), base, float_to_bf16_bits);
+    else if (p.out_dtype == RPA_DTYPE_F16)
+      write(static_cast<uint16_t*>(p.out), base, [](float x) { return __half_as_ushort(__float2half_rn(x)); });
+    else write(static_cast<float*>(p.out), base, [](float x) { return x; });
   }
 }
 

@@ -40,6 +40,30 @@ void check(hipError_t error, const char* what) {
        std::string(what) + " failed: " + hipGetErrorName(error) + ": " + hipGetErrorString(error));
 }
 
+// The products of the tiled kernel for 16-bit inputs: wgmma on Hopper when the plugin carries sm_90a code
+// (RPA_GPU_WGMMA), mma.sync from sm_80 on, FMA elsewhere (AMD). RPA_GPU_MATRIX_CORES=0 (FMA) or =mma
+// (mma.sync on Hopper) picks a slower path, to compare the paths in tests and benchmarks.
+enum class MatrixPath { none, warp, warpgroup };
+
+MatrixPath matrix_path(const hipDeviceProp_t& properties) {
+#if defined(RPA_GPU_CUDA)
+  const char* request = std::getenv("RPA_GPU_MATRIX_CORES");
+  if ((request && std::strcmp(request, "0") == 0) || properties.major < 8) return MatrixPath::none;
+#if defined(RPA_GPU_WGMMA)
+  if (!(request && std::strcmp(request, "mma") == 0) && properties.major == 9 && properties.minor == 0)
+    return MatrixPath::warpgroup;
+#endif
+  return MatrixPath::warp;
+#else
+  (void)properties;
+  return MatrixPath::none;
+#endif
+}
+
+const char* matrix_path_name(MatrixPath path) {
+  return path == MatrixPath::warpgroup ? "wgmma" : path == MatrixPath::warp ? "mma.sync" : "FMA";
+}
+
 template <typename Body>
 rpa_status guarded(Body&& body) noexcept {
   try {
@@ -216,7 +240,7 @@ struct rpa_plugin_state {
   int device = 0;
   int multiprocessors = 1;
   int resident_blocks[3] = {1, 1, 1};  // attention blocks one multiprocessor holds, by head-dim bucket 64/128/256
-  bool matrix_cores = false;  // mma for 16-bit inputs: NVIDIA sm_80 on, unless RPA_GPU_MATRIX_CORES=0
+  MatrixPath matrix_path = MatrixPath::none;  // products for 16-bit inputs (see plugin_create)
   hipStream_t own_stream = nullptr;  // host-memory calls
   hipStream_t side_stream = nullptr;  // decode tiles beside the other attention tiles (see launch_tiles)
   hipEvent_t fork = nullptr, join = nullptr;  // the side stream starts after, and is joined back into, the call's
@@ -316,21 +340,37 @@ struct Launch {
   int d_max;
   rpa_dtype kv_dtype;
   int decode_blocks, decode_rows, attention_blocks, merge_blocks;
-  bool matrix_cores;  // the attention tiles take matrix_core_kernel
+  MatrixPath matrix_path;  // none: the attention tiles take attention_kernel, else matrix_core_kernel
   int64_t covered_begin, covered_end, num_tokens;
   hipStream_t stream, side_stream;
   hipEvent_t fork, join;
 };
 
+#if defined(RPA_GPU_CUDA)
+template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
+constexpr int matrix_shared_bytes =
+    int(rpa_gpu::MatrixGeometry<D_MAX, rpa_gpu::MatrixMma<Kv, D_MAX, MmaOf>>::kSharedBytes);
+
+template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
+void launch_matrix_cores(const Launch& launch, const Params& params) {
+  rpa_gpu::matrix_core_kernel<Kv, D_MAX, MmaOf><<<launch.attention_blocks, rpa_gpu::kThreads,
+                                                  matrix_shared_bytes<Kv, D_MAX, MmaOf>, launch.stream>>>(params);
+}
+#endif
+
 template <typename Kv, int D_MAX>
 void launch_attention(const Launch& launch, const Params& params) {
 #if defined(RPA_GPU_CUDA)
-  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128)
-    if (launch.matrix_cores) {
-      rpa_gpu::matrix_core_kernel<Kv, D_MAX><<<launch.attention_blocks, rpa_gpu::kThreads,
-                                               rpa_gpu::MatrixGeometry<D_MAX>::kSharedBytes, launch.stream>>>(params);
+  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128) {
+    if (launch.matrix_path == MatrixPath::warpgroup) {
+      launch_matrix_cores<Kv, D_MAX, rpa_gpu::WarpgroupMma>(launch, params);
       return;
     }
+    if (launch.matrix_path == MatrixPath::warp) {
+      launch_matrix_cores<Kv, D_MAX, rpa_gpu::WarpMma>(launch, params);
+      return;
+    }
+  }
 #endif
   rpa_gpu::attention_kernel<Kv, D_MAX>
       <<<launch.attention_blocks, rpa_gpu::kThreads, Geometry<D_MAX>::kSharedBytes, launch.stream>>>(params);
@@ -397,11 +437,15 @@ void allow_shared_memory() {
                             hipFuncAttributeMaxDynamicSharedMemorySize, int(Geometry<D_MAX>::kSharedBytes)),
         "hipFuncSetAttribute");
 #if defined(RPA_GPU_CUDA)
-  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128)
-    check(hipFuncSetAttribute(reinterpret_cast<const void*>(&rpa_gpu::matrix_core_kernel<Kv, D_MAX>),
-                              hipFuncAttributeMaxDynamicSharedMemorySize,
-                              int(rpa_gpu::MatrixGeometry<D_MAX>::kSharedBytes)),
+  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128) {
+    check(hipFuncSetAttribute(reinterpret_cast<const void*>(&rpa_gpu::matrix_core_kernel<Kv, D_MAX, rpa_gpu::WarpMma>),
+                              hipFuncAttributeMaxDynamicSharedMemorySize, matrix_shared_bytes<Kv, D_MAX, rpa_gpu::WarpMma>),
           "hipFuncSetAttribute");
+    check(hipFuncSetAttribute(
+              reinterpret_cast<const void*>(&rpa_gpu::matrix_core_kernel<Kv, D_MAX, rpa_gpu::WarpgroupMma>),
+              hipFuncAttributeMaxDynamicSharedMemorySize, matrix_shared_bytes<Kv, D_MAX, rpa_gpu::WarpgroupMma>),
+          "hipFuncSetAttribute");
+  }
 #endif
 }
 
@@ -435,6 +479,12 @@ bool kv_vectorizable(const rpa_problem& p) {
   return p.head_dim % vector == 0;
 }
 
+bool queries_vectorizable(const rpa_problem& p) {
+  const int64_t vector = p.query_dtype == RPA_DTYPE_F32 ? 4 : 8;
+  return reinterpret_cast<uintptr_t>(p.queries) % 16 == 0 && p.query_token_stride % vector == 0 &&
+         p.query_head_stride % vector == 0 && p.head_dim % vector == 0;
+}
+
 // Plans the call, uploads block tables and tiles (stream-ordered after the previous call's use of the
 // scratch), and returns the launch. The caller holds state.mutex.
 Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
@@ -444,7 +494,7 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
                                      " exceeds 256, the largest the GPU kernels support");
   const int d_max = head_dim_bucket(p.head_dim);
   // Matrix cores for 16-bit Q and KV of one type, rows that allow 16-byte copies, head dims up to 128.
-  const bool matrix_cores = state.matrix_cores && p.query_dtype == p.kv_dtype && p.kv_dtype != RPA_DTYPE_F32 &&
+  const bool matrix_cores = state.matrix_path != MatrixPath::none && p.query_dtype == p.kv_dtype && p.kv_dtype != RPA_DTYPE_F32 &&
                             d_max <= 128 && kv_vectorizable(p);
   // decode_kernel reads 8 elements with 16-byte loads.
   const bool decode_eligible = kv_vectorizable(p) && p.head_dim % 8 == 0;
@@ -504,10 +554,11 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
   k.partial_acc = partials;
   k.partial_stats = partials + partial_rows * p.head_dim;
   k.vector_kv = kv_vectorizable(p) ? 1 : 0;
+  k.vector_queries = queries_vectorizable(p) ? 1 : 0;
 
   launch.d_max = d_max;
   launch.kv_dtype = p.kv_dtype;
-  launch.matrix_cores = matrix_cores;
+  launch.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
   launch.decode_blocks = static_cast<int>(plan.decode_tiles);
   launch.decode_rows = plan.decode_rows;
   launch.attention_blocks = static_cast<int>(plan.attention_tiles - plan.decode_tiles);
@@ -564,8 +615,9 @@ rpa_status plugin_describe_device(int32_t ordinal, char* text, size_t text_size)
   return guarded([&] {
     hipDeviceProp_t properties;
     check(hipGetDeviceProperties(&properties, ordinal), "hipGetDeviceProperties");
-    std::snprintf(text, text_size, "%s, %d multiprocessors, %.1f GiB, warp %d", properties.name,
-                  properties.multiProcessorCount, properties.totalGlobalMem / 1073741824.0, properties.warpSize);
+    std::snprintf(text, text_size, "%s, %d multiprocessors, %.1f GiB, warp %d, 16-bit products: %s", properties.name,
+                  properties.multiProcessorCount, properties.totalGlobalMem / 1073741824.0, properties.warpSize,
+                  matrix_path_name(matrix_path(properties)));
   });
 }
 
@@ -581,11 +633,7 @@ rpa_status plugin_create(int32_t ordinal, rpa_plugin_state** out) {
     hipDeviceProp_t properties;
     check(hipGetDeviceProperties(&properties, ordinal), "hipGetDeviceProperties");
     state->multiprocessors = properties.multiProcessorCount;
-#if defined(RPA_GPU_CUDA)
-    // RPA_GPU_MATRIX_CORES=0 keeps the FMA products, to compare the two paths (tests, benchmark).
-    const char* matrix_cores = std::getenv("RPA_GPU_MATRIX_CORES");
-    state->matrix_cores = properties.major >= 8 && !(matrix_cores && std::strcmp(matrix_cores, "0") == 0);
-#endif
+    state->matrix_path = matrix_path(properties);
     check(hipStreamCreateWithFlags(&state->own_stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
     check(hipStreamCreateWithFlags(&state->side_stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
     check(hipEventCreateWithFlags(&state->fork, hipEventDisableTiming), "hipEventCreateWithFlags");

@@ -4,7 +4,7 @@
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
 #   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
 # Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests,
-# the Python binding's tests (gpu included), and `rpa bench` on the gpu backend (with and without matrix cores).
+# the Python binding's tests (gpu included), and `rpa bench` on the gpu backend (each product path).
 set -u
 build=${1:-build-gpu}
 results=${2:-.}
@@ -29,10 +29,13 @@ step info "$build/tools/rpa" info
 step plugin_loading env RPA_PLUGIN_PATH="$build/tests/plugins:$build/plugins" RPA_TEST_REAL_PLUGINS="$plugins" \
   "$build/tests/plugins/test_plugin_loading" --log_level=message
 step gpu_compare "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
-# RPA_GPU_MATRIX_CORES=0: the FMA products in place of mma for 16-bit inputs (NVIDIA), checked and timed too.
+# The slower product paths for 16-bit inputs (NVIDIA), checked and timed too: RPA_GPU_MATRIX_CORES=mma
+# (mma.sync in place of Hopper's wgmma) and =0 (FMA).
+step gpu_compare_mma env RPA_GPU_MATRIX_CORES=mma "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # The binding's suite: with a GPU present every test also runs backend="gpu" against the fp64 oracle.
 step python env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 -m pytest -q python/tests
 step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --json "$results/bench.json"
+step bench_mma env RPA_GPU_MATRIX_CORES=mma "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 exit $status

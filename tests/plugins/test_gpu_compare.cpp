@@ -188,6 +188,35 @@ BOOST_AUTO_TEST_CASE(every_dtype_combination) {
       }
 }
 
+// 16-bit Q and KV of one type take the tensor-core kernels on NVIDIA (wgmma on Hopper, mma.sync from
+// sm_80; RPA_GPU_MATRIX_CORES picks one): with an f32 output they too stay within 2e-5, since the
+// probabilities enter the products as hi + lo 16-bit parts.
+BOOST_AUTO_TEST_CASE(sixteen_bit_prefill_within_2e5) {
+  std::vector<RandomSpec> specs;
+  RandomSpec s;
+  s.q_lens = {100, 257, 3}, s.context_lens = {300, 257, 40};  // GQA 4, head_dim 128, like the benchmarks
+  s.num_q_heads = 32, s.num_kv_heads = 8, s.head_dim = 128, s.page_size = 16;
+  specs.push_back(s);
+  s = RandomSpec{};
+  s.q_lens = {70, 33}, s.context_lens = {70, 95};  // head_dim 64, MHA
+  s.num_q_heads = 2, s.num_kv_heads = 2, s.head_dim = 64, s.page_size = 8, s.padding_tokens = 2;
+  specs.push_back(s);
+  for (const RandomSpec& spec : shapes())
+    if (spec.head_dim % 8 == 0 && spec.head_dim <= 128 && spec.q_lens.front() > 1) specs.push_back(spec);
+  std::mt19937_64 rng(16);
+  int n = 0;
+  for (rpa_dtype dtype : {RPA_DTYPE_F16, RPA_DTYPE_BF16})
+    for (int round = 0; round < 3; ++round)
+      for (const RandomSpec& spec : specs) {
+        Case c = random_case(spec, 5000 + n++);
+        if (round > 0) add_features(c, rng);
+        c.query_dtype = c.kv_dtype = dtype;
+        c.round_to_dtypes();
+        compare(c, "16-bit prefill " + std::to_string(dtype) + " shape " + std::to_string(n) + " round " +
+                       std::to_string(round));
+      }
+}
+
 // NaN and Inf in keys that are inside the context but outside every query's window never reach the output.
 BOOST_AUTO_TEST_CASE(nan_outside_the_window_never_leaks) {
   RandomSpec spec;
