@@ -84,48 +84,39 @@ rpa_status guarded(Body&& body) noexcept {
   }
 }
 
-// Device memory that only grows, so repeated calls allocate nothing.
-class DeviceBuffer {
+// Memory that only grows (by half again at least), so repeated calls allocate nothing.
+template <hipError_t (*Allocate)(void**, size_t), hipError_t (*Free)(void*)>
+class GrowingBuffer {
  public:
-  ~DeviceBuffer() {
-    if (data_) (void)hipFree(data_);
+  explicit GrowingBuffer(const char* what) : what_(what) {}
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  ~GrowingBuffer() {
+    if (data_) (void)Free(data_);
   }
   char* reserve(size_t bytes) {
     if (bytes > bytes_) {
-      if (data_) check(hipFree(data_), "hipFree (growing scratch)");
-      data_ = nullptr, bytes_ = 0;
       const size_t grown = std::max(bytes, bytes_ + bytes_ / 2);
-      check(hipMalloc(reinterpret_cast<void**>(&data_), grown), "hipMalloc (scratch)");
+      if (data_) check(Free(data_), what_);
+      data_ = nullptr, bytes_ = 0;
+      check(Allocate(reinterpret_cast<void**>(&data_), grown), what_);
       bytes_ = grown;
     }
     return data_;
   }
 
  private:
+  const char* what_;
   char* data_ = nullptr;
   size_t bytes_ = 0;
 };
 
-// Pinned host memory for the per-call upload, so the copy is asynchronous.
-class PinnedBuffer {
- public:
-  ~PinnedBuffer() {
-    if (data_) (void)hipHostFree(data_);
-  }
-  char* reserve(size_t bytes) {
-    if (bytes > bytes_) {
-      if (data_) check(hipHostFree(data_), "hipHostFree");
-      data_ = nullptr, bytes_ = 0;
-      check(hipHostMalloc(reinterpret_cast<void**>(&data_), bytes, hipHostMallocDefault), "hipHostMalloc");
-      bytes_ = bytes;
-    }
-    return data_;
-  }
-
- private:
-  char* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+hipError_t allocate_device(void** pointer, size_t bytes) { return hipMalloc(pointer, bytes); }
+hipError_t allocate_pinned(void** pointer, size_t bytes) { return hipHostMalloc(pointer, bytes, hipHostMallocDefault); }
+hipError_t free_device(void* pointer) { return hipFree(pointer); }
+hipError_t free_pinned(void* pointer) { return hipHostFree(pointer); }
+using DeviceBuffer = GrowingBuffer<allocate_device, free_device>;  // scratch
+using PinnedBuffer = GrowingBuffer<allocate_pinned, free_pinned>;  // the per-call upload: copies are asynchronous
 
 size_t align_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -248,8 +239,9 @@ struct rpa_plugin_state {
   hipEvent_t upload_done = nullptr;       // after the last upload: the pinned buffer may be rewritten
   bool any_work = false;
   std::mutex mutex;  // one call at a time enqueues (scratch is shared)
-  DeviceBuffer metadata, partials, staging;
-  PinnedBuffer upload;
+  DeviceBuffer metadata{"device scratch (metadata)"}, partials{"device scratch (split partials)"},
+      staging{"device scratch (host-memory inputs)"};
+  PinnedBuffer upload{"pinned upload buffer"};
 
   ~rpa_plugin_state() {
     (void)hipSetDevice(device);
