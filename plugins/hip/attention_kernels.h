@@ -24,8 +24,10 @@ namespace rpa_gpu {
 
 constexpr int kThreads = 128;  // per block: 4 warps of 32 or 2 wavefronts of 64
 constexpr int kDecodeMaxRows = 8;  // q heads of a decode tile (decode_kernel takes 4 or 8)
-constexpr int kMatrixRows = 64;    // rows of a matrix-core tile: 16 per warp
-constexpr int kMaxTileRows = 64;   // the most rows of any tile
+constexpr int kMatrixRows = 64;  // rows of a matrix-core tile, 16 per warp (128 rows measured slower on H100 W3)
+constexpr int kMatrixThreads = kMatrixRows / 16 * 32;  // its block (NVIDIA only: warps of 32)
+constexpr int kMaxTileRows = 64;  // the most rows of any tile
+static_assert(kMatrixRows <= kMaxTileRows, "merge_kernel keeps per-row state for a whole tile");
 
 // One block's work. Positions and rows are absolute (row_begin indexes the queries tensor).
 struct Tile {
@@ -73,6 +75,7 @@ struct Params {
   float* partial_stats;  // [partial row][2]: running max, running sum
   int32_t vector_kv;     // KV rows and strides allow 16-byte loads
   int32_t vector_queries;  // so do the query rows
+  int32_t out_pairs;       // two adjacent output elements from an even index are one aligned store
 };
 
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS

@@ -41,8 +41,8 @@ struct MatrixGeometry {
   static constexpr int kStageElements = 2 * Mma::Layout::elements(kKeys);
   static constexpr size_t kAlignment = 1024;  // of the tiles: wgmma's swizzle atoms
   static constexpr size_t kSharedBytes = 2 * (size_t(kQueryElements) + 2 * size_t(kStageElements)) + kAlignment;
-  static_assert(kThreads % kChunks == 0 && kKeys % (kThreads / kChunks) == 0 &&
-                    kMatrixRows * D_MAX % (16 * kThreads) == 0,
+  static_assert(kMatrixThreads % kChunks == 0 && kKeys % (kMatrixThreads / kChunks) == 0 &&
+                    kMatrixRows * D_MAX % (16 * kMatrixThreads) == 0,
                 "copies divide among the threads");
 };
 
@@ -95,7 +95,7 @@ __device__ inline void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo
 // rows 16w + l/4 and 16w + l/4 + 8, columns 2(l%4) and 2(l%4) + 1 of each 8-wide tile; the A fragment of
 // 16 keys is the S layout of two adjacent 8-key tiles.
 template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
-__global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  // 4 blocks: 128 registers beat 3 blocks unspilled
+__global__ void __launch_bounds__(kMatrixThreads, 512 / kMatrixThreads) matrix_core_kernel(Params p) {  // 128 registers: 16 warps an SM beat 12 unspilled
   using Mma = MatrixMma<Kv, D_MAX, MmaOf>;
   using Layout = typename Mma::Layout;
   using G = MatrixGeometry<D_MAX, Mma>;
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
   const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
   // This thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i * kCopyKeys of each tile
   // (consecutive threads, consecutive chunks of a row: whole sectors, and no bank conflicts in either layout).
-  constexpr int kCopyKeys = kThreads / G::kChunks, kCopies = G::kKeys / kCopyKeys;
+  constexpr int kCopyKeys = kMatrixThreads / G::kChunks, kCopies = G::kKeys / kCopyKeys;
   const int copy_key = threadIdx.x / G::kChunks, copy_dim = threadIdx.x % G::kChunks * 8;
   const bool copy_dim_valid = copy_dim < p.head_dim;
   const auto* k_head = static_cast<const uint16_t*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim);
@@ -162,24 +162,24 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
   const auto* queries = static_cast<const uint16_t*>(p.queries);
   if (p.vector_queries) {  // 16-byte copies, completed with the first K/V tile's
 #pragma unroll
-    for (int i = 0; i < kMatrixRows * G::kChunks / kThreads; ++i) {
-      const int chunk = threadIdx.x + i * kThreads, row = chunk / G::kChunks, d = chunk % G::kChunks * 8;
+    for (int i = 0; i < kMatrixRows * G::kChunks / kMatrixThreads; ++i) {
+      const int chunk = threadIdx.x + i * kMatrixThreads, row = chunk / G::kChunks, d = chunk % G::kChunks * 8;
       const int64_t at = row_offsets[row];
       copy_async16(q_rows + Layout::at(row, d, kMatrixRows), queries + (at >= 0 ? at + d : 0), at >= 0 && d < p.head_dim);
     }
   } else {
     constexpr int kBatch = 16;  // loads in flight per thread
-    for (int first = threadIdx.x; first < kMatrixRows * D_MAX; first += kBatch * kThreads) {
+    for (int first = threadIdx.x; first < kMatrixRows * D_MAX; first += kBatch * kMatrixThreads) {
       uint16_t bits[kBatch];
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
-        const int e = first + i * kThreads, row = e / D_MAX, d = e % D_MAX;
+        const int e = first + i * kMatrixThreads, row = e / D_MAX, d = e % D_MAX;
         const int64_t at = row_offsets[row];
         bits[i] = at >= 0 && d < p.head_dim ? queries[at + d] : uint16_t(0);
       }
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
-        const int e = first + i * kThreads;
+        const int e = first + i * kMatrixThreads;
         q_rows[Layout::at(e / D_MAX, e % D_MAX, kMatrixRows)] = bits[i];
       }
     }
@@ -219,8 +219,8 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
     bool nonfinite = false;
     if (!full) {
 #pragma unroll
-      for (int i = 0; i < G::kKeys * G::kChunks / kThreads; ++i) {
-        const int chunk = threadIdx.x + i * kThreads;
+      for (int i = 0; i < G::kKeys * G::kChunks / kMatrixThreads; ++i) {
+        const int chunk = threadIdx.x + i * kMatrixThreads;
         const uint4 v4 = *reinterpret_cast<const uint4*>(v_rows + Layout::at(chunk / G::kChunks, chunk % G::kChunks * 8, G::kKeys));
         nonfinite |= bits16_nonfinite<kBf16>(v4.x) | bits16_nonfinite<kBf16>(v4.y) |
                      bits16_nonfinite<kBf16>(v4.z) | bits16_nonfinite<kBf16>(v4.w);
@@ -338,24 +338,34 @@ __global__ void __launch_bounds__(kThreads, 4) matrix_core_kernel(Params p) {  /
       finish_row(p, head, row_max[h], row_sum[h], scale, lse);
       if (lane % 4 == 0) store_lse(p, tile.row_begin + row / tile.heads, head, lse);
     }
-    // The output's type is chosen once for the row, not per element.
-    const auto write = [&](auto* to, int64_t base, auto convert) {
+    // The output's type is chosen once for the row; a lane's two adjacent dims go out as one store when
+    // the row allows it (pairs: both dims exist and the pair is aligned).
+    const auto write = [&](auto* to, int64_t base, bool aligned, auto pack, auto convert) {
+      using Pair = decltype(pack(0.0f, 0.0f));
 #pragma unroll
-      for (int n = 0; n < kDimTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-          if (n * 8 + pair + i < p.head_dim) to[base + n * 8 + pair + i] = convert(out[n][2 * h + i] * scale);
+      for (int n = 0; n < kDimTiles; ++n) {
+        const int d = n * 8 + pair;
+        const float x0 = out[n][2 * h] * scale, x1 = out[n][2 * h + 1] * scale;
+        if (aligned && d + 1 < p.head_dim) *reinterpret_cast<Pair*>(to + base + d) = pack(x0, x1);
+        else {
+          if (d < p.head_dim) to[base + d] = convert(x0);
+          if (d + 1 < p.head_dim) to[base + d + 1] = convert(x1);
+        }
+      }
     };
+    const auto same = [](float x) { return x; };
+    const auto two_floats = [](float x0, float x1) { return make_float2(x0, x1); };
     if (tile.partial >= 0) {
-      write(p.partial_acc, (int64_t(tile.partial) + row) * p.head_dim, [](float x) { return x; });
+      write(p.partial_acc, (int64_t(tile.partial) + row) * p.head_dim, p.head_dim % 2 == 0, two_floats, same);
       continue;
     }
     const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
                          int64_t(head) * p.out_head_stride;
-    if (p.out_dtype == RPA_DTYPE_BF16) write(static_cast<uint16_t*>(p.out), base, float_to_bf16_bits);
+    if (p.out_dtype == RPA_DTYPE_BF16)
+      write(static_cast<__nv_bfloat16*>(p.out), base, p.out_pairs, __floats2bfloat162_rn, __float2bfloat16_rn);
     else if (p.out_dtype == RPA_DTYPE_F16)
-      write(static_cast<uint16_t*>(p.out), base, [](float x) { return __half_as_ushort(__float2half_rn(x)); });
-    else write(static_cast<float*>(p.out), base, [](float x) { return x; });
+      write(static_cast<__half*>(p.out), base, p.out_pairs, __floats2half2_rn, __float2half_rn);
+    else write(static_cast<float*>(p.out), base, p.out_pairs, two_floats, same);
   }
 }
 

@@ -345,7 +345,7 @@ constexpr int matrix_shared_bytes =
 
 template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
 void launch_matrix_cores(const Launch& launch, const Params& params) {
-  rpa_gpu::matrix_core_kernel<Kv, D_MAX, MmaOf><<<launch.attention_blocks, rpa_gpu::kThreads,
+  rpa_gpu::matrix_core_kernel<Kv, D_MAX, MmaOf><<<launch.attention_blocks, rpa_gpu::kMatrixThreads,
                                                   matrix_shared_bytes<Kv, D_MAX, MmaOf>, launch.stream>>>(params);
 }
 #endif
@@ -547,6 +547,8 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
   k.partial_stats = partials + partial_rows * p.head_dim;
   k.vector_kv = kv_vectorizable(p) ? 1 : 0;
   k.vector_queries = queries_vectorizable(p) ? 1 : 0;
+  k.out_pairs = reinterpret_cast<uintptr_t>(p.out) % (2 * element_size(p.out_dtype)) == 0 &&
+                p.out_token_stride % 2 == 0 && p.out_head_stride % 2 == 0;
 
   launch.d_max = d_max;
   launch.kv_dtype = p.kv_dtype;

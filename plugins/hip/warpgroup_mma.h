@@ -140,11 +140,12 @@ struct WarpgroupMma {
 #endif
   }
 
-  // s = Q K^T for the block's 64 rows, 16 dims (32 bytes of each atom row) a step. Q [64 rows][dims] and
+  // s = Q K^T for this warpgroup's 64 rows, 16 dims (32 bytes of each atom row) a step. Q [rows][dims] and
   // K [keys][dims] are both K-major: atoms kAtomBytes apart along the rows (the leading distance is unused).
   __device__ static void scores(float (&s)[kKeys / 8][4], const uint16_t* q, const uint16_t* k) {
-    static_assert(kMatrixRows == 64, "one warpgroup computes the tile's 64 rows");
-    const uint64_t q_first = descriptor(q, 16, kAtomBytes), k_first = descriptor(k, 16, kAtomBytes);
+    static_assert(kMatrixRows % 64 == 0, "warpgroups of 64 rows");
+    const uint64_t q_first = descriptor(q + Layout::at(threadIdx.x / 128 * 64, 0, kMatrixRows), 16, kAtomBytes);
+    const uint64_t k_first = descriptor(k, 16, kAtomBytes);
     keep(s);
     wgmma_fence();
 #pragma unroll
