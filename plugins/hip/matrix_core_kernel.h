@@ -5,7 +5,7 @@
 //
 // A block holds kMatrixRows tile rows (16 per warp) of one kv head; K/V tiles of kKeys keys stream
 // through shared memory as stored (16-bit, in the policy's layout), two stages deep with cp.async. The
-// softmax runs in log2 units (exp2f, scores times log2 e: relative error about 1e-6 in each weight). Q, K
+// softmax runs in log2 units (exp2, scores times log2 e: relative error about 1e-6 in each weight). Q, K
 // and V are exact in the 16-bit type and the products accumulate in f32; P, an f32 probability, is split
 // into hi + lo 16-bit parts (two products), so it carries 16 significant bits (relative error <= 2^-18
 // with bf16, less with f16), and the row's denominator sums those same hi + lo: a weight's error then

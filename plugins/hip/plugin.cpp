@@ -1,7 +1,7 @@
 // The GPU plugin: host side. Implements plugins/plugin_abi.h over the HIP API (CUDA through
 // gpu_vendor.h): plans a call into tiles on the host (metadata is host memory), uploads the plan, and
-// launches the kernels of attention_kernels.h. Nothing here throws across the ABI: every entry catches
-// and leaves its message in the thread's last_error.
+// launches the kernels of attention_kernels.h and matrix_core_kernel.h. Nothing here throws across the
+// ABI: every entry catches and leaves its message in the thread's last_error.
 #include <dlfcn.h>
 #include <unistd.h>
 
