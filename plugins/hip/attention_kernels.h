@@ -199,6 +199,14 @@ __device__ inline PageSlot page_of(const Params& p, const int32_t* pages, int j)
 
 __device__ inline bool is_finite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
+// Orders a warp's shared-memory accesses before its later ones: NVIDIA's lanes may diverge between
+// shuffles (independent thread scheduling); AMD wavefronts run in lockstep.
+__device__ inline void warp_barrier() {
+#if defined(RPA_GPU_CUDA)
+  __syncwarp();
+#endif
+}
+
 __device__ inline float warp_max(float x) {
   for (int lane_mask = warpSize / 2; lane_mask > 0; lane_mask /= 2) x = fmaxf(x, __shfl_xor(x, lane_mask));
   return x;
@@ -364,6 +372,7 @@ __device__ void tile_softmax(int tile_rows, float* scores, float* row_max, float
       sum += prob;
     }
     sum = warp_sum(sum);
+    warp_barrier();  // every lane has read row_max before lane 0 rewrites it
     if (lane == 0) {
       const float rescale = old_max == -INFINITY ? 0.0f : expf(old_max - new_max);
       row_rescale[row] = rescale;

@@ -3,7 +3,8 @@
 # elsewhere (meson setup BUILD; ninja -C BUILD), with the shared libraries it links copied to BUILD/deps
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
 #   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
-# Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests,
+# Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests
+# (also under compute-sanitizer's memcheck and racecheck),
 # the Python binding's tests (gpu included), and `rpa bench` on the gpu backend (each product path).
 set -u
 build=${1:-build-gpu}
@@ -33,6 +34,12 @@ step gpu_compare "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # (mma.sync in place of Hopper's wgmma) and =0 (FMA).
 step gpu_compare_mma env RPA_GPU_MATRIX_CORES=mma "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+# Out-of-bounds accesses and shared-memory races in every kernel the comparison reaches (CUDA's
+# compute-sanitizer, where installed; about a minute each on an H100).
+if command -v compute-sanitizer > /dev/null 2>&1; then
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$build/tests/plugins/test_gpu_compare"
+  step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$build/tests/plugins/test_gpu_compare"
+fi
 # The binding's suite: with a GPU present every test also runs backend="gpu" against the fp64 oracle.
 step python env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 -m pytest -q python/tests
 step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --json "$results/bench.json"
