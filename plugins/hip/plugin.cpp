@@ -462,19 +462,21 @@ int resident_blocks(int d_max) {
   return std::max(blocks, 1);
 }
 
-bool kv_vectorizable(const rpa_problem& p) {
-  const int64_t vector = p.kv_dtype == RPA_DTYPE_F32 ? 4 : 8;
-  for (const rpa_kv_view* view : {&p.k, &p.v})
-    if (reinterpret_cast<uintptr_t>(view->data) % 16 || view->page_stride % vector || view->slot_stride % vector ||
-        view->head_stride % vector)
-      return false;
-  return p.head_dim % vector == 0;
+// Whether every row of a tensor (head_dim elements of `dtype` at `data` plus any combination of `strides`)
+// is 16-byte aligned and a whole number of 16-byte vectors.
+bool rows_vectorizable(const void* data, rpa_dtype dtype, std::initializer_list<int64_t> strides, int64_t head_dim) {
+  const int64_t vector = 16 / element_size(dtype);
+  if (reinterpret_cast<uintptr_t>(data) % 16 || head_dim % vector) return false;
+  for (int64_t stride : strides)
+    if (stride % vector) return false;
+  return true;
 }
 
-bool queries_vectorizable(const rpa_problem& p) {
-  const int64_t vector = p.query_dtype == RPA_DTYPE_F32 ? 4 : 8;
-  return reinterpret_cast<uintptr_t>(p.queries) % 16 == 0 && p.query_token_stride % vector == 0 &&
-         p.query_head_stride % vector == 0 && p.head_dim % vector == 0;
+bool kv_vectorizable(const rpa_problem& p) {
+  for (const rpa_kv_view* view : {&p.k, &p.v})
+    if (!rows_vectorizable(view->data, p.kv_dtype, {view->page_stride, view->slot_stride, view->head_stride}, p.head_dim))
+      return false;
+  return true;
 }
 
 // Plans the call, uploads block tables and tiles (stream-ordered after the previous call's use of the
@@ -485,11 +487,12 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
     fail(RPA_STATUS_UNSUPPORTED, "argument 'queries': head_dim " + std::to_string(p.head_dim) +
                                      " exceeds 256, the largest the GPU kernels support");
   const int d_max = head_dim_bucket(p.head_dim);
+  const bool vector_kv = kv_vectorizable(p);
   // Matrix cores for 16-bit Q and KV of one type, rows that allow 16-byte copies, head dims up to 128.
-  const bool matrix_cores = state.matrix_path != MatrixPath::none && p.query_dtype == p.kv_dtype && p.kv_dtype != RPA_DTYPE_F32 &&
-                            d_max <= 128 && kv_vectorizable(p);
+  const bool matrix_cores = state.matrix_path != MatrixPath::none && p.query_dtype == p.kv_dtype &&
+                            p.kv_dtype != RPA_DTYPE_F32 && d_max <= 128 && vector_kv;
   // decode_kernel reads 8 elements with 16-byte loads.
-  const bool decode_eligible = kv_vectorizable(p) && p.head_dim % 8 == 0;
+  const bool decode_eligible = vector_kv && p.head_dim % 8 == 0;
   // Split long key ranges only up to one wave of resident blocks: each split costs a partial write and a
   // merge, which measured slower on an H100 than a last wave the splits would fill (W1: 0.29 ms unsplit,
   // 0.32 ms with four waves).
@@ -545,8 +548,9 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
   k.tiles = reinterpret_cast<const Tile*>(device + tiles_offset);
   k.partial_acc = partials;
   k.partial_stats = partials + partial_rows * p.head_dim;
-  k.vector_kv = kv_vectorizable(p) ? 1 : 0;
-  k.vector_queries = queries_vectorizable(p) ? 1 : 0;
+  k.vector_kv = vector_kv ? 1 : 0;
+  k.vector_queries =
+      rows_vectorizable(p.queries, p.query_dtype, {p.query_token_stride, p.query_head_stride}, p.head_dim) ? 1 : 0;
   k.out_pairs = reinterpret_cast<uintptr_t>(p.out) % (2 * element_size(p.out_dtype)) == 0 &&
                 p.out_token_stride % 2 == 0 && p.out_head_stride % 2 == 0;
 
