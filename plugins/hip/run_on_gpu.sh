@@ -42,7 +42,7 @@ if command -v compute-sanitizer > /dev/null 2>&1; then
 fi
 # The binding's suite: with a GPU present every test also runs backend="gpu" against the fp64 oracle.
 step python env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 -m pytest -q python/tests
-step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --json "$results/bench.json"
+step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --goals bench/goals.json --json "$results/bench.json"
 step bench_mma env RPA_GPU_MATRIX_CORES=mma "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 exit $status
