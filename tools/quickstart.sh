@@ -8,7 +8,7 @@ job=${1:-}
 case "$job" in main | test) ;; *) echo "usage: sh tools/quickstart.sh main|test" >&2; exit 2 ;; esac
 
 packages="g++ meson ninja-build pkg-config binutils libhwy-dev libtbb-dev libboost-test-dev nlohmann-json3-dev
-  libcli11-dev python3 python3-numpy python3-pytest python3-matplotlib hipcc libamdhip64-dev"
+  libcli11-dev python3 python3-numpy python3-pytest python3-matplotlib python3-mesonpy cmake hipcc libamdhip64-dev"
 missing=""
 for package in $packages; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"

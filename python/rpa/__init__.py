@@ -89,6 +89,11 @@ def _find_library():
     if os.environ.get("RPA_LIBRARY"):
         candidates.append(os.environ["RPA_LIBRARY"])
     here = os.path.dirname(os.path.abspath(__file__))
+    try:  # written by an install: where librpa is, seen from this directory
+        from ._install import LIBRARY_DIR
+        candidates += [os.path.join(here, LIBRARY_DIR, name) for name in ("librpa.so.0", "librpa.so")]
+    except ImportError:
+        pass
     candidates.append(os.path.join(here, "librpa.so"))
     for prefix in {sys.prefix, "/usr/local", "/usr"}:
         for libdir in ("lib", "lib64", "lib/x86_64-linux-gnu"):
@@ -98,7 +103,7 @@ def _find_library():
         candidates.append(found)
     for path in candidates:
         if os.path.exists(path) or path == found:
-            return ctypes.CDLL(path)
+            return ctypes.CDLL(os.path.normpath(path))
     raise OSError("librpa not found: set RPA_LIBRARY to the path of librpa.so (tried %s)" % ", ".join(candidates))
 
 
