@@ -1,10 +1,12 @@
 // The `rpa` command: `rpa info` describes the library, its backends and plugins; `rpa bench` runs the
-// benchmark-and-validate main job (bench/).
+// benchmark-and-validate main job (bench/); make-case, run, check and suite are the golden-reference
+// toolkit (tools/case_commands.cpp over golden/).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
+#include "tools/case_commands.h"
 #include "rpa/rpa.h"
 
 namespace {
@@ -73,6 +75,14 @@ int main(int argc, char** argv) {
     else print_info(description);
   });
   rpa_bench_register(app);
-  CLI11_PARSE(app, argc, argv);
+  rpa_case_commands_register(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Commands report their own failures (RuntimeError carries their status); a command line CLI11
+    // rejects is bad input: 2.
+    const int status = app.exit(e);
+    return dynamic_cast<const CLI::RuntimeError*>(&e) || status == 0 ? status : 2;
+  }
   return 0;
 }

@@ -314,3 +314,10 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
 
     _check(lib.rpa_attention(_context(backend), ctypes.byref(args)))
     return (result, lse) if return_lse else result
+
+
+# The golden-reference toolkit (cases.py, testing.py): case files, check, the conformance suite.
+from .cases import Case, CheckReport, check, load_candidate, load_case, save_candidate, save_case  # noqa: E402
+from . import testing  # noqa: E402
+
+__all__ += ["Case", "CheckReport", "check", "load_candidate", "load_case", "save_candidate", "save_case", "testing"]
