@@ -174,6 +174,12 @@ class Diagnosis {
     return trials;
   }
 
+  bool finite_row(int64_t row) const {
+    for (int64_t i = 0; i < QH_ * D_; ++i)
+      if (!std::isfinite(cand_.output.at(row * QH_ * D_ + i))) return false;
+    return true;
+  }
+
   bool all_zero(int64_t row) const {
     for (int64_t i = 0; i < QH_ * D_; ++i)
       if (cand_.output.at(row * QH_ * D_ + i) != 0.0f) return false;
@@ -204,6 +210,8 @@ class Diagnosis {
         if (!close(ref_.output.at(other * QH_ * D_ + i), cand_.output.at(base + i))) return false;
       return true;
     }
+    if (t.seq == places_[row].seq) return false;  // its own sequence is position_shift's
+    if ((t.variant.leak_block || t.variant.empty_block_nan) && finite_row(row)) return false;  // NaN trials
     const int64_t seq = t.seq < 0 ? places_[row].seq : t.seq;
     const int64_t pos = nominal(row, seq) + t.shift;
     if (pos < 0 || pos >= ctx_[seq] + kMaxShift) return false;
@@ -431,6 +439,12 @@ std::string Report::summary() const {
   return s + ")";
 }
 
+bool Report::same_detail(size_t first, size_t last) const {
+  for (size_t i = first + 1; i <= last; ++i)
+    if (findings[i].detail != findings[first].detail) return false;
+  return true;
+}
+
 std::string Report::text() const {
   std::string s = "tolerance: |got - ref| <= " + num(tolerance.atol) + " + " + num(tolerance.rtol) + " * |ref|" +
                   (lse_checked ? "; lse checked" : "; no lse") + "\n";
@@ -456,7 +470,7 @@ std::string Report::text() const {
         ++g;
       s += "    " + (f == g ? "row " + std::to_string(findings[f].row)
                             : "rows " + range_text(findings[f].row, findings[g].row)) +
-           ": " + findings[f].hypothesis + ": " + findings[f].detail + (f == g ? "" : " (first row)") + "\n";
+           ": " + findings[f].hypothesis + ": " + findings[f].detail + (same_detail(f, g) ? "" : " (first row)") + "\n";
       f = g + 1;
     }
   }

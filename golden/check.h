@@ -53,6 +53,9 @@ struct Report {
   std::string text() const;  // what `rpa check` prints
   // One line: "pass" or "fail: N wrong rows (hypothesis: count, ...)".
   std::string summary() const;
+
+ private:
+  bool same_detail(size_t first, size_t last) const;
 };
 
 // The names of the hypotheses the diagnosis tests, in the order it tests them.
