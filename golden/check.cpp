@@ -17,6 +17,8 @@ constexpr double kLog2e = 1.4426950408889634;
 // only against what explained earlier ones, so a badly broken kernel is still diagnosed quickly.
 constexpr int kFullSearches = 64;
 constexpr int64_t kMaxShift = 16;
+// Right to about three decimal digits: what TF32 products (10-bit mantissas) or a P rounded to bf16 give.
+constexpr Tolerance kLoose{4e-3, 1.6e-2};
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -91,6 +93,13 @@ class Diagnosis {
       if (holds(t, row)) return found(t, row);
     for (const Trial& t : parameter_trials_)
       if (holds(t, row)) return found(t, row);
+    if (near_reference(row)) {
+      f.hypothesis = f.group = "reduced_precision";
+      f.detail = "within " + num(kLoose.atol) + " + " + num(kLoose.rtol) +
+                 " * |ref| of the reference: products in reduced precision (TF32 dots, or P rounded to 16 bits "
+                 "before P.V)";
+      return f;
+    }
     if (full_searches_ >= kFullSearches) {
       f.detail = "not searched further (the first " + std::to_string(kFullSearches) + " such rows were)";
       return f;
@@ -172,6 +181,14 @@ class Diagnosis {
             trials.push_back(t);
           }
     return trials;
+  }
+
+  bool near_reference(int64_t row) const {
+    for (int64_t i = 0; i < QH_ * D_; ++i) {
+      const double want = ref_.output.at(row * QH_ * D_ + i), got = cand_.output.at(row * QH_ * D_ + i);
+      if (!(std::abs(got - want) <= kLoose.atol + kLoose.rtol * std::abs(want))) return false;
+    }
+    return true;
   }
 
   bool finite_row(int64_t row) const {
@@ -306,8 +323,8 @@ const std::vector<std::string>& hypothesis_names() {
   static const std::vector<std::string> names{
       "padding_row_written", "row_left_zero", "nan_from_masked_slots", "nan_from_empty_block", "scale_missing", "scale_twice",
       "soft_cap_ignored", "soft_cap_before_scale", "sinks_ignored", "sinks_scaled", "sinks_capped",
-      "window_off_by_one", "gqa_interleaved", "kv_swapped", "clamped_block_table", "position_shift", "other_row",
-      "other_sequence", "lse_base2"};
+      "window_off_by_one", "gqa_interleaved", "kv_swapped", "clamped_block_table", "reduced_precision", "position_shift",
+      "other_row", "other_sequence", "lse_base2"};
   return names;
 }
 

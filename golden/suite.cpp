@@ -2,8 +2,7 @@
 
 #include <sys/stat.h>
 
-#include <cerrno>
-#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
@@ -118,8 +117,9 @@ const std::vector<SuiteCase>& suite_cases() {
 }
 
 void make_suite(const std::string& dir) {
-  if (mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST)
-    throw std::runtime_error("cannot create " + dir + ": " + std::strerror(errno));
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) throw std::runtime_error("cannot create " + dir + ": " + error.message());
   const int32_t v = rpa_get_version();
   nlohmann::json manifest = {
       {"suite", "rpa-conformance"},

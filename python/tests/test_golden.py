@@ -262,6 +262,18 @@ def test_clamped_block_table(tmp_path):
     assert "slices of 64 entries" in report.diagnosis[0]["detail"]
 
 
+def test_tf32_products_are_reduced_precision(tmp_path):
+    case = make(tmp_path, "--preset", "prefill")
+
+    def tf32(x):  # TF32 keeps 10 of f32's 23 mantissa bits (rounded to nearest)
+        bits = np.asarray(x, np.float32).view(np.uint32)
+        return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+    candidate, _ = run_with(case, queries=tf32(case.queries), kv_pages=tf32(case.kv_pages))
+    expected, _ = case.run()
+    report = assert_diagnosed(case, candidate, wrong_rows(candidate, expected), "reduced_precision")
+    assert 1e-4 < report.max_abs_error < 4e-3
+
+
 def test_positions_shifted_and_another_sequence(tmp_path):
     case = make(tmp_path, "--preset", "prefill")  # sequences of 40 and 23 new tokens
     where = places(case)
