@@ -67,6 +67,8 @@ void rpa_bench_register(CLI::App& app) {
   bench->add_option("--q-dtype", cli->query_dtype, "Queries' dtype")->check(dtypes)->capture_default_str();
   bench->add_option("--kv-dtype", cli->kv_dtype, "KV cache's dtype")->check(dtypes)->capture_default_str();
   bench->add_option("--out-dtype", cli->out_dtype, "Output's dtype")->check(dtypes)->capture_default_str();
+  bench->add_option("--case", options.case_file, "Time this case file (rpa make-case) on each backend instead of the "
+                                                 "workloads, checked in full against the reference");
   bench->add_option("--json", cli->json, "Also write the run as JSON (rpa version, CPU/GPU model, timestamp, rows)");
   bench->add_option("--goals", cli->goals, "Judge the run against the goals in this file (the project's own: "
                                            "bench/goals.json)");

@@ -85,10 +85,14 @@ std::vector<const nlohmann::json*> select_rows(const nlohmann::json& run, const 
 
 void print_table(const Options& options, const Measurements& m) {
   const Config& c = options.config;
-  std::printf("rpa bench: QH %lld, KVH %lld, D %lld, page %lld, %s queries, %s KV, %s out; median of %d runs\n",
-              static_cast<long long>(c.q_heads), static_cast<long long>(c.kv_heads), static_cast<long long>(c.head_dim),
-              static_cast<long long>(c.page_size), dtype_name(c.query_dtype), dtype_name(c.kv_dtype),
-              dtype_name(c.out_dtype), options.repeats);
+  if (!options.case_file.empty())
+    std::printf("rpa bench: the case %s (its own shape and dtypes); median of %d runs\n", options.case_file.c_str(),
+                options.repeats);
+  else
+    std::printf("rpa bench: QH %lld, KVH %lld, D %lld, page %lld, %s queries, %s KV, %s out; median of %d runs\n",
+                static_cast<long long>(c.q_heads), static_cast<long long>(c.kv_heads),
+                static_cast<long long>(c.head_dim), static_cast<long long>(c.page_size), dtype_name(c.query_dtype),
+                dtype_name(c.kv_dtype), dtype_name(c.out_dtype), options.repeats);
   std::printf("machine: %d cores; f32 FMA peak %.1f GFLOP/s on %d threads (Highway %s); read bandwidth measured per\n"
               "workload over a buffer of its KV size (gpu: device-to-device copy, reads + writes)\n",
               m.cores, m.fma_peak * 1e-9, m.machine_threads, machine_target());
@@ -113,7 +117,8 @@ nlohmann::json to_json(const Options& options, const Measurements& m) {
   j["timestamp"] = utc_timestamp();
   j["cpu_model"] = cpu_model();
   j["gpu_model"] = gpu_model();
-  j["shape"] = {{"q_heads", c.q_heads}, {"kv_heads", c.kv_heads}, {"head_dim", c.head_dim},
+  if (!options.case_file.empty()) j["case"] = options.case_file;
+  else j["shape"] = {{"q_heads", c.q_heads}, {"kv_heads", c.kv_heads}, {"head_dim", c.head_dim},
                 {"page_size", c.page_size}, {"query_dtype", dtype_name(c.query_dtype)},
                 {"kv_dtype", dtype_name(c.kv_dtype)}, {"out_dtype", dtype_name(c.out_dtype)}};
   j["machine"] = {{"cores", m.cores}, {"threads", m.machine_threads}, {"fma_peak_flops", m.fma_peak},

@@ -15,6 +15,7 @@
 
 #include "bench/machine.h"
 #include "core/dtype.h"
+#include "golden/check.h"
 #include "rpa/rpa.h"
 
 namespace rpa::bench {
@@ -283,6 +284,53 @@ std::vector<rpa_backend> selected_backends(const Options& options) {
   return backends;
 }
 
+// A case file on every selected backend: timed in host memory (the gpu backend's figure includes its
+// copies), checked in full by `rpa check`'s comparison.
+void run_case_file(const Options& options, const std::vector<rpa_backend>& backends, Measurements& result) {
+  const golden::Case c = golden::load_case(options.case_file);
+  golden::Candidate reference = golden::run_case(c, RPA_BACKEND_REFERENCE, c.queries.dtype, false);
+  int64_t tokens = 0;
+  double kv_bytes = 0, flops = 0;
+  const double token_kv_bytes = 2.0 * c.kv_heads() * c.head_dim() * dtype_size(c.kv_dtype());
+  for (int32_t s = 0; s < c.num_seqs; ++s) {
+    const int64_t context = c.context_lens.int_at(s);
+    const int64_t q_len = c.query_start_loc.int_at(s + 1) - c.query_start_loc.int_at(s);
+    kv_bytes += context * token_kv_bytes;
+    for (int64_t i = 0; i < q_len; ++i) {
+      const int64_t pos = context - q_len + i;
+      const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      flops += 4.0 * c.head_dim() * c.q_heads() * static_cast<double>(pos - first + 1);
+    }
+    tokens += q_len;
+  }
+  Engine reference_engine(RPA_BACKEND_REFERENCE, 1);
+  rpa_attention_args reference_args = golden::args_for(c, reference.output, nullptr);
+  double reference_ms = 0;
+  check(rpa_time_attention(reference_engine.context, &reference_args, 1, &reference_ms), "reference run");
+  const golden::Array& pool = c.combined() ? c.kv_pages : c.k_cache;
+  const double bandwidth = read_bandwidth(pool.bytes.data(), pool.bytes.size(), result.machine_threads, 5);
+  for (rpa_backend backend : backends) {
+    Engine engine(backend, options.threads);
+    golden::Candidate candidate;
+    candidate.output = golden::Array::zeros(c.queries.dtype, c.queries.shape);
+    rpa_attention_args args = golden::args_for(c, candidate.output, nullptr);
+    std::vector<double> ms(static_cast<size_t>(options.repeats));
+    check(rpa_time_attention(engine.context, &args, options.repeats, ms.data()), "timing the case");
+    const golden::Report report = golden::check(c, candidate);
+    Row row{"case", options.case_file, rpa_backend_string(backend), engine.threads};
+    row.ms = median(ms);
+    row.kv_bytes = kv_bytes;
+    row.flops = flops;
+    row.bandwidth = bandwidth;
+    row.peak = engine.on_device() ? 0 : result.fma_peak;
+    row.reference_flops_rate = flops / (reference_ms * 1e-3);
+    row.sample_rows = row.total_rows = tokens;
+    row.max_error = report.max_abs_error;
+    row.valid = report.pass;
+    result.rows.push_back(row);
+  }
+}
+
 }  // namespace
 
 bool Measurements::all_valid() const {
@@ -309,6 +357,13 @@ void check_options(const Options& options) {
     }
   }
   if (options.workloads.empty()) throw UsageError("no workload named");
+  if (!options.case_file.empty()) {
+    try {
+      golden::load_case(options.case_file);
+    } catch (const std::exception& e) {
+      throw UsageError(options.case_file + ": " + e.what());
+    }
+  }
   const Config& c = options.config;
   if (c.q_heads <= 0 || c.kv_heads <= 0 || c.q_heads % c.kv_heads != 0)
     throw UsageError("--q-heads must be a positive multiple of --kv-heads");
@@ -322,6 +377,12 @@ Measurements run(const Options& options) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   result.cores = cores;
   const std::vector<rpa_backend> backends = selected_backends(options);
+  result.machine_threads = options.threads > 0 ? options.threads : cores;
+  if (!options.case_file.empty()) {
+    result.fma_peak = fma_peak_flops(result.machine_threads);
+    run_case_file(options, backends, result);
+    return result;
+  }
   const std::vector<Shape> shapes = shapes_for(options.workloads, options.contexts);
   const bool thread_sweep = std::find(options.workloads.begin(), options.workloads.end(), "threads") != options.workloads.end();
 
@@ -343,7 +404,6 @@ Measurements run(const Options& options) {
 
   progress.step("measuring the FMA peak");
   Engine reference_engine(RPA_BACKEND_REFERENCE, 1);
-  result.machine_threads = options.threads > 0 ? options.threads : cores;
   result.fma_peak = fma_peak_flops(result.machine_threads);
 
   std::map<std::string, double> host_bandwidth;  // per workload

@@ -24,6 +24,7 @@ struct Options {
   int repeats = 30;
   int threads = 0;
   Config config;
+  std::string case_file;  // set: time this case file (golden/) instead of the workloads
 };
 
 // One timed figure.

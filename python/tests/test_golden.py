@@ -389,3 +389,37 @@ def test_a_raising_kernel_and_a_bad_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text('{"suite": "rpa-conformance", "version": 99, "cases": []}')
     result = tool("suite", "check", tmp_path)
     assert result.returncode == 2 and "suite version 99" in result.stderr
+
+
+# --- the bench ------------------------------------------------------------------------------------------------
+
+def test_bench_json_goals_and_plot(tmp_path):
+    import os
+    goals = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "bench", "goals.json")
+    result = tool("bench", "--workloads", "context", "threads", "--contexts", "64", "256", "--repeats", "2",
+                  "--q-heads", "4", "--kv-heads", "1", "--head-dim", "32", "--page-size", "8", "--goals", goals,
+                  "--json", tmp_path / "run.json", "--plot", tmp_path / "run.png")
+    assert result.returncode == 0, result.stderr
+    assert "goals (" in result.stdout and "simd decode scaling" in result.stdout
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["rpa_version"] == "%d.%d.%d" % rpa.library_version()
+    assert run["timestamp"].endswith("Z") and run["cpu_model"] and "gpu_model" in run
+    assert run["shape"]["q_heads"] == 4 and run["shape"]["kv_dtype"] == "bf16"
+    assert {r["workload"] for r in run["rows"]} == {"W1", "W1 threads", "ctx 64", "ctx 256"}
+    assert all(r["valid"] for r in run["rows"])
+    assert "simd decode scaling 1 -> 2 threads" in run["goals"] or os.cpu_count() < 2
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without --goals the user's output judges nothing.
+    result = tool("bench", "--workloads", "context", "--contexts", "64", "--repeats", "1", "--q-heads", "4",
+                  "--kv-heads", "1", "--head-dim", "32")
+    assert result.returncode == 0 and "goal" not in result.stdout
+
+
+def test_bench_times_a_case_file(tmp_path):
+    make(tmp_path, "--preset", "window")
+    result = tool("bench", "--case", tmp_path / "case.safetensors", "--repeats", "2", "--json", tmp_path / "run.json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["case"].endswith("case.safetensors")
+    assert [r["workload"] for r in run["rows"]] == ["case"] * len(run["rows"]) and run["all_valid"]
+    assert tool("bench", "--case", tmp_path / "absent.safetensors").returncode == 2
