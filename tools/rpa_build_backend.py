@@ -1,0 +1,25 @@
+"""pyproject.toml's build backend: meson-python, with the Meson options a wheel needs.
+
+meson-python 0.12 (Debian 12's python3-mesonpy) rejects a [tool.meson-python.args] table, so the options
+are added to the config settings here; a caller's own setup-args still come first and apply.
+"""
+
+import mesonpy
+from mesonpy import build_sdist, get_requires_for_build_sdist  # noqa: F401 (PEP 517 hooks)
+
+_WHEEL_ARGS = ("-Dpython_wheel=true", "-Dtests=false")
+
+
+def _settings(config_settings):
+    settings = dict(config_settings or {})
+    given = settings.get("setup-args", ())
+    settings["setup-args"] = list(_WHEEL_ARGS) + ([given] if isinstance(given, str) else list(given))
+    return settings
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return mesonpy.get_requires_for_build_wheel(_settings(config_settings))
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    return mesonpy.build_wheel(wheel_directory, _settings(config_settings), metadata_directory)
