@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "core/enums.h"
 #include "core/error.h"
 #include "core/plugins.h"
 #include "core/validate.h"
@@ -54,7 +55,7 @@ std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
     invalid("argument 'options.num_threads': " + std::to_string(options.num_threads) + " must be >= 0");
   if (options.device_ordinal < 0)
     invalid("argument 'options.device_ordinal': " + std::to_string(options.device_ordinal) + " must be >= 0");
-  switch (options.backend) {
+  switch (const int32_t backend = enum_value(options.backend)) {
     case RPA_BACKEND_REFERENCE: return make_reference_backend();
     case RPA_BACKEND_SIMD: return make_simd_backend(options.num_threads);
     case RPA_BACKEND_GPU: return make_gpu_backend(options.device_ordinal, options.num_threads);
@@ -62,9 +63,9 @@ std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
       if (gpu_backend_available()) return make_gpu_backend(options.device_ordinal, options.num_threads);
       if (simd_backend_available()) return make_simd_backend(options.num_threads);
       return make_reference_backend();
+    default:
+      invalid("argument 'options.backend': " + std::to_string(backend) + " is not an rpa_backend");
   }
-  invalid("argument 'options.backend': " + std::to_string(static_cast<int>(options.backend)) +
-          " is not an rpa_backend");
 }
 
 // Copies a versioned struct: fields a caller's older struct lacks keep their defaults.
@@ -101,7 +102,7 @@ extern "C" {
 int32_t rpa_get_version(void) { return RPA_VERSION; }
 
 const char* rpa_status_string(rpa_status status) {
-  switch (status) {
+  switch (enum_value(status)) {
     case RPA_STATUS_OK: return "ok";
     case RPA_STATUS_INVALID_ARGUMENT: return "invalid argument";
     case RPA_STATUS_UNSUPPORTED: return "unsupported";
@@ -114,7 +115,7 @@ const char* rpa_status_string(rpa_status status) {
 }
 
 const char* rpa_backend_string(rpa_backend backend) {
-  switch (backend) {
+  switch (enum_value(backend)) {
     case RPA_BACKEND_AUTO: return "auto";
     case RPA_BACKEND_REFERENCE: return "reference";
     case RPA_BACKEND_SIMD: return "simd";
@@ -209,15 +210,16 @@ rpa_status rpa_device_copy(rpa_context* context, void* dst, const void* src, siz
     Backend& backend = backend_of(context);
     require(dst, "dst");
     require(src, "src");
-    if (kind != RPA_COPY_HOST_TO_DEVICE && kind != RPA_COPY_DEVICE_TO_HOST && kind != RPA_COPY_DEVICE_TO_DEVICE)
-      invalid("argument 'kind': " + std::to_string(static_cast<int>(kind)) + " is not an rpa_copy_kind");
+    const int32_t value = enum_value(kind);
+    if (value != RPA_COPY_HOST_TO_DEVICE && value != RPA_COPY_DEVICE_TO_HOST && value != RPA_COPY_DEVICE_TO_DEVICE)
+      invalid("argument 'kind': " + std::to_string(value) + " is not an rpa_copy_kind");
     backend.device_copy(dst, src, bytes, kind);
   });
 }
 
 int32_t rpa_backend_available(rpa_backend backend) {
   try {
-    switch (backend) {
+    switch (enum_value(backend)) {
       case RPA_BACKEND_AUTO:
       case RPA_BACKEND_REFERENCE: return 1;
       case RPA_BACKEND_SIMD: return simd_backend_available() ? 1 : 0;

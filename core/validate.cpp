@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <array>
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
+#include "core/enums.h"
 #include "core/error.h"
 
 namespace rpa {
@@ -24,7 +28,7 @@ template <typename... Parts>
   reject(RPA_STATUS_INVALID_ARGUMENT, parts...);
 }
 
-const char* dtype_name(rpa_dtype dtype) {
+const char* dtype_name(int32_t dtype) {
   switch (dtype) {
     case RPA_DTYPE_F32: return "f32";
     case RPA_DTYPE_F16: return "f16";
@@ -37,19 +41,22 @@ const char* dtype_name(rpa_dtype dtype) {
   return "unknown";
 }
 
-bool is_float_dtype(rpa_dtype dtype) {
+bool is_float_dtype(int32_t dtype) {
   return dtype == RPA_DTYPE_F32 || dtype == RPA_DTYPE_F16 || dtype == RPA_DTYPE_BF16;
 }
 
-bool is_reserved_dtype(rpa_dtype dtype) {
+bool is_reserved_dtype(int32_t dtype) {
   return dtype == RPA_DTYPE_FP8_E4M3 || dtype == RPA_DTYPE_FP8_E5M2 || dtype == RPA_DTYPE_INT8;
 }
 
-// A checked tensor: its shape and resolved strides (all-zero strides mean contiguous).
+// A checked tensor: its shape, resolved strides (all-zero strides mean contiguous), validated dtype and
+// the bytes [begin, end) its view spans.
 struct Tensor {
   const char* name;
   const rpa_tensor* raw;
+  rpa_dtype dtype;
   std::array<int64_t, RPA_MAX_DIMS> strides{};
+  uintptr_t begin = 0, end = 0;
 
   int64_t dim(int i) const { return raw->shape[i]; }
   int64_t stride(int i) const { return strides[i]; }
@@ -60,16 +67,21 @@ enum class Kind { metadata, floating, kv };
 Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char* layout, Kind kind) {
   if (!t.data) reject("argument '", name, "': data is NULL");
   if (t.ndim != ndim) reject("argument '", name, "': ndim is ", t.ndim, ", expected ", ndim, " (", layout, ")");
-  if (kind == Kind::metadata && t.dtype != RPA_DTYPE_I32)
-    reject("argument '", name, "': dtype is ", dtype_name(t.dtype), ", expected int32");
+  const int32_t dtype = enum_value(t.dtype);
+  if (kind == Kind::metadata && dtype != RPA_DTYPE_I32)
+    reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected int32");
   if (kind != Kind::metadata) {
-    if (kind == Kind::kv && is_reserved_dtype(t.dtype))
-      reject(RPA_STATUS_UNSUPPORTED, "argument '", name, "': dtype ", dtype_name(t.dtype),
+    if (kind == Kind::kv && is_reserved_dtype(dtype))
+      reject(RPA_STATUS_UNSUPPORTED, "argument '", name, "': dtype ", dtype_name(dtype),
              " is reserved for quantised KV and not supported yet");
-    if (!is_float_dtype(t.dtype))
-      reject("argument '", name, "': dtype is ", dtype_name(t.dtype), ", expected f32, f16 or bf16");
+    if (!is_float_dtype(dtype))
+      reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32, f16 or bf16");
   }
-  Tensor result{name, &t};
+  Tensor result{name, &t, static_cast<rpa_dtype>(dtype)};
+  const int64_t size = dtype_size(result.dtype);
+  // Elements are read and written as their type: the view must start on an element boundary.
+  if (reinterpret_cast<uintptr_t>(t.data) % static_cast<uintptr_t>(size) != 0)
+    reject("argument '", name, "': data pointer ", t.data, " is not aligned to its ", size, "-byte elements");
   bool all_zero = true;
   for (int i = 0; i < ndim; ++i) {
     if (t.shape[i] <= 0) reject("argument '", name, "': shape[", i, "] is ", t.shape[i], "; sizes must be positive");
@@ -82,6 +94,9 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
       reject("argument '", name, "': element count overflows at shape[", i, "]");
     if (result.strides[i] < 0) reject("argument '", name, "': strides[", i, "] is ", t.strides[i], ", must be >= 0");
   }
+  int64_t count_bytes;
+  if (__builtin_mul_overflow(contiguous, size, &count_bytes))
+    reject("argument '", name, "': element count ", contiguous, " times ", size, " bytes overflows");
   if (result.strides[ndim - 1] != 1)
     reject("argument '", name, "': strides[", ndim - 1, "] is ", result.strides[ndim - 1],
            "; the last dimension must be contiguous (stride 1)");
@@ -93,9 +108,40 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
       reject("argument '", name, "': the byte extent overflows at dimension ", i);
   }
   int64_t bytes;
-  if (__builtin_add_overflow(last, 1, &bytes) || __builtin_mul_overflow(bytes, int64_t{dtype_size(t.dtype)}, &bytes))
+  if (__builtin_add_overflow(last, 1, &bytes) || __builtin_mul_overflow(bytes, size, &bytes))
     reject("argument '", name, "': the byte extent overflows");
+  result.begin = reinterpret_cast<uintptr_t>(t.data);
+  if (__builtin_add_overflow(result.begin, static_cast<uintptr_t>(bytes), &result.end))
+    reject("argument '", name, "': the view's ", bytes, " bytes run past the end of the address space");
   return result;
+}
+
+// An output view must not reach one element twice (a zero or too small stride), else rows would be
+// written over each other, concurrently on the parallel backends. Sufficient test: ordered by stride,
+// each dimension's stride exceeds the reach of the faster-varying ones.
+void expect_distinct_elements(const Tensor& t, int ndim) {
+  std::array<int, RPA_MAX_DIMS> order{};
+  int used = 0;
+  for (int i = 0; i < ndim; ++i)
+    if (t.dim(i) > 1) order[used++] = i;
+  std::stable_sort(order.begin(), order.begin() + used, [&](int a, int b) { return t.stride(a) < t.stride(b); });
+  int64_t reach = 1;  // elements spanned by the dimensions checked so far (no overflow: check_tensor bounded it)
+  for (int k = 0; k < used; ++k) {
+    const int i = order[k];
+    if (t.stride(i) < reach)
+      reject("argument '", t.name, "': strides[", i, "] = ", t.stride(i), " makes the view reach some elements more ",
+             "than once (the faster-varying dimensions span ", reach, "); an output element would be written twice");
+    reach = t.stride(i) * (t.dim(i) - 1) + reach;
+  }
+}
+
+// Outputs share no byte with an input or another output: an overlap would read values the call has
+// already overwritten (or corrupt the cache). In-place out = queries is refused too, because the
+// backends write rows while other rows still read their queries.
+void expect_no_overlap(const Tensor& output, const Tensor& other) {
+  if (output.begin < other.end && other.begin < output.end)
+    reject("argument '", output.name, "': its bytes overlap those of '", other.name,
+           "'; out and lse may not share memory with any input or with each other");
 }
 
 void expect_dim(const Tensor& t, int i, int64_t expected, const char* meaning) {
@@ -104,7 +150,7 @@ void expect_dim(const Tensor& t, int i, int64_t expected, const char* meaning) {
 }
 
 rpa_kv_view kv_view(const Tensor& t, int64_t head_stride, int64_t offset) {
-  const auto elements = static_cast<const char*>(t.raw->data) + offset * dtype_size(t.raw->dtype);
+  const auto elements = static_cast<const char*>(t.raw->data) + offset * dtype_size(t.dtype);
   return rpa_kv_view{elements, t.stride(0), t.stride(1), head_stride};
 }
 
@@ -117,21 +163,26 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   p.num_tokens = queries.dim(0);
   p.num_q_heads = queries.dim(1);
   p.head_dim = queries.dim(2);
+  // The backends index (token, q head) rows with 32-bit integers.
+  if (p.num_tokens * p.num_q_heads > INT32_MAX)  // both below 2^63 / 2^31 by the byte-extent check: no overflow
+    reject("argument 'queries': T * QH = ", p.num_tokens, " * ", p.num_q_heads,
+           " (token, q head) rows exceed 2^31 - 1");
   p.queries = args.queries.data;
-  p.query_dtype = args.queries.dtype;
+  p.query_dtype = queries.dtype;
   p.query_token_stride = queries.stride(0);
   p.query_head_stride = queries.stride(1);
 
+  Tensor kv_tensor{}, k_tensor{}, v_tensor{};
   if (args.kv_pages.data) {
     if (args.k_cache.data || args.v_cache.data)
       reject("argument 'k_cache': give either kv_pages or k_cache and v_cache, not both");
-    const Tensor kv = check_tensor("kv_pages", args.kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv);
+    const Tensor& kv = kv_tensor = check_tensor("kv_pages", args.kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv);
     if (kv.dim(2) % 2 != 0)
       reject("argument 'kv_pages': shape[2] is ", kv.dim(2), ", expected an even 2*KVH (K and V interleaved)");
     p.num_kv_heads = kv.dim(2) / 2;
     p.num_pages = kv.dim(0);
     p.page_size = kv.dim(1);
-    p.kv_dtype = args.kv_pages.dtype;
+    p.kv_dtype = kv.dtype;
     p.k = kv_view(kv, 2 * kv.stride(2), 0);
     p.v = kv_view(kv, 2 * kv.stride(2), kv.stride(2));
     if (kv.dim(3) != p.head_dim)
@@ -139,18 +190,17 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   } else {
     if (!args.k_cache.data && !args.v_cache.data)
       reject("argument 'kv_pages': data is NULL and no separate k_cache/v_cache is given");
-    const Tensor k = check_tensor("k_cache", args.k_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
-    const Tensor v = check_tensor("v_cache", args.v_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+    const Tensor& k = k_tensor = check_tensor("k_cache", args.k_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+    const Tensor& v = v_tensor = check_tensor("v_cache", args.v_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
     for (int i = 0; i < 4; ++i)
       if (v.dim(i) != k.dim(i))
         reject("argument 'v_cache': shape[", i, "] is ", v.dim(i), ", but k_cache has ", k.dim(i));
-    if (args.v_cache.dtype != args.k_cache.dtype)
-      reject("argument 'v_cache': dtype is ", dtype_name(args.v_cache.dtype), ", but k_cache is ",
-             dtype_name(args.k_cache.dtype));
+    if (v.dtype != k.dtype)
+      reject("argument 'v_cache': dtype is ", dtype_name(v.dtype), ", but k_cache is ", dtype_name(k.dtype));
     p.num_kv_heads = k.dim(2);
     p.num_pages = k.dim(0);
     p.page_size = k.dim(1);
-    p.kv_dtype = args.k_cache.dtype;
+    p.kv_dtype = k.dtype;
     p.k = kv_view(k, k.stride(2), 0);
     p.v = kv_view(v, v.stride(2), 0);
     if (k.dim(3) != p.head_dim)
@@ -164,44 +214,54 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   expect_dim(out, 0, p.num_tokens, "T of queries");
   expect_dim(out, 1, p.num_q_heads, "QH of queries");
   expect_dim(out, 2, p.head_dim, "D of queries");
+  expect_distinct_elements(out, 3);
   p.out = args.out.data;
-  p.out_dtype = args.out.dtype;
+  p.out_dtype = out.dtype;
   p.out_token_stride = out.stride(0);
   p.out_head_stride = out.stride(1);
 
+  Tensor lse{};
   if (args.lse.data) {
-    const Tensor lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::floating);
-    if (args.lse.dtype != RPA_DTYPE_F32) reject("argument 'lse': dtype is ", dtype_name(args.lse.dtype), ", expected f32");
+    lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::floating);
+    if (lse.dtype != RPA_DTYPE_F32) reject("argument 'lse': dtype is ", dtype_name(lse.dtype), ", expected f32");
     expect_dim(lse, 0, p.num_tokens, "T of queries");
     expect_dim(lse, 1, p.num_q_heads, "QH of queries");
+    expect_distinct_elements(lse, 2);
     p.lse = static_cast<float*>(args.lse.data);
     p.lse_token_stride = lse.stride(0);
     p.lse_head_stride = lse.stride(1);
   }
 
-  if (args.memory != RPA_MEMORY_HOST && args.memory != RPA_MEMORY_DEVICE)
-    reject("argument 'memory': ", static_cast<int>(args.memory), " is not an rpa_memory_kind");
-  p.memory = args.memory;
+  const int32_t memory = enum_value(args.memory);
+  if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
+    reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
+  p.memory = static_cast<rpa_memory_kind>(memory);
   p.stream = args.stream;
   p.synchronize = args.synchronize;
 
-  // Scalars.
-  if (!std::isfinite(args.softmax_scale)) reject("argument 'softmax_scale': ", args.softmax_scale, " is not finite");
+  // Scalars. The kernels compute in f32, so a scale or cap must be a normal f32 magnitude: a larger one
+  // would become inf there, a subnormal one lose its precision (or flush to 0).
+  const auto normal_f32 = [](double x) { return std::fabs(x) >= FLT_MIN && std::fabs(x) <= FLT_MAX; };
+  if (args.softmax_scale != 0 && !normal_f32(args.softmax_scale))
+    reject("argument 'softmax_scale': ", args.softmax_scale, " must be 0 (default) or have a magnitude in [",
+           FLT_MIN, ", ", FLT_MAX, "] (normal f32)");
   p.softmax_scale = args.softmax_scale != 0 ? args.softmax_scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
-  if (!std::isfinite(args.logits_soft_cap) || args.logits_soft_cap < 0)
-    reject("argument 'logits_soft_cap': ", args.logits_soft_cap, " must be 0 (none) or a finite value > 0");
+  if (args.logits_soft_cap != 0 && !(args.logits_soft_cap > 0 && normal_f32(args.logits_soft_cap)))
+    reject("argument 'logits_soft_cap': ", args.logits_soft_cap, " must be 0 (none) or in [", FLT_MIN, ", ", FLT_MAX,
+           "] (a normal f32 > 0)");
   p.logits_soft_cap = args.logits_soft_cap;
   if (args.sliding_window < 0)
     reject("argument 'sliding_window': ", args.sliding_window, " must be 0 (none) or > 0");
   p.sliding_window = args.sliding_window;
 
+  Tensor sinks{};
   if (args.softmax_aux.data) {
-    const Tensor sinks = check_tensor("softmax_aux", args.softmax_aux, 2, "[H_s, n]", Kind::floating);
+    sinks = check_tensor("softmax_aux", args.softmax_aux, 2, "[H_s, n]", Kind::floating);
     if (sinks.dim(0) != 1 && sinks.dim(0) != p.num_kv_heads && sinks.dim(0) != p.num_q_heads)
       reject("argument 'softmax_aux': shape[0] is ", sinks.dim(0), ", expected 1, KVH (", p.num_kv_heads,
              ") or QH (", p.num_q_heads, ")");
     p.sinks = args.softmax_aux.data;
-    p.sink_dtype = args.softmax_aux.dtype;
+    p.sink_dtype = sinks.dtype;
     p.sink_heads = sinks.dim(0);
     p.sinks_per_head = sinks.dim(1);
     p.sink_head_stride = sinks.stride(0);
@@ -243,7 +303,10 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
     reject("argument 'query_start_loc': element [", p.num_seqs, "] = ", qsl[p.num_seqs],
            " exceeds the number of query tokens T = ", p.num_tokens);
 
-  const int64_t max_context = p.pages_per_seq * p.page_size;  // both come from checked shapes: no overflow
+  // W * page_size can exceed int64 (each is only bounded by its own tensor's extent); no int32 length
+  // exceeds the saturated product then.
+  int64_t max_context;
+  if (__builtin_mul_overflow(p.pages_per_seq, p.page_size, &max_context)) max_context = INT64_MAX;
   for (int32_t s = 0; s < p.num_seqs; ++s) {
     const int64_t context_len = p.context_lens[s];
     const int64_t q_len = qsl[s + 1] - qsl[s];
@@ -265,6 +328,15 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
                ")");
     }
   }
+
+  // Overlaps (device pointers are compared only with device pointers: the metadata stays on the host).
+  std::vector<const Tensor*> inputs{&queries, &sinks};
+  if (args.kv_pages.data) inputs.push_back(&kv_tensor);
+  else inputs.insert(inputs.end(), {&k_tensor, &v_tensor});
+  if (p.memory == RPA_MEMORY_HOST) inputs.insert(inputs.end(), {&context_lens, &block_tables, &query_start_loc});
+  for (const Tensor* output : std::array<const Tensor*, 2>{&out, &lse})
+    for (const Tensor* input : inputs) expect_no_overlap(*output, *input);
+  expect_no_overlap(out, lse);
   return p;
 }
 

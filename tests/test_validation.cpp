@@ -3,7 +3,9 @@
 #define BOOST_TEST_MODULE validation
 #include <boost/test/unit_test.hpp>
 
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <thread>
@@ -35,6 +37,13 @@ void expect_rejected(const std::function<void(Prepared&)>& breaks, std::vector<s
   for (const std::string& fragment : fragments)
     BOOST_TEST(r.message.find(fragment) != std::string::npos, "message '" << r.message << "' lacks '" << fragment << "'");
   BOOST_TEST((p.out == out_before), "a rejected call wrote its output");
+}
+
+// Stores an arbitrary integer in a C enum field as a C caller can (a C++ enum may not hold it).
+template <typename Enum>
+void set_enum(Enum& field, int32_t value) {
+  static_assert(sizeof field == sizeof value, "rpa.h's enums are int-sized");
+  std::memcpy(&field, &value, sizeof value);
 }
 
 }  // namespace
@@ -176,7 +185,9 @@ BOOST_AUTO_TEST_CASE(layout_rules) {
   expect_rejected([](Prepared& p) { p.args.queries.ndim = 2; }, {"'queries'", "ndim is 2"});
   expect_rejected([](Prepared& p) { p.args.context_lens.dtype = RPA_DTYPE_F32; }, {"'context_lens'", "int32"});
   expect_rejected([](Prepared& p) { p.args.lse.dtype = RPA_DTYPE_F16; }, {"'lse'", "f32"});
-  expect_rejected([](Prepared& p) { p.args.memory = static_cast<rpa_memory_kind>(7); }, {"'memory'", "7"});
+  expect_rejected([](Prepared& p) { set_enum(p.args.memory, 7); }, {"'memory'", "7"});
+  expect_rejected([](Prepared& p) { set_enum(p.args.queries.dtype, 1000); }, {"'queries'", "unknown"});
+  expect_rejected([](Prepared& p) { set_enum(p.args.block_tables.dtype, -5); }, {"'block_tables'", "int32"});
 }
 
 BOOST_AUTO_TEST_CASE(device_memory_needs_the_gpu_backend) {
@@ -203,7 +214,7 @@ BOOST_AUTO_TEST_CASE(bad_context_options) {
   BOOST_TEST(context == nullptr);
   BOOST_TEST(std::string(rpa_last_error()).find("'options.num_threads'") != std::string::npos);
   options.num_threads = 0;
-  options.backend = static_cast<rpa_backend>(9);
+  set_enum(options.backend, 9);
   BOOST_TEST(rpa_context_create(&options, &context) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(std::string(rpa_last_error()).find("'options.backend'") != std::string::npos);
 }
@@ -214,4 +225,112 @@ BOOST_AUTO_TEST_CASE(last_error_is_per_thread) {
   std::thread([&] { other = rpa_last_error(); }).join();
   BOOST_TEST(other.empty());
   BOOST_TEST(std::string(rpa_last_error()).find("'sliding_window'") != std::string::npos);
+}
+
+// The kernels compute in f32: a scale or cap outside the normal f32 magnitudes would turn into inf or
+// lose its precision there (an outside test saw zero rows and NaN), so it is refused.
+BOOST_AUTO_TEST_CASE(scale_and_cap_outside_the_normal_f32_range) {
+  for (double scale : {1e39, -1e39, 1e300, 1e-39, -1e-300, 4.9e-324})
+    expect_rejected([=](Prepared& p) { p.args.softmax_scale = scale; }, {"'softmax_scale'", "normal f32"});
+  for (double cap : {1e39, 1e300, 1e-39, 1e-310})
+    expect_rejected([=](Prepared& p) { p.args.logits_soft_cap = cap; }, {"'logits_soft_cap'", "normal f32"});
+  // The edges of the accepted range run.
+  for (double scale : {double{FLT_MIN}, -double{FLT_MIN}, double{FLT_MAX} / 1e30}) {
+    Prepared p = valid();
+    p.args.softmax_scale = scale;
+    p.args.logits_soft_cap = FLT_MIN;
+    BOOST_TEST(run_prepared(p, RPA_BACKEND_REFERENCE).status == RPA_STATUS_OK, "scale " << scale);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(misaligned_data_is_refused) {
+  expect_rejected([](Prepared& p) { p.args.queries.data = p.queries.data() + 2; }, {"'queries'", "aligned", "4-byte"});
+  expect_rejected([](Prepared& p) { p.args.out.data = p.out.data() + 1; }, {"'out'", "aligned"});
+  expect_rejected([](Prepared& p) { p.args.context_lens.data = reinterpret_cast<char*>(p.context_lens.data()) + 2; },
+                  {"'context_lens'", "aligned"});
+}
+
+// W * page_size beyond int64 is legal (each is bounded only by its own tensor): a slot stride of 0
+// makes every slot of a page the same bytes. The product used to wrap and reject the call.
+BOOST_AUTO_TEST_CASE(huge_w_times_page_size_does_not_wrap) {
+  Prepared p = valid();
+  const int64_t width = 4096;  // W * 2^52 = 2^64
+  const int32_t first_page = p.block_tables[0];
+  p.block_tables.assign(width, -1);
+  p.block_tables[0] = first_page;
+  p.args.block_tables.data = p.block_tables.data();
+  p.args.block_tables.shape[0] = 1, p.args.block_tables.shape[1] = width;
+  p.args.block_tables.strides[0] = width;
+  p.args.kv_pages.shape[1] = int64_t{1} << 52;
+  p.args.kv_pages.strides[1] = 0;
+  p.args.context_lens.shape[0] = 1;
+  p.args.query_start_loc.shape[0] = 2;
+  p.args.num_seqs = 1;
+  const Result r = run_prepared(p, RPA_BACKEND_REFERENCE);
+  BOOST_TEST(r.status == RPA_STATUS_OK, r.message);
+}
+
+BOOST_AUTO_TEST_CASE(element_count_times_size_overflow) {
+  // 2^58 pages of page stride 0: the byte extent is small, but 2^62 elements of 4 bytes are 2^64 bytes.
+  expect_rejected(
+      [](Prepared& p) {
+        p.args.kv_pages.shape[0] = int64_t{1} << 58;
+        p.args.kv_pages.strides[0] = 0;
+      },
+      {"'kv_pages'", "element count", "overflows"});
+}
+
+BOOST_AUTO_TEST_CASE(more_than_2_to_the_31_rows) {
+  // 32769 tokens x 65536 q heads (D 8, zero strides: validation stops before any data is read).
+  expect_rejected(
+      [](Prepared& p) {
+        p.args.queries.shape[0] = 32769, p.args.queries.shape[1] = 65536;
+        p.args.queries.strides[0] = p.args.queries.strides[1] = 0;
+      },
+      {"'queries'", "T * QH", "2^31"});
+}
+
+BOOST_AUTO_TEST_CASE(outputs_must_not_overlap_inputs_or_each_other) {
+  // In place (out = queries: same shape and dtype here) is refused: the backends write rows while others
+  // still read their queries.
+  expect_rejected([](Prepared& p) { p.args.out.data = p.args.queries.data; }, {"'out'", "overlap", "'queries'"});
+  expect_rejected([](Prepared& p) { p.args.out.data = p.kv.data(); }, {"'out'", "overlap", "'kv_pages'"});
+  expect_rejected(
+      [](Prepared& p) {
+        p.block_tables.resize(1000);  // room for lse inside, so that it overlaps nothing else
+        p.args.block_tables.data = p.block_tables.data();
+        p.args.lse.data = p.block_tables.data() + 4;
+      },
+      {"'lse'", "overlap", "'block_tables'"});
+  expect_rejected([](Prepared& p) { p.args.lse.data = p.out.data() + 4 * 8; }, {"'out'", "overlap", "'lse'"});
+  // An output spanning another buffer partially (its last row over the first query) is caught too.
+  expect_rejected(
+      [](Prepared& p) {
+        p.queries.resize(p.queries.size() + p.out.size());
+        p.args.queries.data = p.queries.data();
+        p.args.out.data = p.queries.data() + p.out.size() - 4;
+      },
+      {"'out'", "overlap", "'queries'"});
+}
+
+BOOST_AUTO_TEST_CASE(outputs_must_not_reach_an_element_twice) {
+  expect_rejected([](Prepared& p) { p.args.out.strides[0] = 0; }, {"'out'", "strides[0]", "more than once"});
+  expect_rejected([](Prepared& p) { p.args.out.strides[1] = 4; }, {"'out'", "strides[1] = 4", "more than once"});
+  expect_rejected([](Prepared& p) { p.args.lse.strides[0] = 1; }, {"'lse'", "more than once"});
+}
+
+BOOST_AUTO_TEST_CASE(num_threads_is_capped_at_the_hardware_concurrency) {
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_SIMD;
+  options.num_threads = 100000;
+  rpa_context* context = nullptr;
+  if (!rpa_backend_available(RPA_BACKEND_SIMD)) return;
+  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
+  int32_t threads = 0;
+  BOOST_TEST(rpa_context_get_num_threads(context, &threads) == RPA_STATUS_OK);
+  const int32_t cores = static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+  BOOST_TEST(threads >= 1);
+  BOOST_TEST(threads <= cores);
+  rpa_context_destroy(context);
 }
