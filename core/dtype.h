@@ -1,7 +1,9 @@
-// Scalar conversions between float and the 16-bit storage types, shared by the reference, the tests
-// and the tools. Rounding to 16 bits is round-to-nearest-even; NaN stays NaN.
+// Scalar conversions between float (or double) and the 16-bit storage types, shared by the reference,
+// the tests and the tools. Rounding to 16 bits is round-to-nearest-even; NaN stays NaN.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -70,6 +72,33 @@ inline uint16_t float_to_f16(float f) {
   return sign | static_cast<uint16_t>((rounded - 0x38000000u) >> 13);
 }
 
+// Rounds |x| (finite, >= 0) once, to nearest even, onto the grid of a binary format with `mantissa_bits`
+// stored fraction bits and normal exponents [min_exponent, max_exponent]; returns infinity past its
+// largest finite value. Every result is a float (the 16-bit formats are subsets of f32), so it then
+// converts to 16 bits exactly. Going through float first would round twice.
+inline double round_to_format(double x, int mantissa_bits, int min_exponent, int max_exponent) {
+  if (x == 0) return 0;
+  const int exponent = std::max(std::ilogb(x), min_exponent);  // subnormals share the smallest quantum
+  const double scaled = std::ldexp(x, mantissa_bits - exponent);  // exact: a power-of-two scaling
+  double whole = std::floor(scaled);
+  const double fraction = scaled - whole;  // exact
+  if (fraction > 0.5 || (fraction == 0.5 && std::fmod(whole, 2.0) != 0)) whole += 1;
+  const double rounded = std::ldexp(whole, exponent - mantissa_bits);
+  return rounded >= std::ldexp(1.0, max_exponent + 1) ? INFINITY : rounded;
+}
+
+inline uint16_t double_to_bf16(double d) {
+  if (std::isnan(d) || std::isinf(d)) return float_to_bf16(static_cast<float>(d));
+  const double magnitude = round_to_format(std::fabs(d), 7, -126, 127);
+  return float_to_bf16(static_cast<float>(std::signbit(d) ? -magnitude : magnitude));
+}
+
+inline uint16_t double_to_f16(double d) {
+  if (std::isnan(d) || std::isinf(d)) return float_to_f16(static_cast<float>(d));
+  const double magnitude = round_to_format(std::fabs(d), 10, -14, 15);
+  return float_to_f16(static_cast<float>(std::signbit(d) ? -magnitude : magnitude));
+}
+
 // Size in bytes of one element, or 0 for a dtype rpa does not store.
 inline int dtype_size(rpa_dtype dtype) {
   switch (dtype) {
@@ -99,6 +128,15 @@ inline void store_float(void* data, rpa_dtype dtype, int64_t index, float value)
     case RPA_DTYPE_F16: static_cast<uint16_t*>(data)[index] = float_to_f16(value); break;
     case RPA_DTYPE_BF16: static_cast<uint16_t*>(data)[index] = float_to_bf16(value); break;
     default: static_cast<float*>(data)[index] = value; break;
+  }
+}
+
+// store_float for a double, rounded once into the dtype.
+inline void store_double(void* data, rpa_dtype dtype, int64_t index, double value) {
+  switch (dtype) {
+    case RPA_DTYPE_F16: static_cast<uint16_t*>(data)[index] = double_to_f16(value); break;
+    case RPA_DTYPE_BF16: static_cast<uint16_t*>(data)[index] = double_to_bf16(value); break;
+    default: static_cast<float*>(data)[index] = static_cast<float>(value); break;
   }
 }
 

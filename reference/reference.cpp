@@ -20,7 +20,7 @@ int64_t kv_offset(const rpa_problem& p, const rpa_kv_view& view, int32_t s, int6
 
 void write_row(const rpa_problem& p, int64_t token, int64_t head, const std::vector<double>& row, double lse) {
   const int64_t base = token * p.out_token_stride + head * p.out_head_stride;
-  for (int64_t d = 0; d < p.head_dim; ++d) store_float(p.out, p.out_dtype, base + d, static_cast<float>(row[d]));
+  for (int64_t d = 0; d < p.head_dim; ++d) store_double(p.out, p.out_dtype, base + d, row[d]);  // one rounding
   if (p.lse) p.lse[token * p.lse_token_stride + head * p.lse_head_stride] = static_cast<float>(lse);
 }
 

@@ -404,3 +404,40 @@ BOOST_AUTO_TEST_CASE(one_context_serves_several_threads_at_once) {
     }
   }
 }
+
+// The reference rounds its double result once into a 16-bit out (the contract's "rounded once"). Two
+// keys with score 0 average their values exactly in double; each pair sits where rounding to f32 first
+// lands on a 16-bit tie and rounds the other way (worked out in tests/test_dtype.cpp's terms).
+BOOST_AUTO_TEST_CASE(reference_rounds_its_double_result_once) {
+  struct Tie {
+    rpa_dtype out_dtype;
+    double v0, v1, expected;
+  };
+  const auto p2 = [](int e) { return std::ldexp(1.0, e); };
+  const Tie ties[] = {
+      // mean 1 + 2^-8 + 2^-24: bf16 1 + 2^-7 (through f32: 1.0)
+      {RPA_DTYPE_BF16, 1 + p2(-8) + p2(-23), 1 + p2(-8), 1.0078125},
+      // mean 1 + 2^-11 + 2^-24: f16 1 + 2^-10 (through f32: 1.0)
+      {RPA_DTYPE_F16, 1 + p2(-11) + p2(-23), 1 + p2(-11), 1.0009765625},
+      // mean 2^-25 + 2^-49: the smallest f16 subnormal 2^-24 (through f32: 0)
+      {RPA_DTYPE_F16, p2(-25) + p2(-48), p2(-25), p2(-24)},
+      // mean 65520 - 2^-9: f16 65504 (through f32: 65520, then infinity)
+      {RPA_DTYPE_F16, 65520 - p2(-8), 65520, 65504},
+  };
+  for (const Tie& tie : ties) {
+    BOOST_TEST_CONTEXT("out dtype " << tie.out_dtype << ", v " << tie.v0 << " and " << tie.v1) {
+      Case c;
+      c.num_tokens = 1, c.page_size = 2, c.num_seqs = 1;
+      c.out_dtype = tie.out_dtype;
+      c.queries = {0};  // both scores 0: weights exactly 1/2
+      c.kv = {0, static_cast<float>(tie.v0), 0, static_cast<float>(tie.v1)};
+      BOOST_TEST_REQUIRE(c.kv[1] == tie.v0);  // the values are exact f32
+      BOOST_TEST_REQUIRE(c.kv[3] == tie.v1);
+      c.context_lens = {2};
+      c.block_tables = {0};
+      c.query_start_loc = {0, 1};
+      const Result r = run_ok(c, RPA_BACKEND_REFERENCE);
+      BOOST_TEST(r.out.at(0) == tie.expected);
+    }
+  }
+}
