@@ -6,6 +6,7 @@
 // carry the same symbols, and never closed: a GPU runtime may keep threads and atexit handlers inside it.
 #include <dirent.h>
 #include <dlfcn.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -84,6 +85,15 @@ std::string last_error_of(const rpa_plugin_api* api) {
   return text && *text ? text : "(the plugin gave no message)";
 }
 
+// dlopen of a FIFO or device file blocks or reads forever: only regular files (links followed) open.
+bool is_regular_file(const std::string& path) {
+  struct stat status {};
+  return stat(path.c_str(), &status) == 0 && S_ISREG(status.st_mode);
+}
+
+// More devices than any machine has means a broken plugin; describing INT32_MAX of them would hang.
+constexpr int32_t kMaxDevices = 1024;
+
 // Opens one plugin file and fills its report; returns the plugin when it has a device.
 bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& usable) {
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -143,6 +153,11 @@ bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& us
     report.reason = "no device: the " + report.name + " runtime reports no device";
     return false;
   }
+  if (count > kMaxDevices) {
+    report.reason = "wrong ABI: the plugin reports " + std::to_string(count) + " devices, more than the " +
+                    std::to_string(kMaxDevices) + " rpa accepts";
+    return false;
+  }
   report.usable = true;
   report.device_count = count;
   for (int32_t i = 0; i < count; ++i) {
@@ -163,6 +178,11 @@ Registry load_all() {
     for (const std::string& name : plugin_files_in(directory)) {
       PluginReport report;
       report.path = directory + "/" + name;
+      if (!is_regular_file(report.path)) {  // and it does not hide a plugin of its name later in the order
+        report.reason = "skipped: not a regular file";
+        registry.reports.push_back(report);
+        continue;
+      }
       if (!seen_names.insert(name).second) {
         report.reason = "skipped: a plugin of the same file name was found earlier in the search order";
         registry.reports.push_back(report);
@@ -178,8 +198,20 @@ Registry load_all() {
   return registry;
 }
 
+// Set while this thread loads the plugins: a plugin that calls librpa from its constructor or init
+// would re-enter the registry's initialisation, which aborts (or deadlocks) the process.
+thread_local bool loading_plugins = false;
+
 const Registry& registry() {
-  static const Registry loaded = load_all();  // C++11 guarantees one thread loads, the others wait
+  if (loading_plugins)
+    fail(RPA_STATUS_UNAVAILABLE, "a GPU plugin called librpa while the plugins were being loaded");
+  static const Registry loaded = [] {  // C++11 guarantees one thread loads, the others wait
+    struct Loading {
+      Loading() { loading_plugins = true; }
+      ~Loading() { loading_plugins = false; }
+    } loading;
+    return load_all();
+  }();
   return loaded;
 }
 

@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   info->add_flag("--json", as_json, "Print JSON instead of text");
   info->callback([&] {
     const nlohmann::json description = describe();
-    if (as_json) std::printf("%s\n", description.dump(2).c_str());
+    // Plugin paths and reasons are bytes from the file system and the plugins: invalid UTF-8 becomes U+FFFD.
+    if (as_json) std::printf("%s\n", description.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     else print_info(description);
   });
   rpa_bench_register(app);

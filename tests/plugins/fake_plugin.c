@@ -1,15 +1,44 @@
 /* Fake GPU plugins for the loader tests, compiled once per FAKE_* kind (tests/plugins/meson.build):
  * each breaks the plugin ABI in one way, and the core must reject it with the matching reason. */
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "plugins/plugin_abi.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
+#ifdef FAKE_RE_ENTER
+/* The constructor calls back into librpa (found in the process's global scope) while the core is loading
+ * this plugin; what librpa answered becomes the init failure's message, for the test to read. */
+static char nested_answer[512] = "fake plugin: the constructor did not run";
+
+__attribute__((constructor)) static void call_librpa_while_loaded(void) {
+  typedef rpa_status (*get_report_fn)(int32_t, rpa_plugin_report*);
+  typedef const char* (*text_fn)(void);
+  typedef const char* (*status_string_fn)(rpa_status);
+  const get_report_fn get_report = (get_report_fn)dlsym(RTLD_DEFAULT, "rpa_get_plugin_report");
+  const text_fn last_error = (text_fn)dlsym(RTLD_DEFAULT, "rpa_last_error");
+  const status_string_fn status_string = (status_string_fn)dlsym(RTLD_DEFAULT, "rpa_status_string");
+  if (!get_report || !last_error || !status_string) {
+    snprintf(nested_answer, sizeof nested_answer, "fake plugin: librpa's symbols are not visible");
+    return;
+  }
+  rpa_plugin_report report;
+  const rpa_status status = get_report(0, &report);
+  snprintf(nested_answer, sizeof nested_answer, "fake plugin: nested rpa_get_plugin_report answered %s: %s",
+           status_string(status), last_error());
+}
+
+static const char* fake_last_error(void) { return nested_answer; }
+#else
 static const char* fake_last_error(void) { return "fake plugin: initialisation refused on purpose"; }
+#endif
 
 static rpa_status fake_init(void) {
-#ifdef FAKE_INIT_FAILS
+#if defined(FAKE_INIT_FAILS) || defined(FAKE_RE_ENTER)
   return RPA_STATUS_DEVICE_ERROR;
 #else
   return RPA_STATUS_OK;
@@ -17,13 +46,23 @@ static rpa_status fake_init(void) {
 }
 
 static rpa_status fake_device_count(int32_t* count) {
+#ifdef FAKE_MANY_DEVICES
+  *count = INT32_MAX;
+#else
   *count = 0; /* FAKE_NO_DEVICE; the other fakes are rejected before they are asked */
+#endif
   return RPA_STATUS_OK;
 }
 
 static rpa_status fake_describe_device(int32_t ordinal, char* text, size_t text_size) {
-  (void)ordinal, (void)text, (void)text_size;
+  (void)ordinal;
+#ifdef FAKE_MANY_DEVICES
+  memset(text, 'x', text_size); /* no terminator: the core must bound what it reads */
+  return RPA_STATUS_OK;
+#else
+  (void)text, (void)text_size;
   return RPA_STATUS_UNAVAILABLE;
+#endif
 }
 
 static rpa_status fake_create(int32_t ordinal, rpa_plugin_state** state) {

@@ -59,6 +59,19 @@ BOOST_AUTO_TEST_CASE(zero_devices_is_rejected) {
   expect_rejected("librpa_fake_no_device.so", "no device: the fake-no_device runtime reports no device");
 }
 
+// A plugin claiming INT32_MAX devices (with unterminated descriptions) used to hang the loader.
+BOOST_AUTO_TEST_CASE(implausible_device_count_is_rejected) {
+  expect_rejected("librpa_fake_many_devices.so", "wrong ABI: the plugin reports 2147483647 devices, more than the 1024");
+}
+
+// A plugin whose constructor calls librpa while the core loads it used to abort the process (re-entered
+// static initialisation); the nested call now fails cleanly and the loading goes on.
+BOOST_AUTO_TEST_CASE(plugin_calling_librpa_while_loading_gets_an_error) {
+  expect_rejected("librpa_fake_re_enter.so", "driver error: initialisation failed (device error)",
+                  "nested rpa_get_plugin_report answered unavailable: a GPU plugin called librpa while the plugins "
+                  "were being loaded");
+}
+
 // The real plugins load with dlopen wherever their runtime libraries are installed; without a GPU they
 // report "no device". librpa_hip.so links the ROCm runtime, which a machine without ROCm lacks.
 BOOST_AUTO_TEST_CASE(real_plugins_load_and_report_cleanly) {
