@@ -7,6 +7,7 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <hwy/aligned_allocator.h>
 #include <limits>
@@ -105,7 +106,8 @@ void zero_uncovered_rows(const rpa_problem& p) {
 class SimdBackend final : public Backend {
  public:
   explicit SimdBackend(int num_threads)
-      : num_threads_(num_threads > 0 ? num_threads : tbb::info::default_concurrency()),
+      // More threads than cores only cost scratch memory (one slot each) and oversubscription.
+      : num_threads_(std::min(num_threads > 0 ? num_threads : INT_MAX, tbb::info::default_concurrency())),
         arena_(num_threads_),
         scratch_(static_cast<size_t>(num_threads_)) {
     for (Scratch& scratch : scratch_) scratch.reserve(simd::scratch_floats(256));
