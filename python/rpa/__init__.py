@@ -182,25 +182,48 @@ _FLOAT_DTYPES = {np.dtype(np.float32): _DTYPE_F32, np.dtype(np.float16): _DTYPE_
 
 
 def _float_input(name, array):
-    """(numpy array to keep alive, rpa dtype) for a float input; copies only what is not usable as is."""
+    """(numpy array to keep alive, rpa dtype) for a float input; copies only what is not usable as is.
+    No conversion changes a value: float64 is narrowed to float32 only when every value survives it, and
+    integer or bool arrays are refused."""
     if isinstance(array, BFloat16Array):
         return _as_usable(array.bits), _DTYPE_BF16
     array = np.asarray(array)
     if array.dtype.name == "bfloat16":  # ml_dtypes / jax bfloat16
         return _as_usable(array.view(np.uint16)), _DTYPE_BF16
-    if array.dtype not in _FLOAT_DTYPES:
-        if array.dtype.kind not in "fiu":
-            raise ValueError("%s: dtype %s is not float32, float16 or bfloat16" % (name, array.dtype))
-        array = array.astype(np.float32)
+    if array.dtype == np.float64:
+        with np.errstate(over="ignore"):
+            narrowed = array.astype(np.float32)
+        changed = (narrowed.astype(np.float64) != array) & ~np.isnan(array)
+        if changed.any():
+            raise ValueError("%s: float64 value %r is not exactly a float32; convert it explicitly (e.g. "
+                             "array.astype(np.float32)) if rounding is intended" % (name, array[changed].flat[0]))
+        array = narrowed
+    elif array.dtype not in _FLOAT_DTYPES:
+        raise ValueError("%s: dtype %s is not float32, float16 or bfloat16 (or float64 holding float32 values)"
+                         % (name, array.dtype))
     return _as_usable(array), _FLOAT_DTYPES[array.dtype]
 
 
 def _as_usable(array):
-    """The array itself when its strides are non-negative multiples of the item size with a contiguous
-    last dimension, else a C-contiguous copy."""
-    if array.ndim and (array.strides[-1] != array.itemsize or any(s < 0 or s % array.itemsize for s in array.strides)):
-        return np.ascontiguousarray(array)
+    """The array itself when it starts on an item boundary and its strides are non-negative multiples of
+    the item size with a contiguous last dimension, else a C-contiguous copy."""
+    if array.ndim and (array.strides[-1] != array.itemsize or any(s < 0 or s % array.itemsize for s in array.strides)
+                       or array.ctypes.data % array.itemsize):
+        return np.array(array, order="C")  # a new, aligned C-contiguous copy
     return array
+
+
+def _real(name, value):
+    """A Python float for a scalar argument: a real number (not bool or str) that a double holds exactly."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError("%s: expected a real number, got %r" % (name, value))
+    try:
+        result = float(value)
+    except OverflowError:
+        raise ValueError("%s: %r does not fit in a double" % (name, value)) from None
+    if isinstance(value, (int, np.integer)) and result != value:
+        raise ValueError("%s: %r is not exactly a double" % (name, value))
+    return result
 
 
 def _tensor(array, dtype):
@@ -271,13 +294,15 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     args.num_seqs = num_seqs_value
 
     if softmax_scale is not None:
-        if float(softmax_scale) == 0.0:
+        args.softmax_scale = _real("softmax_scale", softmax_scale)
+        if args.softmax_scale == 0.0:
             raise ValueError("softmax_scale: 0 is not a usable scale (pass None for 1/sqrt(head_dim))")
-        args.softmax_scale = float(softmax_scale)
     # 0 means "none" for both, as in the C ABI; the library rejects negative or non-finite values.
     if logits_soft_cap is not None:
-        args.logits_soft_cap = float(logits_soft_cap)
+        args.logits_soft_cap = _real("logits_soft_cap", logits_soft_cap)
     if sliding_window is not None:
+        if isinstance(sliding_window, (bool, np.bool_)) or not isinstance(sliding_window, (int, np.integer)):
+            raise ValueError("sliding_window: expected an integer or None, got %r" % (sliding_window,))
         window = int(sliding_window)
         if window < -2**31:
             raise ValueError("sliding_window: %d must be None or > 0" % window)

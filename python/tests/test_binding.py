@@ -145,3 +145,68 @@ def test_window_of_zero_or_wider_than_int32_means_none():
     assert np.array_equal(rpa.ragged_paged_attention(*call, sliding_window=0, backend="reference"), none)
     assert np.array_equal(rpa.ragged_paged_attention(*call, sliding_window=2**40, backend="reference"), none)
     assert not np.array_equal(rpa.ragged_paged_attention(*call, sliding_window=2, backend="reference"), none)
+
+
+def _call(**changes):
+    rng = np.random.default_rng(11)
+    queries, kv, context_lens, block_tables, qsl = random_problem(rng, [2, 3], [6, 9])
+    call = dict(queries=queries, kv_pages=kv, context_lens=context_lens, block_tables=block_tables,
+                query_start_loc=qsl, num_seqs=2, backend="reference")
+    call.update(changes)
+    return call
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    # float64 that float32 cannot hold exactly: 1e300 would become inf, 0.1 would be rounded.
+    (lambda c: c.update(queries=np.full(c["queries"].shape, 1e300)), "queries: float64 value 1e"),
+    (lambda c: c.update(queries=c["queries"].astype(np.float64) + 1e-12), "queries: float64"),
+    (lambda c: c.update(kv_pages=np.full(c["kv_pages"].shape, 0.1)), "kv_pages: float64 value 0.1"),
+    (lambda c: c.update(softmax_aux=np.array([0.1, 0, 0, 0])), "softmax_aux: float64"),
+    # integer and bool arrays are not float tensors
+    (lambda c: c.update(queries=np.ones(c["queries"].shape, np.int32)), "queries: dtype int32"),
+    (lambda c: c.update(kv_pages=np.ones(c["kv_pages"].shape, np.int64)), "kv_pages: dtype int64"),
+    (lambda c: c.update(softmax_aux=np.zeros(4, bool)), "softmax_aux: dtype bool"),
+    # scalars: no truncation, no strings or bools
+    (lambda c: c.update(sliding_window=4.5), "sliding_window: expected an integer"),
+    (lambda c: c.update(sliding_window=4.0), "sliding_window: expected an integer"),
+    (lambda c: c.update(sliding_window=True), "sliding_window: expected an integer"),
+    (lambda c: c.update(softmax_scale="0.5"), "softmax_scale: expected a real number"),
+    (lambda c: c.update(logits_soft_cap="3"), "logits_soft_cap: expected a real number"),
+    (lambda c: c.update(softmax_scale=True), "softmax_scale: expected a real number"),
+    (lambda c: c.update(softmax_scale=2**53 + 1), "softmax_scale: .* is not exactly a double"),
+    (lambda c: c.update(logits_soft_cap=10**400), "logits_soft_cap: .* does not fit"),
+    # the library's range rules reach Python as ValueError too
+    (lambda c: c.update(softmax_scale=1e39), "softmax_scale"),
+    (lambda c: c.update(logits_soft_cap=1e-39), "logits_soft_cap"),
+])
+def test_conversions_that_would_change_a_value_are_refused(changes, fragment):
+    call = _call()
+    changes(call)
+    with pytest.raises(ValueError, match=fragment):
+        rpa.ragged_paged_attention(**call)
+
+
+def test_conversions_that_keep_every_value_happen():
+    call = _call()
+    expected = rpa.ragged_paged_attention(**call)
+    # float64 holding float32 values (NaN in unused slots included) is narrowed exactly.
+    same = rpa.ragged_paged_attention(**_call(queries=call["queries"].astype(np.float64),
+                                              kv_pages=call["kv_pages"].astype(np.float64)))
+    assert np.array_equal(same, expected)
+    # numpy integer and float scalars are accepted as numbers, an integer window as a window.
+    assert np.array_equal(rpa.ragged_paged_attention(**_call(softmax_scale=np.float32(32 ** -0.5))),
+                          rpa.ragged_paged_attention(**_call(softmax_scale=float(np.float32(32 ** -0.5)))))
+    assert np.array_equal(rpa.ragged_paged_attention(**_call(sliding_window=np.int64(3))),
+                          rpa.ragged_paged_attention(**_call(sliding_window=3)))
+    # a misaligned float32 view (a byte offset of 2 into a buffer) is copied, not refused
+    raw = np.zeros(call["queries"].nbytes + 2, np.uint8)
+    shifted = raw[2:].view(np.float32).reshape(call["queries"].shape)
+    shifted[...] = call["queries"]
+    assert np.array_equal(rpa.ragged_paged_attention(**_call(queries=shifted)), expected)
+
+
+def test_in_place_output_over_the_queries_is_refused():
+    call = _call()
+    call["out"] = call["queries"]
+    with pytest.raises(ValueError, match="overlap"):
+        rpa.ragged_paged_attention(**call)
