@@ -164,7 +164,7 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   p.num_q_heads = queries.dim(1);
   p.head_dim = queries.dim(2);
   // The backends index (token, q head) rows with 32-bit integers.
-  if (p.num_tokens * p.num_q_heads > INT32_MAX)  // both below 2^63 / 2^31 by the byte-extent check: no overflow
+  if (p.num_tokens * p.num_q_heads > INT32_MAX)  // no overflow: the element count T * QH * D was checked
     reject("argument 'queries': T * QH = ", p.num_tokens, " * ", p.num_q_heads,
            " (token, q head) rows exceed 2^31 - 1");
   p.queries = args.queries.data;
