@@ -15,6 +15,14 @@ struct rpa_context {
   std::unique_ptr<rpa::Backend> backend;
 };
 
+// A validated call (metadata copied) and its backend's plan. Runs only read it, so it may run from
+// several threads at once.
+struct rpa_plan {
+  rpa_context* context;
+  std::unique_ptr<rpa::PlannedCall> call;
+  std::unique_ptr<rpa::BackendPlan> backend_plan;
+};
+
 namespace rpa {
 namespace {
 
@@ -83,13 +91,21 @@ Struct read_versioned(const Struct* given, const char* name, void (*init)(Struct
   return result;
 }
 
-rpa_problem problem_for(const Backend& backend, const rpa_attention_args* given) {
-  const rpa_attention_args args = read_versioned(given, "args", rpa_attention_args_init);
-  const rpa_problem problem = validate_attention_args(args);
-  if (problem.memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
+rpa_attention_args args_of(const rpa_attention_args* given) {
+  return read_versioned(given, "args", rpa_attention_args_init);
+}
+
+std::unique_ptr<PlannedCall> planned_call(const Backend& backend, const rpa_attention_args& args) {
+  std::unique_ptr<PlannedCall> call = validate_plan_args(args);
+  if (call->problem().memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
     invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
             rpa_backend_string(backend.kind()));
-  return problem;
+  return call;
+}
+
+rpa_plan& plan_of(rpa_plan* plan) {
+  require(plan, "plan");
+  return *plan;
 }
 
 }  // namespace
@@ -175,7 +191,40 @@ void rpa_attention_args_init(rpa_attention_args* args) {
 rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args) {
   return guarded([&] {
     Backend& backend = backend_of(context);
-    backend.run(problem_for(backend, args));
+    const rpa_attention_args resolved = args_of(args);
+    const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
+    backend.run_once(validate_run_args(*call, resolved));
+  });
+}
+
+rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args, rpa_plan** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    require(out, "out");
+    auto plan = std::make_unique<rpa_plan>();
+    plan->context = context;
+    plan->call = planned_call(backend, args_of(args));
+    plan->backend_plan = backend.plan(plan->call->problem());
+    *out = plan.release();
+  });
+}
+
+rpa_status rpa_plan_run(rpa_plan* plan, const rpa_attention_args* args) {
+  return guarded([&] {
+    rpa_plan& planned = plan_of(plan);
+    planned.backend_plan->run(validate_run_args(*planned.call, args_of(args)));
+  });
+}
+
+void rpa_plan_destroy(rpa_plan* plan) { delete plan; }
+
+rpa_status rpa_plan_time(rpa_plan* plan, const rpa_attention_args* args, int32_t iterations, double* milliseconds) {
+  return guarded([&] {
+    rpa_plan& planned = plan_of(plan);
+    if (iterations <= 0) invalid("argument 'iterations': " + std::to_string(iterations) + " must be > 0");
+    require(milliseconds, "milliseconds");
+    planned.backend_plan->time_runs(validate_run_args(*planned.call, args_of(args)), iterations, milliseconds, true);
   });
 }
 
@@ -185,7 +234,9 @@ rpa_status rpa_time_attention(rpa_context* context, const rpa_attention_args* ar
     Backend& backend = backend_of(context);
     if (iterations <= 0) invalid("argument 'iterations': " + std::to_string(iterations) + " must be > 0");
     require(milliseconds, "milliseconds");
-    backend.time_runs(problem_for(backend, args), iterations, milliseconds);
+    const rpa_attention_args resolved = args_of(args);
+    const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
+    backend.plan(call->problem())->time_runs(validate_run_args(*call, resolved), iterations, milliseconds, false);
   });
 }
 

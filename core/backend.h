@@ -1,5 +1,6 @@
-// What the core dispatches to. Each context owns one Backend; its methods may be called from several
-// threads at once and report failure by throwing rpa::Error.
+// What the core dispatches to. Each context owns one Backend, which turns a validated problem into a
+// backend plan; a plan runs any number of times with that problem's tensors. Methods of both may be
+// called from several threads at once and report failure by throwing rpa::Error.
 #pragma once
 
 #include <cstddef>
@@ -9,16 +10,30 @@
 
 namespace rpa {
 
+class BackendPlan {
+ public:
+  virtual ~BackendPlan() = default;
+  // `problem` is the planned problem with one run's tensors and scalars (validate_run_args).
+  virtual void run(const rpa_problem& problem) = 0;
+
+  // Runs `problem` iterations times, each run's milliseconds into milliseconds[]: whole runs (what
+  // run() does), or with `whole_runs` false only the work a GPU plan enqueues (its kernels). The default
+  // times run() with a steady clock; a GPU plan overrides it with device events.
+  virtual void time_runs(const rpa_problem& problem, int iterations, double* milliseconds, bool whole_runs);
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual rpa_backend kind() const = 0;
   virtual int num_threads() const = 0;
-  virtual void run(const rpa_problem& problem) = 0;
 
-  // Runs `problem` iterations times, each run's milliseconds into milliseconds[]. The default times
-  // run() with a steady clock; a GPU backend overrides it with device events.
-  virtual void time_runs(const rpa_problem& problem, int iterations, double* milliseconds);
+  // `problem` holds the metadata (which the returned plan may keep pointing at: the core's plan owns
+  // it) and the layouts; its tensor pointers may be NULL and its scalars are unset.
+  virtual std::unique_ptr<BackendPlan> plan(const rpa_problem& problem) = 0;
+
+  // One call: plan then run. A backend whose plans are costly to make for a single run overrides it.
+  virtual void run_once(const rpa_problem& problem) { plan(problem)->run(problem); }
 
   // Device memory of a GPU backend; the CPU backends answer RPA_STATUS_UNSUPPORTED.
   virtual void* device_alloc(size_t bytes);

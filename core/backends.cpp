@@ -7,7 +7,7 @@
 
 namespace rpa {
 
-void Backend::time_runs(const rpa_problem& problem, int iterations, double* milliseconds) {
+void BackendPlan::time_runs(const rpa_problem& problem, int iterations, double* milliseconds, bool) {
   for (int i = 0; i < iterations; ++i) {
     const auto start = std::chrono::steady_clock::now();
     run(problem);
@@ -33,7 +33,13 @@ class ReferenceBackend final : public Backend {
  public:
   rpa_backend kind() const override { return RPA_BACKEND_REFERENCE; }
   int num_threads() const override { return 1; }
-  void run(const rpa_problem& problem) override { reference::attention(problem); }
+  std::unique_ptr<BackendPlan> plan(const rpa_problem&) override { return std::make_unique<Plan>(); }
+
+ private:
+  // The reference plans nothing: it walks the contract row by row on every run.
+  struct Plan final : BackendPlan {
+    void run(const rpa_problem& problem) override { reference::attention(problem); }
+  };
 };
 
 }  // namespace

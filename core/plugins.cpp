@@ -123,7 +123,8 @@ bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& us
     return false;
   }
   const bool complete = api->name && api->last_error && api->init && api->device_count && api->describe_device &&
-                        api->create && api->destroy && api->run && api->time_runs && api->device_alloc &&
+                        api->create && api->destroy && api->run && api->plan_create && api->plan_run && api->plan_time &&
+                        api->plan_destroy && api->device_alloc &&
                         api->device_free && api->device_copy;
   if (!complete) {
     report.reason = "wrong ABI: the plugin's table has empty entries";
@@ -228,6 +229,10 @@ std::string unavailable_reason(const Registry& registry) {
   return message;
 }
 
+void check(const rpa_plugin_api* api, rpa_status status) {
+  if (status != RPA_STATUS_OK) fail(status, std::string(api->name) + " plugin: " + last_error_of(api));
+}
+
 class GpuBackend final : public Backend {
  public:
   GpuBackend(const rpa_plugin_api* api, rpa_plugin_state* state) : api_(api), state_(state) {}
@@ -237,24 +242,39 @@ class GpuBackend final : public Backend {
 
   rpa_backend kind() const override { return RPA_BACKEND_GPU; }
   int num_threads() const override { return 1; }  // the calling thread drives the device
-  void run(const rpa_problem& problem) override { check(api_->run(state_, &problem)); }
-  void time_runs(const rpa_problem& problem, int iterations, double* milliseconds) override {
-    check(api_->time_runs(state_, &problem, iterations, milliseconds));
+  std::unique_ptr<BackendPlan> plan(const rpa_problem& problem) override {
+    rpa_plugin_plan* plan = nullptr;
+    check(api_, api_->plan_create(state_, &problem, &plan));
+    return std::make_unique<Plan>(api_, plan);
   }
+  // A single call plans into the context's scratch instead of allocating and uploading a plan's own.
+  void run_once(const rpa_problem& problem) override { check(api_, api_->run(state_, &problem)); }
   void* device_alloc(size_t bytes) override {
     void* pointer = nullptr;
-    check(api_->device_alloc(state_, bytes, &pointer));
+    check(api_, api_->device_alloc(state_, bytes, &pointer));
     return pointer;
   }
-  void device_free(void* pointer) override { check(api_->device_free(state_, pointer)); }
+  void device_free(void* pointer) override { check(api_, api_->device_free(state_, pointer)); }
   void device_copy(void* dst, const void* src, size_t bytes, rpa_copy_kind kind) override {
-    check(api_->device_copy(state_, dst, src, bytes, kind));
+    check(api_, api_->device_copy(state_, dst, src, bytes, kind));
   }
 
  private:
-  void check(rpa_status status) const {
-    if (status != RPA_STATUS_OK) fail(status, std::string(api_->name) + " plugin: " + last_error_of(api_));
-  }
+  class Plan final : public BackendPlan {
+   public:
+    Plan(const rpa_plugin_api* api, rpa_plugin_plan* plan) : api_(api), plan_(plan) {}
+    ~Plan() override { api_->plan_destroy(plan_); }
+    Plan(const Plan&) = delete;
+    Plan& operator=(const Plan&) = delete;
+    void run(const rpa_problem& problem) override { check(api_, api_->plan_run(plan_, &problem)); }
+    void time_runs(const rpa_problem& problem, int iterations, double* milliseconds, bool whole_runs) override {
+      check(api_, api_->plan_time(plan_, &problem, iterations, milliseconds, whole_runs ? 1 : 0));
+    }
+
+   private:
+    const rpa_plugin_api* api_;
+    rpa_plugin_plan* plan_;
+  };
 
   const rpa_plugin_api* api_;
   rpa_plugin_state* state_;

@@ -64,8 +64,13 @@ struct Tensor {
 
 enum class Kind { metadata, floating, kv };
 
-Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char* layout, Kind kind) {
-  if (!t.data) reject("argument '", name, "': data is NULL");
+// A tensor is present when it has data or dimensions (a plan may be made before the data exists).
+bool present(const rpa_tensor& t) { return t.data != nullptr || t.ndim != 0; }
+
+// Without data (`need_data` false, at plan time) the layout is checked and the view spans no bytes.
+Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char* layout, Kind kind,
+                    bool need_data = true) {
+  if (need_data && !t.data) reject("argument '", name, "': data is NULL");
   if (t.ndim != ndim) reject("argument '", name, "': ndim is ", t.ndim, ", expected ", ndim, " (", layout, ")");
   const int32_t dtype = enum_value(t.dtype);
   if (kind == Kind::metadata && dtype != RPA_DTYPE_I32)
@@ -110,6 +115,7 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
   int64_t bytes;
   if (__builtin_add_overflow(last, 1, &bytes) || __builtin_mul_overflow(bytes, size, &bytes))
     reject("argument '", name, "': the byte extent overflows");
+  if (!t.data) return result;
   result.begin = reinterpret_cast<uintptr_t>(t.data);
   if (__builtin_add_overflow(result.begin, static_cast<uintptr_t>(bytes), &result.end))
     reject("argument '", name, "': the view's ", bytes, " bytes run past the end of the address space");
@@ -154,12 +160,27 @@ rpa_kv_view kv_view(const Tensor& t, int64_t head_stride, int64_t offset) {
   return rpa_kv_view{elements, t.stride(0), t.stride(1), head_stride};
 }
 
-}  // namespace
+using Layouts = std::array<TensorLayout, kTensorSlots>;
 
-rpa_problem validate_attention_args(const rpa_attention_args& args) {
-  rpa_problem p{};
+void record(Layouts& layouts, TensorSlot slot, const Tensor& t) {
+  TensorLayout& layout = layouts[slot];
+  layout.present = true;
+  layout.dtype = t.dtype;
+  layout.ndim = t.raw->ndim;
+  for (int i = 0; i < layout.ndim; ++i) layout.shape[i] = t.dim(i), layout.strides[i] = t.stride(i);
+}
 
-  const Tensor queries = check_tensor("queries", args.queries, 3, "[T, QH, D]", Kind::floating);
+// The float tensors as checked, for the overlap rules (absent ones span no bytes).
+struct FloatTensors {
+  Tensor queries{}, kv{}, k{}, v{}, out{}, lse{}, sinks{};
+};
+
+// The float tensors and the memory kind: fills their fields of `p` and their layouts. `need_data` is
+// false at plan time.
+FloatTensors check_float_tensors(const rpa_attention_args& args, bool need_data, rpa_problem& p, Layouts& layouts) {
+  FloatTensors t;
+  const Tensor& queries = t.queries = check_tensor("queries", args.queries, 3, "[T, QH, D]", Kind::floating, need_data);
+  record(layouts, kQueries, queries);
   p.num_tokens = queries.dim(0);
   p.num_q_heads = queries.dim(1);
   p.head_dim = queries.dim(2);
@@ -172,11 +193,12 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   p.query_token_stride = queries.stride(0);
   p.query_head_stride = queries.stride(1);
 
-  Tensor kv_tensor{}, k_tensor{}, v_tensor{};
-  if (args.kv_pages.data) {
-    if (args.k_cache.data || args.v_cache.data)
+  if (present(args.kv_pages)) {
+    if (present(args.k_cache) || present(args.v_cache))
       reject("argument 'k_cache': give either kv_pages or k_cache and v_cache, not both");
-    const Tensor& kv = kv_tensor = check_tensor("kv_pages", args.kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv);
+    const Tensor& kv = t.kv =
+        check_tensor("kv_pages", args.kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv, need_data);
+    record(layouts, kKvPages, kv);
     if (kv.dim(2) % 2 != 0)
       reject("argument 'kv_pages': shape[2] is ", kv.dim(2), ", expected an even 2*KVH (K and V interleaved)");
     p.num_kv_heads = kv.dim(2) / 2;
@@ -188,10 +210,12 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
     if (kv.dim(3) != p.head_dim)
       reject("argument 'kv_pages': shape[3] is ", kv.dim(3), ", but queries have head_dim ", p.head_dim);
   } else {
-    if (!args.k_cache.data && !args.v_cache.data)
+    if (!present(args.k_cache) && !present(args.v_cache))
       reject("argument 'kv_pages': data is NULL and no separate k_cache/v_cache is given");
-    const Tensor& k = k_tensor = check_tensor("k_cache", args.k_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
-    const Tensor& v = v_tensor = check_tensor("v_cache", args.v_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+    const Tensor& k = t.k = check_tensor("k_cache", args.k_cache, 4, "[P, page_size, KVH, D]", Kind::kv, need_data);
+    const Tensor& v = t.v = check_tensor("v_cache", args.v_cache, 4, "[P, page_size, KVH, D]", Kind::kv, need_data);
+    record(layouts, kKCache, k);
+    record(layouts, kVCache, v);
     for (int i = 0; i < 4; ++i)
       if (v.dim(i) != k.dim(i))
         reject("argument 'v_cache': shape[", i, "] is ", v.dim(i), ", but k_cache has ", k.dim(i));
@@ -210,7 +234,8 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
     reject("argument 'queries': shape[1] (QH = ", p.num_q_heads, ") is not a multiple of the KV heads (KVH = ",
            p.num_kv_heads, ")");
 
-  const Tensor out = check_tensor("out", args.out, 3, "[T, QH, D]", Kind::floating);
+  const Tensor& out = t.out = check_tensor("out", args.out, 3, "[T, QH, D]", Kind::floating, need_data);
+  record(layouts, kOut, out);
   expect_dim(out, 0, p.num_tokens, "T of queries");
   expect_dim(out, 1, p.num_q_heads, "QH of queries");
   expect_dim(out, 2, p.head_dim, "D of queries");
@@ -220,9 +245,9 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   p.out_token_stride = out.stride(0);
   p.out_head_stride = out.stride(1);
 
-  Tensor lse{};
-  if (args.lse.data) {
-    lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::floating);
+  if (present(args.lse)) {
+    const Tensor& lse = t.lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::floating, need_data);
+    record(layouts, kLse, lse);
     if (lse.dtype != RPA_DTYPE_F32) reject("argument 'lse': dtype is ", dtype_name(lse.dtype), ", expected f32");
     expect_dim(lse, 0, p.num_tokens, "T of queries");
     expect_dim(lse, 1, p.num_q_heads, "QH of queries");
@@ -236,27 +261,10 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
     reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
   p.memory = static_cast<rpa_memory_kind>(memory);
-  p.stream = args.stream;
-  p.synchronize = args.synchronize;
 
-  // Scalars. The kernels compute in f32, so a scale or cap must be a normal f32 magnitude: a larger one
-  // would become inf there, a subnormal one lose its precision (or flush to 0).
-  const auto normal_f32 = [](double x) { return std::fabs(x) >= FLT_MIN && std::fabs(x) <= FLT_MAX; };
-  if (args.softmax_scale != 0 && !normal_f32(args.softmax_scale))
-    reject("argument 'softmax_scale': ", args.softmax_scale, " must be 0 (default) or have a magnitude in [",
-           FLT_MIN, ", ", FLT_MAX, "] (normal f32)");
-  p.softmax_scale = args.softmax_scale != 0 ? args.softmax_scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
-  if (args.logits_soft_cap != 0 && !(args.logits_soft_cap > 0 && normal_f32(args.logits_soft_cap)))
-    reject("argument 'logits_soft_cap': ", args.logits_soft_cap, " must be 0 (none) or in [", FLT_MIN, ", ", FLT_MAX,
-           "] (a normal f32 > 0)");
-  p.logits_soft_cap = args.logits_soft_cap;
-  if (args.sliding_window < 0)
-    reject("argument 'sliding_window': ", args.sliding_window, " must be 0 (none) or > 0");
-  p.sliding_window = args.sliding_window;
-
-  Tensor sinks{};
-  if (args.softmax_aux.data) {
-    sinks = check_tensor("softmax_aux", args.softmax_aux, 2, "[H_s, n]", Kind::floating);
+  if (present(args.softmax_aux)) {
+    const Tensor& sinks = t.sinks = check_tensor("softmax_aux", args.softmax_aux, 2, "[H_s, n]", Kind::floating, need_data);
+    record(layouts, kSinks, sinks);
     if (sinks.dim(0) != 1 && sinks.dim(0) != p.num_kv_heads && sinks.dim(0) != p.num_q_heads)
       reject("argument 'softmax_aux': shape[0] is ", sinks.dim(0), ", expected 1, KVH (", p.num_kv_heads,
              ") or QH (", p.num_q_heads, ")");
@@ -266,15 +274,41 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
     p.sinks_per_head = sinks.dim(1);
     p.sink_head_stride = sinks.stride(0);
     p.sink_stride = sinks.stride(1);
-    if (p.memory == RPA_MEMORY_HOST) {
-      for (int64_t h = 0; h < p.sink_heads; ++h)
-        for (int64_t n = 0; n < p.sinks_per_head; ++n) {
-          const float sink = load_float(p.sinks, p.sink_dtype, h * p.sink_head_stride + n * p.sink_stride);
-          if (std::isnan(sink) || sink == INFINITY)
-            reject("argument 'softmax_aux': element [", h, ", ", n, "] is ", sink, "; sinks must be finite or -inf");
-        }
-    }
   }
+  return t;
+}
+
+const char* const kSlotNames[kTensorSlots] = {"queries", "kv_pages", "k_cache", "v_cache", "out", "lse", "softmax_aux"};
+
+void expect_same_layout(TensorSlot slot, const TensorLayout& planned, const TensorLayout& given) {
+  const char* name = kSlotNames[slot];
+  if (planned.present != given.present)
+    reject("argument '", name, "': ", given.present ? "given" : "absent", " at run time but ",
+           planned.present ? "given" : "absent", " when the plan was made");
+  if (!planned.present) return;
+  if (given.dtype != planned.dtype)
+    reject("argument '", name, "': dtype is ", dtype_name(given.dtype), ", but the plan was made for ",
+           dtype_name(planned.dtype));
+  for (int i = 0; i < planned.ndim; ++i) {
+    if (given.shape[i] != planned.shape[i])
+      reject("argument '", name, "': shape[", i, "] is ", given.shape[i], ", but the plan was made for ",
+             planned.shape[i]);
+    if (given.strides[i] != planned.strides[i])
+      reject("argument '", name, "': strides[", i, "] is ", given.strides[i], ", but the plan was made for ",
+             planned.strides[i]);
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) {
+  auto plan = std::make_unique<PlannedCall>();
+  rpa_problem& p = plan->problem_;
+  const FloatTensors tensors = check_float_tensors(args, false, p, plan->layouts_);
+
+  if (args.sliding_window < 0)
+    reject("argument 'sliding_window': ", args.sliding_window, " must be 0 (none) or > 0");
+  p.sliding_window = args.sliding_window;
 
   // Metadata (host memory).
   const Tensor context_lens = check_tensor("context_lens", args.context_lens, 1, "[S]", Kind::metadata);
@@ -284,16 +318,15 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   const Tensor query_start_loc = check_tensor("query_start_loc", args.query_start_loc, 1, "[S+1]", Kind::metadata);
   expect_dim(query_start_loc, 0, max_seqs + 1, "S+1");
   p.pages_per_seq = block_tables.dim(1);
-  p.context_lens = static_cast<const int32_t*>(args.context_lens.data);
-  p.block_tables = static_cast<const int32_t*>(args.block_tables.data);
-  p.block_table_stride = block_tables.stride(0);
-  p.query_start_loc = static_cast<const int32_t*>(args.query_start_loc.data);
+  const auto* lens = static_cast<const int32_t*>(args.context_lens.data);
+  const auto* tables = static_cast<const int32_t*>(args.block_tables.data);
+  const int64_t table_stride = block_tables.stride(0);
+  const auto* qsl = static_cast<const int32_t*>(args.query_start_loc.data);
 
   if (args.num_seqs < 0 || args.num_seqs > max_seqs)
     reject("argument 'num_seqs': ", args.num_seqs, " is outside [0, S = ", max_seqs, "]");
   p.num_seqs = args.num_seqs;
 
-  const int32_t* qsl = p.query_start_loc;
   if (qsl[0] < 0) reject("argument 'query_start_loc': element [0] is ", qsl[0], ", must be >= 0");
   for (int32_t s = 0; s < p.num_seqs; ++s)
     if (qsl[s + 1] < qsl[s])
@@ -308,7 +341,7 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
   int64_t max_context;
   if (__builtin_mul_overflow(p.pages_per_seq, p.page_size, &max_context)) max_context = INT64_MAX;
   for (int32_t s = 0; s < p.num_seqs; ++s) {
-    const int64_t context_len = p.context_lens[s];
+    const int64_t context_len = lens[s];
     const int64_t q_len = qsl[s + 1] - qsl[s];
     if (context_len < 0) reject("argument 'context_lens': element [", s, "] is ", context_len, ", must be >= 0");
     if (context_len > max_context)
@@ -322,21 +355,72 @@ rpa_problem validate_attention_args(const rpa_attention_args& args) {
     const int64_t first_pos = context_len - q_len;
     const int64_t first_key = p.sliding_window > 0 ? std::max<int64_t>(0, first_pos - p.sliding_window + 1) : 0;
     for (int64_t page = first_key / p.page_size; page <= (context_len - 1) / p.page_size; ++page) {
-      const int32_t entry = p.block_tables[s * p.block_table_stride + page];
+      const int32_t entry = tables[s * table_stride + page];
       if (entry < 0 || entry >= p.num_pages)
         reject("argument 'block_tables': element [", s, ", ", page, "] is ", entry, ", outside [0, P = ", p.num_pages,
                ")");
     }
   }
 
-  // Overlaps (device pointers are compared only with device pointers: the metadata stays on the host).
-  std::vector<const Tensor*> inputs{&queries, &sinks};
-  if (args.kv_pages.data) inputs.push_back(&kv_tensor);
-  else inputs.insert(inputs.end(), {&k_tensor, &v_tensor});
-  if (p.memory == RPA_MEMORY_HOST) inputs.insert(inputs.end(), {&context_lens, &block_tables, &query_start_loc});
-  for (const Tensor* output : std::array<const Tensor*, 2>{&out, &lse})
-    for (const Tensor* input : inputs) expect_no_overlap(*output, *input);
-  expect_no_overlap(out, lse);
+  // Outputs given already must not overlap the host metadata (the other overlaps are a run's rules).
+  if (p.memory == RPA_MEMORY_HOST)
+    for (const Tensor* output : std::array<const Tensor*, 2>{&tensors.out, &tensors.lse})
+      for (const Tensor* input : std::array<const Tensor*, 3>{&context_lens, &block_tables, &query_start_loc})
+        expect_no_overlap(*output, *input);
+
+  // The plan keeps its own copy of what it read, so the caller may reuse its arrays at once.
+  const size_t seqs = static_cast<size_t>(p.num_seqs), width = static_cast<size_t>(p.pages_per_seq);
+  plan->context_lens_.assign(lens, lens + seqs);
+  plan->query_start_loc_.assign(qsl, qsl + seqs + 1);
+  plan->block_tables_.resize(seqs * width);
+  for (size_t s = 0; s < seqs; ++s)
+    std::copy_n(tables + s * table_stride, width, plan->block_tables_.data() + s * width);
+  p.context_lens = plan->context_lens_.data();
+  p.query_start_loc = plan->query_start_loc_.data();
+  p.block_tables = plan->block_tables_.data();
+  p.block_table_stride = p.pages_per_seq;
+  return plan;
+}
+
+rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args& args) {
+  const rpa_problem& planned = plan.problem();
+  rpa_problem p = planned;
+  Layouts layouts{};
+  const FloatTensors t = check_float_tensors(args, true, p, layouts);
+  for (int slot = 0; slot < kTensorSlots; ++slot)
+    expect_same_layout(static_cast<TensorSlot>(slot), plan.layout(static_cast<TensorSlot>(slot)), layouts[slot]);
+  if (p.memory != planned.memory)
+    reject("argument 'memory': ", p.memory == RPA_MEMORY_HOST ? "host" : "device", " at run time but ",
+           planned.memory == RPA_MEMORY_HOST ? "host" : "device", " when the plan was made");
+  p.stream = args.stream;
+  p.synchronize = args.synchronize;
+
+  // Scalars. The kernels compute in f32, so a scale or cap must be a normal f32 magnitude: a larger one
+  // would become inf there, a subnormal one lose its precision (or flush to 0).
+  const auto normal_f32 = [](double x) { return std::fabs(x) >= FLT_MIN && std::fabs(x) <= FLT_MAX; };
+  if (args.softmax_scale != 0 && !normal_f32(args.softmax_scale))
+    reject("argument 'softmax_scale': ", args.softmax_scale, " must be 0 (default) or have a magnitude in [",
+           FLT_MIN, ", ", FLT_MAX, "] (normal f32)");
+  p.softmax_scale = args.softmax_scale != 0 ? args.softmax_scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
+  if (args.logits_soft_cap != 0 && !(args.logits_soft_cap > 0 && normal_f32(args.logits_soft_cap)))
+    reject("argument 'logits_soft_cap': ", args.logits_soft_cap, " must be 0 (none) or in [", FLT_MIN, ", ", FLT_MAX,
+           "] (a normal f32 > 0)");
+  p.logits_soft_cap = args.logits_soft_cap;
+
+  if (p.sinks && p.memory == RPA_MEMORY_HOST) {
+    for (int64_t h = 0; h < p.sink_heads; ++h)
+      for (int64_t n = 0; n < p.sinks_per_head; ++n) {
+        const float sink = load_float(p.sinks, p.sink_dtype, h * p.sink_head_stride + n * p.sink_stride);
+        if (std::isnan(sink) || sink == INFINITY)
+          reject("argument 'softmax_aux': element [", h, ", ", n, "] is ", sink, "; sinks must be finite or -inf");
+      }
+  }
+
+  // Outputs share no byte with an input or each other (absent tensors span none).
+  for (const Tensor* output : std::array<const Tensor*, 2>{&t.out, &t.lse})
+    for (const Tensor* input : std::array<const Tensor*, 5>{&t.queries, &t.sinks, &t.kv, &t.k, &t.v})
+      expect_no_overlap(*output, *input);
+  expect_no_overlap(t.out, t.lse);
   return p;
 }
 

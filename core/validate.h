@@ -1,11 +1,50 @@
-// Turns rpa_attention_args into a validated rpa_problem, or throws rpa::Error naming the argument and
-// the offending index. Reads only host memory: the metadata always, the sinks only when memory is host.
+// Validation in two halves. validate_plan_args checks everything that decides the work (metadata,
+// shapes, dtypes, strides, memory kinds, num_seqs, the window) and returns a plan whose problem owns a
+// copy of the metadata; float tensors may lack data then. validate_run_args checks one run's tensors and
+// scalars against that plan. Both throw rpa::Error naming the argument and the offending index, with the
+// messages a one-call rpa_attention gives. Only host memory is read: the metadata always, the sinks
+// only when memory is host.
 #pragma once
+
+#include <array>
+#include <memory>
+#include <vector>
 
 #include "core/problem.h"
 
 namespace rpa {
 
-rpa_problem validate_attention_args(const rpa_attention_args& args);
+// A float tensor's layout as the plan saw it (strides resolved: never all-zero).
+struct TensorLayout {
+  bool present = false;
+  rpa_dtype dtype = RPA_DTYPE_F32;
+  int32_t ndim = 0;
+  std::array<int64_t, RPA_MAX_DIMS> shape{}, strides{};
+};
+
+// The float tensors a run passes, in validation order.
+enum TensorSlot { kQueries, kKvPages, kKCache, kVCache, kOut, kLse, kSinks, kTensorSlots };
+
+class PlannedCall {
+ public:
+  PlannedCall() = default;
+  PlannedCall(const PlannedCall&) = delete;
+  PlannedCall& operator=(const PlannedCall&) = delete;
+
+  // Metadata pointers point into this object's own copies; tensor pointers and scalars are unset.
+  const rpa_problem& problem() const { return problem_; }
+  const TensorLayout& layout(TensorSlot slot) const { return layouts_[slot]; }
+
+ private:
+  friend std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args);
+  rpa_problem problem_{};
+  std::array<TensorLayout, kTensorSlots> layouts_{};
+  std::vector<int32_t> context_lens_, block_tables_, query_start_loc_;
+};
+
+std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args);
+
+// The plan's problem with this run's tensors, scalars, stream and synchronize filled in.
+rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args& args);
 
 }  // namespace rpa

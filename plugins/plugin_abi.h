@@ -26,13 +26,16 @@ extern "C" {
 #endif
 
 /** Raised when an entry changes meaning or is removed (appending entries keeps the version). */
-#define RPA_PLUGIN_ABI_VERSION 1
+#define RPA_PLUGIN_ABI_VERSION 2
 
 #define RPA_PLUGIN_ENTRY_SYMBOL "rpa_plugin_entry"
 #define RPA_PLUGIN_SCORE_SYMBOL "rpa_plugin_score"
 
 /** One context's state inside the plugin (its device, stream, scratch). */
 typedef struct rpa_plugin_state rpa_plugin_state;
+
+/** One planned problem inside the plugin (its work list and metadata on the device). */
+typedef struct rpa_plugin_plan rpa_plugin_plan;
 
 typedef struct rpa_plugin_api {
   uint32_t abi_version; /* RPA_PLUGIN_ABI_VERSION the plugin was built with */
@@ -52,11 +55,21 @@ typedef struct rpa_plugin_api {
   rpa_status (*create)(int32_t ordinal, rpa_plugin_state** state);
   void (*destroy)(rpa_plugin_state* state);
 
-  /* One attention call, validated by the core. Safe to call from several threads on one state. */
+  /* One attention call, validated by the core, planned into the state's scratch. Safe to call from
+   * several threads on one state. */
   rpa_status (*run)(rpa_plugin_state* state, const rpa_problem* problem);
-  /* `iterations` runs of the problem, each timed with device events, in milliseconds. */
-  rpa_status (*time_runs)(rpa_plugin_state* state, const rpa_problem* problem, int32_t iterations,
-                          double* milliseconds);
+
+  /* A plan of a validated problem whose tensor pointers may be NULL; its metadata pointers stay valid
+   * until plan_destroy. The plan uploads what it needs once. */
+  rpa_status (*plan_create)(rpa_plugin_state* state, const rpa_problem* problem, rpa_plugin_plan** plan);
+  /* One run: `problem` is the planned one with tensors and scalars. Safe from several threads at once. */
+  rpa_status (*plan_run)(rpa_plugin_plan* plan, const rpa_problem* problem);
+  /* `iterations` runs timed with device events, in milliseconds: whole runs (whole_runs != 0) or only
+   * the kernels, enqueued back to back. */
+  rpa_status (*plan_time)(rpa_plugin_plan* plan, const rpa_problem* problem, int32_t iterations,
+                          double* milliseconds, int32_t whole_runs);
+  /* Waits for the plan's enqueued work and frees it; NULL is a no-op. */
+  void (*plan_destroy)(rpa_plugin_plan* plan);
 
   rpa_status (*device_alloc)(rpa_plugin_state* state, size_t bytes, void** pointer);
   rpa_status (*device_free)(rpa_plugin_state* state, void* pointer);

@@ -1,5 +1,5 @@
 /* Uses the C ABI from C99 (no C++ anywhere in this translation unit): a hand-computed case on the
- * reference backend, the error path, and the versioned-struct defaults. */
+ * reference backend, one call and planned runs, the error path, and the versioned-struct defaults. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,6 +65,37 @@ int main(void) {
   CHECK(rpa_attention(context, &args) == RPA_STATUS_OK);
   CHECK(fabsf(out[0] - 1.0f) < 1e-6f && fabsf(out[1] - 6.0f) < 1e-6f);
   CHECK(fabsf(lse[0] - (float)log(4.0)) < 1e-6f);
+
+  /* Plan once (metadata and layouts; no float data needed), run twice with new tensors. */
+  {
+    rpa_attention_args layout = args;
+    rpa_plan* plan = NULL;
+    float out2[2] = {-1.0f, -1.0f};
+    layout.queries.data = NULL;
+    layout.kv_pages.data = NULL;
+    layout.out.data = NULL;
+    layout.lse.data = NULL;
+    CHECK(rpa_plan_create(context, &layout, &plan) == RPA_STATUS_OK && plan != NULL);
+    context_lens[0] = 1; /* the plan keeps its own copy */
+    out[0] = out[1] = -1.0f;
+    CHECK(rpa_plan_run(plan, &args) == RPA_STATUS_OK);
+    CHECK(fabsf(out[0] - 1.0f) < 1e-6f && fabsf(out[1] - 6.0f) < 1e-6f);
+    args.out.data = out2;
+    args.softmax_scale = 0.0; /* 1/sqrt(2): weights 1 : 3^(1/sqrt 2) */
+    CHECK(rpa_plan_run(plan, &args) == RPA_STATUS_OK);
+    {
+      const double w = pow(3.0, 1.0 / sqrt(2.0));
+      CHECK(fabs(out2[0] - 4.0 / (1.0 + w)) < 1e-5 && fabs(out2[1] - 8.0 * w / (1.0 + w)) < 1e-5);
+    }
+    args.out.shape[2] = 3;
+    CHECK(rpa_plan_run(plan, &args) == RPA_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(rpa_last_error(), "'out'") != NULL);
+    rpa_plan_destroy(plan);
+    rpa_plan_destroy(NULL);
+    args.out = tensor(out, RPA_DTYPE_F32, 3, q_shape);
+    args.softmax_scale = 1.0;
+    context_lens[0] = 2;
+  }
 
   args.sliding_window = -1;
   CHECK(rpa_attention(context, &args) == RPA_STATUS_INVALID_ARGUMENT);

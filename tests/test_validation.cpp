@@ -1,5 +1,6 @@
 // One test per validation rule of the contract: the status, and a message naming the argument and the
-// offending index or value. The output must stay untouched when a call is rejected.
+// offending index or value, through rpa_attention and through rpa_plan_create + rpa_plan_run. The
+// output must stay untouched when a call is rejected.
 #define BOOST_TEST_MODULE validation
 #include <boost/test/unit_test.hpp>
 
@@ -37,6 +38,24 @@ void expect_rejected(const std::function<void(Prepared&)>& breaks, std::vector<s
   for (const std::string& fragment : fragments)
     BOOST_TEST(r.message.find(fragment) != std::string::npos, "message '" << r.message << "' lacks '" << fragment << "'");
   BOOST_TEST((p.out == out_before), "a rejected call wrote its output");
+
+  // The same rule fires, with the same message, when the call is planned then run: at plan time for
+  // what decides the work, at run time for tensor data and scalars.
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_REFERENCE;
+  rpa_context* context = nullptr;
+  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  rpa_plan* plan = nullptr;
+  rpa_status planned = rpa_plan_create(context, &p.args, &plan);
+  if (planned == RPA_STATUS_OK) {
+    planned = rpa_plan_run(plan, &p.args);
+    rpa_plan_destroy(plan);
+  }
+  BOOST_TEST(planned == r.status, "plan/run status " << rpa_status_string(planned));
+  BOOST_TEST(std::string(rpa_last_error()) == r.message);
+  BOOST_TEST((p.out == out_before), "a rejected plan/run wrote its output");
+  rpa_context_destroy(context);
 }
 
 // Stores an arbitrary integer in a C enum field as a C caller can (a C++ enum may not hold it).

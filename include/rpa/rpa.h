@@ -97,7 +97,16 @@ typedef struct rpa_context_options {
 typedef struct rpa_context rpa_context;
 
 /**
- * Arguments of one attention call. Initialise with rpa_attention_args_init(), which sets
+ * A planned call: the metadata and layouts of one batch, validated and decomposed into work once
+ * (on the GPU backend also uploaded once), to be run any number of times, for instance once per layer.
+ */
+typedef struct rpa_plan rpa_plan;
+
+/**
+ * Arguments of one attention call, and of a plan: rpa_plan_create() reads the metadata, num_seqs,
+ * sliding_window, memory and every tensor's shape, dtype and strides; rpa_plan_run() reads the float
+ * tensors' data, softmax_scale, logits_soft_cap, stream and synchronize. An optional tensor is present
+ * when its data is non-NULL or its ndim is nonzero. Initialise with rpa_attention_args_init(), which sets
  * struct_size so that fields appended in later versions read as their defaults.
  */
 typedef struct rpa_attention_args {
@@ -169,10 +178,55 @@ RPA_EXPORT rpa_status rpa_context_get_num_threads(const rpa_context* context, in
 RPA_EXPORT void rpa_attention_args_init(rpa_attention_args* args);
 
 /**
- * Ragged paged attention. Validates every argument first, then writes out (and lse) for every row.
- * Safe to call from several threads on the same context at once.
+ * Ragged paged attention: rpa_plan_create() and rpa_plan_run() with the same args, in one call.
+ * Validates every argument first, then writes out (and lse) for every row. Safe to call from several
+ * threads on the same context at once.
+ * @return RPA_STATUS_OK; RPA_STATUS_INVALID_ARGUMENT (a NULL context or args, or a contract rule broken:
+ *   the message names the argument and index; nothing is written); RPA_STATUS_UNSUPPORTED (a reserved
+ *   dtype, or a problem the backend cannot run, e.g. head_dim > 256 on the gpu backend);
+ *   RPA_STATUS_OUT_OF_MEMORY; RPA_STATUS_DEVICE_ERROR (the GPU runtime failed); RPA_STATUS_INTERNAL.
  */
 RPA_EXPORT rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args);
+
+/**
+ * Plans a call: validates the metadata, num_seqs, sliding_window, memory and every tensor's layout
+ * (the rules of rpa_attention that do not depend on tensor data), copies the metadata it needs, and
+ * decomposes the work. The float tensors' data may be NULL. The plan does not read `args` afterwards.
+ * On the gpu backend the block tables and the work list are uploaded to the device here, once.
+ * A plan must be destroyed before its context.
+ * @param out receives the plan; set to NULL on failure.
+ * @return RPA_STATUS_OK; RPA_STATUS_INVALID_ARGUMENT (NULL context, args or out; a broken rule);
+ *   RPA_STATUS_UNSUPPORTED (reserved dtype; a problem the backend cannot run); RPA_STATUS_OUT_OF_MEMORY;
+ *   RPA_STATUS_DEVICE_ERROR; RPA_STATUS_INTERNAL.
+ */
+RPA_EXPORT rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args, rpa_plan** out);
+
+/**
+ * Runs a plan with this call's tensors (queries, KV, out, lse, sinks) and scalars (softmax_scale,
+ * logits_soft_cap, stream, synchronize). Each float tensor must have the plan's presence, dtype, shape
+ * and strides, and `memory` the plan's; its data must be non-NULL. The metadata fields of `args` are not
+ * read: the plan's copy is used. The output is bitwise the output rpa_attention() gives for the same
+ * arguments. Safe to call from several threads on one plan at once. With device memory on the gpu
+ * backend the run only enqueues kernels on `stream` (no allocation, no host-device copy, no
+ * synchronisation unless `synchronize`), so it may be captured in a CUDA/HIP graph.
+ * @return RPA_STATUS_OK; RPA_STATUS_INVALID_ARGUMENT (NULL plan or args; a tensor or scalar rule broken,
+ *   or a layout other than the plan's: the message names the argument; nothing is written);
+ *   RPA_STATUS_OUT_OF_MEMORY; RPA_STATUS_DEVICE_ERROR; RPA_STATUS_INTERNAL.
+ */
+RPA_EXPORT rpa_status rpa_plan_run(rpa_plan* plan, const rpa_attention_args* args);
+
+/** Destroys a plan (waiting for the device work it enqueued); NULL is a no-op. */
+RPA_EXPORT void rpa_plan_destroy(rpa_plan* plan);
+
+/**
+ * Runs rpa_plan_run(plan, args) `iterations` times back to back and stores each run's duration in
+ * milliseconds[0..iterations-1]: device events around each whole run on the GPU backend (host overhead
+ * shows where the host cannot keep ahead of the device), a steady clock on the CPU backends. The run's
+ * tensors are validated once, not per iteration.
+ * @return as rpa_plan_run(), and RPA_STATUS_INVALID_ARGUMENT for iterations <= 0 or NULL milliseconds.
+ */
+RPA_EXPORT rpa_status rpa_plan_time(rpa_plan* plan, const rpa_attention_args* args, int32_t iterations,
+                                    double* milliseconds);
 
 /** Direction of rpa_device_copy(). */
 typedef enum rpa_copy_kind {
@@ -195,9 +249,11 @@ RPA_EXPORT rpa_status rpa_device_copy(rpa_context* context, void* dst, const voi
                                       rpa_copy_kind kind);
 
 /**
- * Runs rpa_attention(context, args) `iterations` times and stores each run's duration in
- * milliseconds[0..iterations-1]: device events on the GPU backend (no host overhead counted for
- * device memory), a steady clock around the call on the CPU backends. Validation runs each time.
+ * Plans rpa_attention(context, args) once, runs the plan `iterations` times and stores each run's
+ * duration in milliseconds[0..iterations-1]: on the GPU backend device events around the kernels alone
+ * (no host work counted), on the CPU backends a steady clock around each run. Validation and planning
+ * happen once, before the timed runs.
+ * @return as rpa_attention(), and RPA_STATUS_INVALID_ARGUMENT for iterations <= 0 or NULL milliseconds.
  */
 RPA_EXPORT rpa_status rpa_time_attention(rpa_context* context, const rpa_attention_args* args,
                                          int32_t iterations, double* milliseconds);

@@ -1,5 +1,6 @@
 // The GPU plugin: host side. Implements plugins/plugin_abi.h over the HIP API (CUDA through
-// gpu_vendor.h): plans a call into tiles on the host (metadata is host memory), uploads the plan, and
+// gpu_vendor.h): plans a problem into tiles on the host (planner.h; metadata is host memory), uploads
+// block tables and tiles (once per plan, or per call into the context's scratch for a single call), and
 // launches the kernels of attention_kernels.h and matrix_core_kernel.h. Nothing here throws across the
 // ABI: every entry catches and leaves its message in the thread's last_error.
 #include <dlfcn.h>
@@ -18,6 +19,7 @@
 
 #include "plugins/hip/attention_kernels.h"
 #include "plugins/hip/matrix_core_kernel.h"
+#include "plugins/hip/planner.h"
 #include "plugins/plugin_abi.h"
 
 using rpa_gpu::Params;
@@ -94,6 +96,7 @@ class GrowingBuffer {
   ~GrowingBuffer() {
     if (data_) (void)Free(data_);
   }
+  char* data() const { return data_; }
   char* reserve(size_t bytes) {
     if (bytes > bytes_) {
       const size_t grown = std::max(bytes, bytes_ + bytes_ / 2);
@@ -132,89 +135,6 @@ using Geometry = rpa_gpu::Geometry<D_MAX>;
 int rows_per_block(int d_max) { return d_max == 64 ? Geometry<64>::kRows : d_max == 128 ? Geometry<128>::kRows : Geometry<256>::kRows; }
 int keys_per_tile(int d_max) { return d_max == 64 ? Geometry<64>::kKeys : d_max == 128 ? Geometry<128>::kKeys : Geometry<256>::kKeys; }
 
-// The tiles of one call: decode tiles, then the other attention tiles, then one merge tile per split key
-// range.
-struct Plan {
-  std::vector<Tile> tiles;
-  size_t decode_tiles = 0, attention_tiles = 0;
-  int decode_rows = 0;  // the most rows of a decode tile
-  int64_t partial_rows = 0;
-};
-
-// Splits each sequence into tiles of (q head, query) rows of one kv head: a one-token sequence becomes
-// decode tiles of up to kDecodeMaxRows q heads (when decode_kernel can read its KV), any other one tiles of
-// up to rows_per_block rows (kMatrixRows with matrix cores). When a kind has too few tiles to fill the
-// device, its long key ranges are split across blocks and merged afterwards.
-Plan make_plan(const rpa_problem& p, int d_max, bool decode_eligible, bool matrix_cores, int target_blocks) {
-  const int max_rows = matrix_cores ? rpa_gpu::kMatrixRows : rows_per_block(d_max);
-  const int tile_keys = keys_per_tile(d_max);
-  const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
-  std::vector<Tile> decode, tiled;
-  for (int32_t s = 0; s < p.num_seqs; ++s) {
-    const int32_t first_row = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - first_row;
-    const int32_t context_len = p.context_lens[s];
-    const bool is_decode = decode_eligible && q_len == 1;
-    const int heads = std::min(group, is_decode ? rpa_gpu::kDecodeMaxRows : max_rows);
-    const int rows = is_decode ? 1 : std::max(1, max_rows / heads);
-    for (int kv_head = 0; kv_head < p.num_kv_heads; ++kv_head)
-      for (int head = 0; head < group; head += heads)
-        for (int32_t r = 0; r < q_len; r += rows) {
-          Tile tile{};
-          tile.seq = s;
-          tile.head_begin = kv_head * group + head;
-          tile.heads = std::min(heads, group - head);
-          tile.row_begin = first_row + r;
-          tile.rows = std::min(rows, q_len - r);
-          tile.first_pos = context_len - q_len + r;
-          // Keys visible to some row: (first_pos - window, last_pos], clipped at 0.
-          tile.key_begin = p.sliding_window > 0 ? std::max<int64_t>(0, tile.first_pos - p.sliding_window + 1) : 0;
-          tile.key_end = tile.first_pos + tile.rows;
-          tile.partial = -1;
-          tile.splits = 1;
-          (is_decode ? decode : tiled).push_back(tile);
-        }
-  }
-
-  constexpr int kMinSplitKeys = 256;
-  Plan plan;
-  std::vector<Tile> merges;
-  const auto add_split = [&](std::vector<Tile>& whole) {
-    // Longest key ranges first, so the causal tail of a prefill does not run alone at the end.
-    std::stable_sort(whole.begin(), whole.end(),
-                     [](const Tile& a, const Tile& b) { return a.key_end - a.key_begin > b.key_end - b.key_begin; });
-    const int64_t wanted_splits = whole.empty() ? 1 : (target_blocks + whole.size() - 1) / whole.size();
-    for (const Tile& tile : whole) {
-      const int64_t keys = tile.key_end - tile.key_begin;
-      const int64_t splits = std::min<int64_t>(wanted_splits, keys / kMinSplitKeys);
-      if (splits <= 1) {
-        plan.tiles.push_back(tile);
-        continue;
-      }
-      const int64_t chunk = align_up((keys + splits - 1) / splits, tile_keys);
-      Tile merge = tile;
-      merge.partial = static_cast<int32_t>(plan.partial_rows);
-      merge.splits = 0;
-      for (int64_t begin = tile.key_begin; begin < tile.key_end; begin += chunk) {
-        Tile part = tile;
-        part.key_begin = static_cast<int32_t>(begin);
-        part.key_end = static_cast<int32_t>(std::min<int64_t>(tile.key_end, begin + chunk));
-        part.partial = static_cast<int32_t>(plan.partial_rows);
-        plan.partial_rows += tile.heads * tile.rows;
-        plan.tiles.push_back(part);
-        ++merge.splits;
-      }
-      merges.push_back(merge);
-    }
-  };
-  for (const Tile& tile : decode) plan.decode_rows = std::max(plan.decode_rows, tile.heads * tile.rows);
-  add_split(decode);
-  plan.decode_tiles = plan.tiles.size();
-  add_split(tiled);
-  plan.attention_tiles = plan.tiles.size();
-  plan.tiles.insert(plan.tiles.end(), merges.begin(), merges.end());
-  return plan;
-}
-
 // Bytes from a tensor's first element to one past its last (strides are non-negative).
 size_t span_bytes(int element_size, std::initializer_list<std::pair<int64_t, int64_t>> extents_and_strides,
                   int64_t last_dim) {
@@ -235,10 +155,10 @@ struct rpa_plugin_state {
   hipStream_t own_stream = nullptr;  // host-memory calls
   hipStream_t side_stream = nullptr;  // decode tiles beside the other attention tiles (see launch_tiles)
   hipEvent_t fork = nullptr, join = nullptr;  // the side stream starts after, and is joined back into, the call's
-  hipEvent_t scratch_released = nullptr;  // after the last call's kernels: the next call may reuse scratch
+  hipEvent_t scratch_released = nullptr;  // after the last single call's kernels: the next may reuse scratch
   hipEvent_t upload_done = nullptr;       // after the last upload: the pinned buffer may be rewritten
   bool any_work = false;
-  std::mutex mutex;  // one call at a time enqueues (scratch is shared)
+  std::mutex mutex;  // one call or run at a time enqueues (scratch, side stream and events are shared)
   DeviceBuffer metadata{"device scratch (metadata)"}, partials{"device scratch (split partials)"},
       staging{"device scratch (host-memory inputs)"};
   PinnedBuffer upload{"pinned upload buffer"};
@@ -479,44 +399,57 @@ bool kv_vectorizable(const rpa_problem& p) {
   return true;
 }
 
-// Plans the call, uploads block tables and tiles (stream-ordered after the previous call's use of the
-// scratch), and returns the launch. The caller holds state.mutex.
-Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
-  const rpa_problem& p = call.problem;
+// What planning decides: the tiles and the kernels that run them. Tensor pointers do not enter it,
+// except through vector_kv (whether the KV rows allow 16-byte loads), which picks the kernels.
+struct Schedule {
+  rpa_gpu::TilePlan tiles;
+  int d_max;
+  bool vector_kv;
+  MatrixPath matrix_path;  // none: the attention tiles take attention_kernel, else matrix_core_kernel
+  size_t tiles_offset, metadata_bytes, partial_bytes;  // device metadata: block tables, then tiles
+};
+
+Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool vector_kv) {
   if (p.head_dim > 256)
     fail(RPA_STATUS_UNSUPPORTED, "argument 'queries': head_dim " + std::to_string(p.head_dim) +
                                      " exceeds 256, the largest the GPU kernels support");
-  const int d_max = head_dim_bucket(p.head_dim);
-  const bool vector_kv = kv_vectorizable(p);
+  if (const std::string why = rpa_gpu::plan_limit_error(p); !why.empty()) fail(RPA_STATUS_UNSUPPORTED, why);
+  Schedule schedule{};
+  schedule.d_max = head_dim_bucket(p.head_dim);
+  schedule.vector_kv = vector_kv;
   // Matrix cores for 16-bit Q and KV of one type, rows that allow 16-byte copies, head dims up to 128.
   const bool matrix_cores = state.matrix_path != MatrixPath::none && p.query_dtype == p.kv_dtype &&
-                            p.kv_dtype != RPA_DTYPE_F32 && d_max <= 128 && vector_kv;
+                            p.kv_dtype != RPA_DTYPE_F32 && schedule.d_max <= 128 && vector_kv;
+  schedule.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
+  rpa_gpu::PlanLimits limits{};
   // decode_kernel reads 8 elements with 16-byte loads.
-  const bool decode_eligible = vector_kv && p.head_dim % 8 == 0;
+  limits.decode_eligible = vector_kv && p.head_dim % 8 == 0;
+  limits.max_rows = matrix_cores ? rpa_gpu::kMatrixRows : rows_per_block(schedule.d_max);
+  limits.tile_keys = keys_per_tile(schedule.d_max);
   // Split long key ranges only up to one wave of resident blocks: each split costs a partial write and a
   // merge, which measured slower on an H100 than a last wave the splits would fill (W1: 0.29 ms unsplit,
   // 0.32 ms with four waves).
-  const Plan plan =
-      make_plan(p, d_max, decode_eligible, matrix_cores, state.multiprocessors * state.resident_blocks[d_max / 128]);
-
+  limits.target_blocks = int64_t(state.multiprocessors) * state.resident_blocks[schedule.d_max / 128];
+  schedule.tiles = rpa_gpu::make_tile_plan(p, limits);
   const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
-  const size_t tiles_offset = align_up(table_bytes, 256);
-  const size_t upload_bytes = tiles_offset + plan.tiles.size() * sizeof(Tile);
-  if (state.any_work) check(hipEventSynchronize(state.upload_done), "hipEventSynchronize");
-  char* host = state.upload.reserve(std::max<size_t>(upload_bytes, 1));
+  schedule.tiles_offset = align_up(table_bytes, 256);
+  schedule.metadata_bytes = std::max<size_t>(schedule.tiles_offset + schedule.tiles.tiles.size() * sizeof(Tile), 1);
+  schedule.partial_bytes =
+      std::max<size_t>(static_cast<size_t>(schedule.tiles.partial_rows) * (p.head_dim + 2) * sizeof(float), 1);
+  return schedule;
+}
+
+// The schedule's device metadata as it is uploaded: block tables of its sequences, then its tiles.
+void write_metadata(char* host, const rpa_problem& p, const Schedule& schedule) {
   for (int32_t s = 0; s < p.num_seqs; ++s)
     std::memcpy(host + s * p.pages_per_seq * sizeof(int32_t), p.block_tables + s * p.block_table_stride,
                 p.pages_per_seq * sizeof(int32_t));
-  std::memcpy(host + tiles_offset, plan.tiles.data(), plan.tiles.size() * sizeof(Tile));
+  std::memcpy(host + schedule.tiles_offset, schedule.tiles.tiles.data(), schedule.tiles.tiles.size() * sizeof(Tile));
+}
 
-  const size_t partial_rows = static_cast<size_t>(plan.partial_rows);
-  char* device = state.metadata.reserve(std::max<size_t>(upload_bytes, 1));
-  float* partials = reinterpret_cast<float*>(
-      state.partials.reserve(std::max<size_t>(partial_rows * (p.head_dim + 2) * sizeof(float), 1)));
-  check(hipMemcpyAsync(device, host, upload_bytes, hipMemcpyHostToDevice, call.stream), "hipMemcpyAsync (plan)");
-  check(hipEventRecord(state.upload_done, call.stream), "hipEventRecord");
-  state.any_work = true;
-
+// The launch of a scheduled call whose tensors (in `p`) and metadata are on the device.
+Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Schedule& schedule,
+                   const char* metadata, float* partials, hipStream_t stream) {
   Launch launch{};
   Params& k = launch.params;
   k.queries = p.queries;
@@ -543,48 +476,169 @@ Launch prepare(rpa_plugin_state& state, const DeviceCall& call) {
   while ((int64_t(1) << k.page_shift) < p.page_size) ++k.page_shift;
   k.page_multiplier = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << k.page_shift) - p.page_size)) /
                                                 p.page_size + 1);
-  k.block_tables = reinterpret_cast<const int32_t*>(device);
+  k.block_tables = reinterpret_cast<const int32_t*>(metadata);
   k.block_table_stride = static_cast<int32_t>(p.pages_per_seq);
-  k.tiles = reinterpret_cast<const Tile*>(device + tiles_offset);
+  k.tiles = reinterpret_cast<const Tile*>(metadata + schedule.tiles_offset);
   k.partial_acc = partials;
-  k.partial_stats = partials + partial_rows * p.head_dim;
-  k.vector_kv = vector_kv ? 1 : 0;
+  k.partial_stats = partials + static_cast<size_t>(schedule.tiles.partial_rows) * p.head_dim;
+  k.vector_kv = schedule.vector_kv ? 1 : 0;
   k.vector_queries =
       rows_vectorizable(p.queries, p.query_dtype, {p.query_token_stride, p.query_head_stride}, p.head_dim) ? 1 : 0;
   k.out_pairs = reinterpret_cast<uintptr_t>(p.out) % (2 * element_size(p.out_dtype)) == 0 &&
                 p.out_token_stride % 2 == 0 && p.out_head_stride % 2 == 0;
 
-  launch.d_max = d_max;
+  const rpa_gpu::TilePlan& tiles = schedule.tiles;
+  launch.d_max = schedule.d_max;
   launch.kv_dtype = p.kv_dtype;
-  launch.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
-  launch.decode_blocks = static_cast<int>(plan.decode_tiles);
-  launch.decode_rows = plan.decode_rows;
-  launch.attention_blocks = static_cast<int>(plan.attention_tiles - plan.decode_tiles);
-  launch.merge_blocks = static_cast<int>(plan.tiles.size() - plan.attention_tiles);
+  launch.matrix_path = schedule.matrix_path;
+  launch.decode_blocks = static_cast<int>(tiles.decode_tiles);
+  launch.decode_rows = tiles.decode_rows;
+  launch.attention_blocks = static_cast<int>(tiles.attention_tiles - tiles.decode_tiles);
+  launch.merge_blocks = static_cast<int>(tiles.tiles.size() - tiles.attention_tiles);
   launch.covered_begin = p.num_seqs > 0 ? p.query_start_loc[0] : p.num_tokens;
   launch.covered_end = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : p.num_tokens;
   launch.num_tokens = p.num_tokens;
-  launch.stream = call.stream;
+  launch.stream = stream;
   launch.side_stream = state.side_stream;
   launch.fork = state.fork, launch.join = state.join;
   return launch;
 }
 
-// Runs `body(launch)` with the call on the device: host memory is staged in and out around it.
+// A single call: plans into the context's scratch and uploads through the pinned buffer, stream-ordered
+// after the previous single call's use of it. The caller holds state.mutex.
+Launch prepare_single(rpa_plugin_state& state, const DeviceCall& call) {
+  const rpa_problem& p = call.problem;
+  const Schedule schedule = make_schedule(state, p, kv_vectorizable(p));
+  if (state.any_work) check(hipEventSynchronize(state.upload_done), "hipEventSynchronize");
+  char* host = state.upload.reserve(schedule.metadata_bytes);
+  write_metadata(host, p, schedule);
+  char* device = state.metadata.reserve(schedule.metadata_bytes);
+  float* partials = reinterpret_cast<float*>(state.partials.reserve(schedule.partial_bytes));
+  check(hipMemcpyAsync(device, host, schedule.metadata_bytes, hipMemcpyHostToDevice, call.stream),
+        "hipMemcpyAsync (plan)");
+  check(hipEventRecord(state.upload_done, call.stream), "hipEventRecord");
+  state.any_work = true;
+  return make_launch(state, p, schedule, device, partials, call.stream);
+}
+
+hipStream_t stream_of(const rpa_plugin_state& state, const rpa_problem& problem) {
+  return problem.memory == RPA_MEMORY_HOST ? state.own_stream : static_cast<hipStream_t>(problem.stream);
+}
+
+// Runs `body(call)` with the call's tensors on the device: host memory is staged in and out around it.
+// The caller holds state.mutex.
 template <typename Body>
-void with_call(rpa_plugin_state& state, const rpa_problem& problem, Body&& body) {
+void on_device(rpa_plugin_state& state, const rpa_problem& problem, Body&& body) {
+  const bool on_host = problem.memory == RPA_MEMORY_HOST;
+  const HostSpans spans = on_host ? host_spans(problem) : HostSpans{};
+  const DeviceCall call = on_host ? copy_in(state, problem, spans) : DeviceCall{problem, stream_of(state, problem)};
+  body(call);
+  if (on_host) copy_out(call, problem, spans);
+  else if (problem.synchronize) check(hipStreamSynchronize(call.stream), "hipStreamSynchronize");
+}
+
+// Runs `body(launch)` for a single call.
+template <typename Body>
+void with_single_call(rpa_plugin_state& state, const rpa_problem& problem, Body&& body) {
   check(hipSetDevice(state.device), "hipSetDevice");
   std::lock_guard<std::mutex> lock(state.mutex);
-  const bool on_host = problem.memory == RPA_MEMORY_HOST;
-  const hipStream_t stream = on_host ? state.own_stream : static_cast<hipStream_t>(problem.stream);
+  const hipStream_t stream = stream_of(state, problem);
   // Scratch is reused: wait (on the device) until the previous call, on whatever stream, is done with it.
   if (state.any_work) check(hipStreamWaitEvent(stream, state.scratch_released, 0), "hipStreamWaitEvent");
-  const HostSpans spans = on_host ? host_spans(problem) : HostSpans{};
-  const DeviceCall call = on_host ? copy_in(state, problem, spans) : DeviceCall{problem, stream};
-  body(prepare(state, call));
-  check(hipEventRecord(state.scratch_released, stream), "hipEventRecord");
-  if (on_host) copy_out(call, problem, spans);
-  else if (problem.synchronize) check(hipStreamSynchronize(stream), "hipStreamSynchronize");
+  on_device(state, problem, [&](const DeviceCall& call) {
+    body(prepare_single(state, call));
+    check(hipEventRecord(state.scratch_released, call.stream), "hipEventRecord");
+  });
+}
+
+bool capturing(hipStream_t stream) {
+  hipStreamCaptureStatus status = hipStreamCaptureStatusNone;
+  check(hipStreamIsCapturing(stream, &status), "hipStreamIsCapturing");
+  return status != hipStreamCaptureStatusNone;
+}
+
+}  // namespace
+
+// A plan's schedule with its own device metadata and partials, uploaded once.
+struct PlannedSchedule {
+  Schedule schedule;
+  DeviceBuffer metadata{"plan metadata"}, partials{"plan split partials"};
+};
+
+struct rpa_plugin_plan {
+  rpa_plugin_state* state;
+  rpa_problem problem;  // as planned: the metadata pointers stay valid until plan_destroy
+  // By vector_kv. The one the planned pointers suggest (aligned when they are NULL) is made at creation;
+  // a run whose KV pointers disagree makes the other on first need (an upload: not capture-safe).
+  std::unique_ptr<PlannedSchedule> schedules[2];
+  hipEvent_t released = nullptr;  // after the last uncaptured run: its partials may be reused
+  bool ran = false;
+
+  ~rpa_plugin_plan() {
+    (void)hipSetDevice(state->device);
+    if (released) (void)hipEventSynchronize(released), (void)hipEventDestroy(released);
+  }
+
+  // The caller holds state->mutex.
+  PlannedSchedule& schedule(bool vector_kv) {
+    std::unique_ptr<PlannedSchedule>& slot = schedules[vector_kv ? 1 : 0];
+    if (!slot) {
+      auto made = std::make_unique<PlannedSchedule>();
+      made->schedule = make_schedule(*state, problem, vector_kv);
+      std::vector<char> host(made->schedule.metadata_bytes);
+      write_metadata(host.data(), problem, made->schedule);
+      check(hipMemcpy(made->metadata.reserve(host.size()), host.data(), host.size(), hipMemcpyHostToDevice),
+            "hipMemcpy (plan)");
+      made->partials.reserve(made->schedule.partial_bytes);
+      slot = std::move(made);
+    }
+    return *slot;
+  }
+};
+
+namespace {
+
+// Runs `body(launch)` for one run of a plan: only enqueues, apart from host-memory staging.
+template <typename Body>
+void with_planned_run(rpa_plugin_plan& plan, const rpa_problem& problem, Body&& body) {
+  rpa_plugin_state& state = *plan.state;
+  check(hipSetDevice(state.device), "hipSetDevice");
+  std::lock_guard<std::mutex> lock(state.mutex);
+  on_device(state, problem, [&](const DeviceCall& call) {
+    PlannedSchedule& planned = plan.schedule(kv_vectorizable(call.problem));
+    // Runs of one plan on different streams share its partials; in a capture the caller's order holds
+    // (and an event from outside the capture cannot be waited on).
+    const bool captured = capturing(call.stream);
+    if (plan.ran && !captured) check(hipStreamWaitEvent(call.stream, plan.released, 0), "hipStreamWaitEvent");
+    body(make_launch(state, call.problem, planned.schedule, planned.metadata.data(),
+                     reinterpret_cast<float*>(planned.partials.data()), call.stream));
+    if (!captured) {
+      check(hipEventRecord(plan.released, call.stream), "hipEventRecord");
+      plan.ran = true;
+    }
+  });
+}
+
+// Device events around `iterations` calls of `enqueue(i)` on `stream`, in milliseconds.
+template <typename Enqueue>
+void time_with_events(int device, hipStream_t stream, int32_t iterations, double* milliseconds, Enqueue&& enqueue_one) {
+  std::vector<hipEvent_t> events(2 * static_cast<size_t>(iterations), nullptr);
+  struct Destroy {
+    std::vector<hipEvent_t>& events;
+    ~Destroy() {
+      for (hipEvent_t event : events)
+        if (event) (void)hipEventDestroy(event);
+    }
+  } destroy{events};
+  check(hipSetDevice(device), "hipSetDevice");
+  for (hipEvent_t& event : events) check(hipEventCreate(&event), "hipEventCreate");
+  enqueue_one([&](int32_t i, bool end) { check(hipEventRecord(events[2 * i + (end ? 1 : 0)], stream), "hipEventRecord"); });
+  for (int32_t i = 0; i < iterations; ++i) {
+    check(hipEventSynchronize(events[2 * i + 1]), "hipEventSynchronize");
+    float elapsed = 0;
+    check(hipEventElapsedTime(&elapsed, events[2 * i], events[2 * i + 1]), "hipEventElapsedTime");
+    milliseconds[i] = elapsed;
+  }
 }
 
 // ---- the ABI entries ----
@@ -647,38 +701,55 @@ rpa_status plugin_create(int32_t ordinal, rpa_plugin_state** out) {
 void plugin_destroy(rpa_plugin_state* state) { delete state; }
 
 rpa_status plugin_run(rpa_plugin_state* state, const rpa_problem* problem) {
-  return guarded([&] { with_call(*state, *problem, [](const Launch& launch) { enqueue(launch); }); });
+  return guarded([&] { with_single_call(*state, *problem, [](const Launch& launch) { enqueue(launch); }); });
 }
 
-rpa_status plugin_time_runs(rpa_plugin_state* state, const rpa_problem* problem, int32_t iterations,
-                            double* milliseconds) {
+rpa_status plugin_plan_create(rpa_plugin_state* state, const rpa_problem* problem, rpa_plugin_plan** out) {
+  *out = nullptr;
   return guarded([&] {
-    std::vector<hipEvent_t> events(2 * static_cast<size_t>(iterations), nullptr);
-    struct Destroy {
-      std::vector<hipEvent_t>& events;
-      ~Destroy() {
-        for (hipEvent_t event : events)
-          if (event) (void)hipEventDestroy(event);
-      }
-    } destroy{events};
     check(hipSetDevice(state->device), "hipSetDevice");
-    for (hipEvent_t& event : events) check(hipEventCreate(&event), "hipEventCreate");
-    // The plan is uploaded once; each timed iteration is the kernels alone, back to back.
-    with_call(*state, *problem, [&](const Launch& launch) {
-      for (int32_t i = 0; i < iterations; ++i) {
-        check(hipEventRecord(events[2 * i], launch.stream), "hipEventRecord");
-        enqueue(launch);
-        check(hipEventRecord(events[2 * i + 1], launch.stream), "hipEventRecord");
-      }
-    });
-    for (int32_t i = 0; i < iterations; ++i) {
-      check(hipEventSynchronize(events[2 * i + 1]), "hipEventSynchronize");
-      float elapsed = 0;
-      check(hipEventElapsedTime(&elapsed, events[2 * i], events[2 * i + 1]), "hipEventElapsedTime");
-      milliseconds[i] = elapsed;
-    }
+    auto plan = std::make_unique<rpa_plugin_plan>();
+    plan->state = state;
+    plan->problem = *problem;
+    check(hipEventCreateWithFlags(&plan->released, hipEventDisableTiming), "hipEventCreateWithFlags");
+    // Without pointers the KV is taken as aligned (host memory is staged aligned).
+    const bool vector_kv = !problem->k.data || kv_vectorizable(*problem);
+    std::lock_guard<std::mutex> lock(state->mutex);
+    plan->schedule(vector_kv);
+    *out = plan.release();
   });
 }
+
+rpa_status plugin_plan_run(rpa_plugin_plan* plan, const rpa_problem* problem) {
+  return guarded([&] { with_planned_run(*plan, *problem, [](const Launch& launch) { enqueue(launch); }); });
+}
+
+rpa_status plugin_plan_time(rpa_plugin_plan* plan, const rpa_problem* problem, int32_t iterations,
+                            double* milliseconds, int32_t whole_runs) {
+  return guarded([&] {
+    const hipStream_t stream = stream_of(*plan->state, *problem);
+    time_with_events(plan->state->device, stream, iterations, milliseconds, [&](auto&& record) {
+      if (whole_runs) {
+        for (int32_t i = 0; i < iterations; ++i) {
+          record(i, false);
+          with_planned_run(*plan, *problem, [](const Launch& launch) { enqueue(launch); });
+          record(i, true);
+        }
+        return;
+      }
+      // The kernels alone, back to back.
+      with_planned_run(*plan, *problem, [&](const Launch& launch) {
+        for (int32_t i = 0; i < iterations; ++i) {
+          record(i, false);
+          enqueue(launch);
+          record(i, true);
+        }
+      });
+    });
+  });
+}
+
+void plugin_plan_destroy(rpa_plugin_plan* plan) { delete plan; }
 
 rpa_status plugin_device_alloc(rpa_plugin_state* state, size_t bytes, void** pointer) {
   *pointer = nullptr;
@@ -709,8 +780,8 @@ rpa_status plugin_device_copy(rpa_plugin_state* state, void* dst, const void* sr
 
 const rpa_plugin_api plugin_api = {
     RPA_PLUGIN_ABI_VERSION, sizeof(rpa_plugin_api), RPA_GPU_PLUGIN_NAME, plugin_last_error, plugin_init,
-    plugin_device_count,    plugin_describe_device, plugin_create,       plugin_destroy,    plugin_run,
-    plugin_time_runs,       plugin_device_alloc,    plugin_device_free,  plugin_device_copy};
+    plugin_device_count, plugin_describe_device, plugin_create, plugin_destroy, plugin_run, plugin_plan_create,
+    plugin_plan_run, plugin_plan_time, plugin_plan_destroy, plugin_device_alloc, plugin_device_free, plugin_device_copy};
 
 }  // namespace
 

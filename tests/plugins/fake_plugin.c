@@ -78,11 +78,24 @@ static rpa_status fake_run(rpa_plugin_state* state, const rpa_problem* problem) 
   return RPA_STATUS_UNAVAILABLE;
 }
 
-static rpa_status fake_time_runs(rpa_plugin_state* state, const rpa_problem* problem, int32_t iterations,
-                                 double* milliseconds) {
-  (void)state, (void)problem, (void)iterations, (void)milliseconds;
+static rpa_status fake_plan_create(rpa_plugin_state* state, const rpa_problem* problem, rpa_plugin_plan** plan) {
+  (void)state, (void)problem;
+  *plan = NULL;
   return RPA_STATUS_UNAVAILABLE;
 }
+
+static rpa_status fake_plan_run(rpa_plugin_plan* plan, const rpa_problem* problem) {
+  (void)plan, (void)problem;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_plan_time(rpa_plugin_plan* plan, const rpa_problem* problem, int32_t iterations,
+                                 double* milliseconds, int32_t whole_runs) {
+  (void)plan, (void)problem, (void)iterations, (void)milliseconds, (void)whole_runs;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static void fake_plan_destroy(rpa_plugin_plan* plan) { (void)plan; }
 
 static rpa_status fake_device_alloc(rpa_plugin_state* state, size_t bytes, void** pointer) {
   (void)state, (void)bytes;
@@ -109,8 +122,8 @@ static rpa_status fake_device_copy(rpa_plugin_state* state, void* dst, const voi
 
 static const rpa_plugin_api fake_api = {
     FAKE_ABI_VERSION, sizeof(rpa_plugin_api), FAKE_NAME, fake_last_error, fake_init, fake_device_count,
-    fake_describe_device, fake_create, fake_destroy, fake_run, fake_time_runs, fake_device_alloc,
-    fake_device_free, fake_device_copy};
+    fake_describe_device, fake_create, fake_destroy, fake_run, fake_plan_create, fake_plan_run, fake_plan_time,
+    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy};
 
 #ifdef FAKE_NO_ENTRY
 /* Exports something, but not the entry point. */

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "plugins/plugin_abi.h"
 #include "tests/support/case.h"
 
 namespace {
@@ -42,7 +43,7 @@ void expect_rejected(const std::string& file, const std::string& reason_prefix, 
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(wrong_abi_version_is_rejected) {
-  expect_rejected("librpa_fake_wrong_abi.so", "wrong ABI: the plugin has ABI version 1001");
+  expect_rejected("librpa_fake_wrong_abi.so", "wrong ABI: the plugin has ABI version " + std::to_string(RPA_PLUGIN_ABI_VERSION + 1000));
 }
 
 BOOST_AUTO_TEST_CASE(missing_entry_is_rejected) {
