@@ -2,6 +2,10 @@
 
     out = rpa.ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs)
 
+    ctx = rpa.Context(backend="simd")                  # or "auto", "reference", "gpu"
+    plan = ctx.plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs)
+    out = plan.run(queries, kv_pages)                  # once per layer, same metadata and layouts
+
 The library is found through the environment variable RPA_LIBRARY (path to librpa.so), else next to this
 package, else in the install prefix or the linker's search path. bfloat16 has no numpy dtype: pass
 ``rpa.bfloat16(array)`` (or an ml_dtypes bfloat16 array) and read results with ``.to_float32()``.
@@ -15,8 +19,9 @@ import threading
 
 import numpy as np
 
-__all__ = ["ragged_paged_attention", "bfloat16", "BFloat16Array", "RpaError", "library_version",
-           "backend_available", "plugin_reports"]
+__all__ = ["ragged_paged_attention", "Context", "Plan", "bfloat16", "BFloat16Array", "RpaError",
+           "InvalidArgumentError", "UnsupportedError", "UnavailableError", "OutOfMemoryError", "DeviceError",
+           "InternalError", "library_version", "backend_available", "plugin_reports"]
 
 # Mirrors of include/rpa/rpa.h (checked against the library's own struct_size at load time).
 _DTYPE_F32, _DTYPE_F16, _DTYPE_BF16, _DTYPE_I32 = 0, 1, 2, 6
@@ -49,12 +54,41 @@ class _PluginReport(ctypes.Structure):
                 ("device_count", ctypes.c_int32), ("reason", ctypes.c_char_p)]
 
 
-class RpaError(ValueError):
-    """A call librpa rejected or could not run; ``status`` is the library's status name."""
+class RpaError(Exception):
+    """A call librpa rejected or could not run; ``status`` is the library's status name. Each status has
+    its own subclass: InvalidArgumentError is a ValueError, the others are RuntimeErrors."""
 
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
+
+
+class InvalidArgumentError(RpaError, ValueError):
+    """RPA_STATUS_INVALID_ARGUMENT: an argument breaks the contract; the message names it."""
+
+
+class UnsupportedError(RpaError, RuntimeError):
+    """RPA_STATUS_UNSUPPORTED: valid, but the backend cannot run it."""
+
+
+class UnavailableError(RpaError, RuntimeError):
+    """RPA_STATUS_UNAVAILABLE: the backend cannot run on this machine."""
+
+
+class OutOfMemoryError(RpaError, RuntimeError):
+    """RPA_STATUS_OUT_OF_MEMORY: a host or device allocation failed."""
+
+
+class DeviceError(RpaError, RuntimeError):
+    """RPA_STATUS_DEVICE_ERROR: the GPU runtime reported an error."""
+
+
+class InternalError(RpaError, RuntimeError):
+    """RPA_STATUS_INTERNAL: a bug in rpa."""
+
+
+_ERRORS = {1: InvalidArgumentError, 2: UnsupportedError, 3: UnavailableError, 4: OutOfMemoryError,
+           5: DeviceError, 6: InternalError}
 
 
 class BFloat16Array:
@@ -108,7 +142,8 @@ def _find_library():
 
 
 _lib = None
-_lib_lock = threading.Lock()
+_lib_lock = threading.Lock()  # loading the library
+_contexts_lock = threading.Lock()  # the module-level function's contexts (taken after _lib_lock, never inside it)
 _contexts = {}
 
 
@@ -121,6 +156,11 @@ def _library():
             lib.rpa_status_string.restype = ctypes.c_char_p
             lib.rpa_status_string.argtypes = [ctypes.c_int]
             lib.rpa_attention.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args)]
+            lib.rpa_plan_create.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args), ctypes.POINTER(ctypes.c_void_p)]
+            lib.rpa_plan_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args)]
+            lib.rpa_plan_destroy.argtypes = [ctypes.c_void_p]
+            lib.rpa_context_destroy.argtypes = [ctypes.c_void_p]
+            lib.rpa_context_get_backend.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
             lib.rpa_context_create.argtypes = [ctypes.POINTER(_Options), ctypes.POINTER(ctypes.c_void_p)]
             lib.rpa_attention_args_init.argtypes = [ctypes.POINTER(_Args)]
             lib.rpa_context_options_init.argtypes = [ctypes.POINTER(_Options)]
@@ -135,23 +175,24 @@ def _library():
 
 
 def _check(status):
+    # Called after _library() succeeded; takes no lock, so it may run under any.
     if status != _STATUS_OK:
-        lib = _library()
-        raise RpaError(lib.rpa_status_string(status).decode(), lib.rpa_last_error().decode())
+        message = _lib.rpa_last_error().decode()
+        raise _ERRORS.get(status, RpaError)(_lib.rpa_status_string(status).decode(), message)
+
+
+def _check_backend(backend):
+    if backend not in _BACKENDS:
+        raise ValueError("backend must be one of %s, got %r" % (", ".join(_BACKENDS), backend))
 
 
 def _context(backend):
-    if backend not in _BACKENDS:
-        raise ValueError("backend must be one of %s, got %r" % (", ".join(_BACKENDS), backend))
-    lib = _library()
-    with _lib_lock:
+    """The process-wide context of `backend` that the module-level function uses."""
+    _check_backend(backend)
+    _library()
+    with _contexts_lock:
         if backend not in _contexts:
-            options = _Options()
-            lib.rpa_context_options_init(ctypes.byref(options))
-            options.backend = _BACKENDS[backend]
-            handle = ctypes.c_void_p()
-            _check(lib.rpa_context_create(ctypes.byref(options), ctypes.byref(handle)))
-            _contexts[backend] = handle  # lives as long as the process, like the library
+            _contexts[backend] = Context(backend)  # lives as long as the process, like the library
         return _contexts[backend]
 
 
@@ -246,26 +287,13 @@ def _int32_input(name, array):
     return np.ascontiguousarray(array, dtype=np.int32)
 
 
-def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
-                           softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
-                           return_lse=False, backend="auto", out=None):
-    """Ragged paged attention (the contract is in rpa's README).
-
-    queries [T, QH, D]; kv_pages [P, page_size, 2*KVH, D] combined (K of head h at 2h, V at 2h+1) or a
-    pair (k_cache, v_cache) of [P, page_size, KVH, D]; context_lens [S]; block_tables [S, W];
-    query_start_loc [S+1]; num_seqs an int (or a one-element array). softmax_aux: 1-D [QH] is one sink
-    per q head; 2-D [H_s, n] with H_s in {1, KVH, QH}. Returns out [T, QH, D] in the queries' dtype (or
-    writes into `out`), and with return_lse=True the pair (out, lse [T, QH] float32).
-    """
-    lib = _library()
-    keep = []  # arrays whose memory args points into
+def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse):
+    """Fills the float tensors of args (arrays kept alive in `keep`); returns (result, lse)."""
 
     def bind(array):
         keep.append(array)
         return array
 
-    args = _Args()
-    lib.rpa_attention_args_init(ctypes.byref(args))
     q, q_dtype = _float_input("queries", queries)
     if q.ndim != 3:
         raise ValueError("queries: expected 3 dimensions [T, QH, D], got %d" % q.ndim)
@@ -281,32 +309,6 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     else:
         kv, kv_dtype = _float_input("kv_pages", kv_pages)
         args.kv_pages = _tensor(bind(kv), kv_dtype)
-
-    args.context_lens = _tensor(bind(_int32_input("context_lens", context_lens)), _DTYPE_I32)
-    args.block_tables = _tensor(bind(_int32_input("block_tables", block_tables)), _DTYPE_I32)
-    args.query_start_loc = _tensor(bind(_int32_input("query_start_loc", query_start_loc)), _DTYPE_I32)
-    num_seqs_array = np.asarray(num_seqs)
-    if num_seqs_array.size != 1 or num_seqs_array.dtype.kind not in "iu":
-        raise ValueError("num_seqs: expected an integer or a one-element integer array")
-    num_seqs_value = int(num_seqs_array.reshape(()))
-    if not -2**31 <= num_seqs_value < 2**31:
-        raise ValueError("num_seqs: %d does not fit in int32" % num_seqs_value)
-    args.num_seqs = num_seqs_value
-
-    if softmax_scale is not None:
-        args.softmax_scale = _real("softmax_scale", softmax_scale)
-        if args.softmax_scale == 0.0:
-            raise ValueError("softmax_scale: 0 is not a usable scale (pass None for 1/sqrt(head_dim))")
-    # 0 means "none" for both, as in the C ABI; the library rejects negative or non-finite values.
-    if logits_soft_cap is not None:
-        args.logits_soft_cap = _real("logits_soft_cap", logits_soft_cap)
-    if sliding_window is not None:
-        if isinstance(sliding_window, (bool, np.bool_)) or not isinstance(sliding_window, (int, np.integer)):
-            raise ValueError("sliding_window: expected an integer or None, got %r" % (sliding_window,))
-        window = int(sliding_window)
-        if window < -2**31:
-            raise ValueError("sliding_window: %d must be None or > 0" % window)
-        args.sliding_window = 0 if window >= 2**31 else window  # wider than any context: the same as none
 
     if softmax_aux is not None:
         sinks, sink_dtype = _float_input("softmax_aux", softmax_aux)
@@ -336,9 +338,143 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     if return_lse:
         lse = np.empty(q.shape[:2], np.float32)
         args.lse = _tensor(bind(lse), _DTYPE_F32)
+    return result, lse
 
-    _check(lib.rpa_attention(_context(backend), ctypes.byref(args)))
-    return (result, lse) if return_lse else result
+
+def _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window):
+    def bind(array):
+        keep.append(array)
+        return array
+
+    args.context_lens = _tensor(bind(_int32_input("context_lens", context_lens)), _DTYPE_I32)
+    args.block_tables = _tensor(bind(_int32_input("block_tables", block_tables)), _DTYPE_I32)
+    args.query_start_loc = _tensor(bind(_int32_input("query_start_loc", query_start_loc)), _DTYPE_I32)
+    num_seqs_array = np.asarray(num_seqs)
+    if num_seqs_array.size != 1 or num_seqs_array.dtype.kind not in "iu":
+        raise ValueError("num_seqs: expected an integer or a one-element integer array")
+    num_seqs_value = int(num_seqs_array.reshape(()))
+    if not -2**31 <= num_seqs_value < 2**31:
+        raise ValueError("num_seqs: %d does not fit in int32" % num_seqs_value)
+    args.num_seqs = num_seqs_value
+    if sliding_window is not None:
+        if isinstance(sliding_window, (bool, np.bool_)) or not isinstance(sliding_window, (int, np.integer)):
+            raise ValueError("sliding_window: expected an integer or None, got %r" % (sliding_window,))
+        window = int(sliding_window)
+        if window < -2**31:
+            raise ValueError("sliding_window: %d must be None or > 0" % window)
+        args.sliding_window = 0 if window >= 2**31 else window  # wider than any context: the same as none
+
+
+def _bind_scalars(args, softmax_scale, logits_soft_cap):
+    if softmax_scale is not None:
+        args.softmax_scale = _real("softmax_scale", softmax_scale)
+        if args.softmax_scale == 0.0:
+            raise ValueError("softmax_scale: 0 is not a usable scale (pass None for 1/sqrt(head_dim))")
+    # 0 means "none", as in the C ABI; the library rejects negative or non-finite values.
+    if logits_soft_cap is not None:
+        args.logits_soft_cap = _real("logits_soft_cap", logits_soft_cap)
+
+
+class Context:
+    """An rpa context: a backend with its threads or device. Contexts are independent; one may be used
+    from several threads at once.
+
+        ctx = rpa.Context(backend="auto", num_threads=0, device=0)
+    """
+
+    def __init__(self, backend="auto", num_threads=0, device=0):
+        _check_backend(backend)
+        lib = _library()
+        options = _Options()
+        lib.rpa_context_options_init(ctypes.byref(options))
+        options.backend = _BACKENDS[backend]
+        options.num_threads = int(num_threads)
+        options.device_ordinal = int(device)
+        handle = ctypes.c_void_p()
+        _check(lib.rpa_context_create(ctypes.byref(options), ctypes.byref(handle)))
+        self._handle = handle
+
+    @property
+    def backend(self):
+        """The backend the context runs ("reference", "simd" or "gpu"; auto resolved)."""
+        value = ctypes.c_int()
+        _check(_lib.rpa_context_get_backend(self._handle, ctypes.byref(value)))
+        return {v: k for k, v in _BACKENDS.items()}[value.value]
+
+    def __del__(self):
+        if getattr(self, "_handle", None) and _lib is not None:
+            _lib.rpa_context_destroy(self._handle)
+            self._handle = None
+
+    def attention(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+                  softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
+                  return_lse=False, out=None):
+        """One call (plan and run); see ragged_paged_attention."""
+        args, keep = _Args(), []
+        _lib.rpa_attention_args_init(ctypes.byref(args))
+        result, lse = _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse)
+        _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
+        _bind_scalars(args, softmax_scale, logits_soft_cap)
+        _check(_lib.rpa_attention(self._handle, ctypes.byref(args)))
+        return (result, lse) if return_lse else result
+
+    def plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+             sliding_window=None, softmax_aux=None, return_lse=False, out=None):
+        """Plans calls with this metadata and these tensors' shapes, dtypes and layouts (their values are
+        not read, except the metadata, which the plan copies). Returns a Plan."""
+        return Plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+                    sliding_window, softmax_aux, return_lse, out)
+
+
+class Plan:
+    """A planned batch (Context.plan): run it once per layer with new queries and KV of the planned
+    layouts. Runs of one plan may come from several threads at once."""
+
+    def __init__(self, context, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+                 sliding_window, softmax_aux, return_lse, out):
+        self._context = context  # a plan must be destroyed before its context
+        self._return_lse = return_lse
+        self._softmax_aux = softmax_aux
+        args, keep = _Args(), []
+        _lib.rpa_attention_args_init(ctypes.byref(args))
+        _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse)
+        _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
+        handle = ctypes.c_void_p()
+        _check(_lib.rpa_plan_create(context._handle, ctypes.byref(args), ctypes.byref(handle)))
+        self._handle = handle
+
+    def __del__(self):
+        if getattr(self, "_handle", None) and _lib is not None:
+            _lib.rpa_plan_destroy(self._handle)
+            self._handle = None
+
+    def run(self, queries, kv_pages, *, softmax_scale=None, logits_soft_cap=None, softmax_aux=None, out=None):
+        """Runs the plan; the tensors must have the planned shapes, dtypes and layouts. softmax_aux
+        defaults to the sinks given to plan(). Returns out, or (out, lse) when planned with return_lse."""
+        args, keep = _Args(), []
+        _lib.rpa_attention_args_init(ctypes.byref(args))
+        sinks = self._softmax_aux if softmax_aux is None else softmax_aux
+        result, lse = _bind_tensors(args, keep, queries, kv_pages, sinks, out, self._return_lse)
+        _bind_scalars(args, softmax_scale, logits_soft_cap)
+        _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
+        return (result, lse) if self._return_lse else result
+
+
+def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+                           softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
+                           return_lse=False, backend="auto", out=None):
+    """Ragged paged attention (the contract is in rpa's README), on a process-wide context of `backend`.
+
+    queries [T, QH, D]; kv_pages [P, page_size, 2*KVH, D] combined (K of head h at 2h, V at 2h+1) or a
+    pair (k_cache, v_cache) of [P, page_size, KVH, D]; context_lens [S]; block_tables [S, W];
+    query_start_loc [S+1]; num_seqs an int (or a one-element array). softmax_aux: 1-D [QH] is one sink
+    per q head; 2-D [H_s, n] with H_s in {1, KVH, QH}. Returns out [T, QH, D] in the queries' dtype (or
+    writes into `out`), and with return_lse=True the pair (out, lse [T, QH] float32).
+    """
+    return _context(backend).attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+                                       softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
+                                       sliding_window=sliding_window, softmax_aux=softmax_aux,
+                                       return_lse=return_lse, out=out)
 
 
 # The golden-reference toolkit (cases.py, testing.py): case files, check, the conformance suite.
