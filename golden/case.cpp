@@ -233,6 +233,8 @@ StFile file_from_candidate(const Candidate& c) {
   return file;
 }
 
+Case parse_case(const uint8_t* data, size_t size) { return case_from_file(parse_safetensors(data, size)); }
+
 Case load_case(const std::string& path) { return case_from_file(read_safetensors(path)); }
 void save_case(const std::string& path, const Case& c) { write_safetensors(path, file_from_case(c)); }
 Candidate load_candidate(const std::string& path) { return candidate_from_file(read_safetensors(path)); }

@@ -77,6 +77,10 @@ StFile file_from_case(const Case& c);
 Candidate candidate_from_file(const StFile& file);
 StFile file_from_candidate(const Candidate& c);
 
+// A case file held in memory: parse_safetensors then case_from_file. The entry point to fuzz for the
+// whole case reader: it throws FormatError and nothing else for bytes that are not a case.
+Case parse_case(const uint8_t* data, size_t size);
+
 Case load_case(const std::string& path);
 void save_case(const std::string& path, const Case& c);
 Candidate load_candidate(const std::string& path);

@@ -95,6 +95,8 @@ Header parse_header(const char* text, size_t length, uint64_t data_bytes) {
   std::set<std::string> seen;
   std::string duplicate;
   const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    // A header nests 3 deep (object, entry, shape); deeper input is not one and could exhaust the stack.
+    if (depth > 8) throw FormatError("header nests deeper than a safetensors header");
     if (event == json::parse_event_t::key && depth == 1 && !seen.insert(parsed.get<std::string>()).second &&
         duplicate.empty())
       duplicate = parsed.get<std::string>();
@@ -103,7 +105,7 @@ Header parse_header(const char* text, size_t length, uint64_t data_bytes) {
   json header;
   try {
     header = json::parse(text, text + length, on_event);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e99999
     throw FormatError(std::string("header is not valid JSON: ") + e.what());
   }
   if (!duplicate.empty()) throw FormatError(named(duplicate) + ": named twice in the header");

@@ -85,11 +85,27 @@ def flex_kernel():
             return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return tensor.numpy()
 
+    # One mask_mod and score_mod for every case, reading this case's metadata from `state`: a new closure
+    # per case would make torch.compile trace the kernel again each time.
+    state = {}
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        seq = state["seq"][q_idx]
+        s = seq.clamp(min=0)
+        page = state["logical"][s, kv_idx // state["page_size"]]
+        key = page * state["page_size"] + kv_idx % state["page_size"]
+        position = state["position"][q_idx]
+        return ((seq >= 0) & (page >= 0) & (key <= position) & (key < state["context"][s]) &
+                (key > position - state["window"]))
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return state["cap"] * torch.tanh(score / state["cap"])
+
     def run(case):
         T, QH, D = case.queries.shape
         kv = combined_kv(case)
         P, page_size, KVH = kv.shape[0], kv.shape[1], kv.shape[2] // 2
-        # Metadata of the paged mask: each query row's sequence and position, each (sequence, physical
+        # The paged mask's metadata: each query row's sequence and position, each (sequence, physical
         # page)'s logical page index (-1: not the sequence's).
         seq_of_row, position = np.full(T, -1, np.int64), np.zeros(T, np.int64)
         logical = np.full((max(case.num_seqs, 1), P), -1, np.int64)
@@ -100,26 +116,13 @@ def flex_kernel():
             position[start:stop] = length - (stop - start) + np.arange(stop - start)
             for j in range(-(-length // page_size)):
                 logical[s, case.block_tables[s, j]] = j
-        seq_t, pos_t, logical_t = (torch.from_numpy(a).to(device) for a in (seq_of_row, position, logical))
-        ctx_t = torch.from_numpy(np.asarray(case.context_lens[:max(case.num_seqs, 1)], np.int64)).to(device)
-        window = case.sliding_window
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            s = seq_t[q_idx].clamp(min=0)
-            page = logical_t[s, kv_idx // page_size]
-            key = page * page_size + kv_idx % page_size
-            visible = (seq_t[q_idx] >= 0) & (page >= 0) & (key <= pos_t[q_idx]) & (key < ctx_t[s])
-            if window is not None:
-                visible = visible & (key > pos_t[q_idx] - window)
-            return visible
-
-        score_mod = None
-        if case.logits_soft_cap is not None:
-            cap = float(case.logits_soft_cap)
-
-            def score_mod(score, b, h, q_idx, kv_idx):
-                return cap * torch.tanh(score / cap)
-
+        state.update(seq=torch.from_numpy(seq_of_row).to(device), position=torch.from_numpy(position).to(device),
+                     logical=torch.from_numpy(logical).to(device),
+                     context=torch.from_numpy(np.asarray(case.context_lens[:max(case.num_seqs, 1)], np.int64)).to(device),
+                     page_size=torch.tensor(page_size, device=device),
+                     window=torch.tensor(case.sliding_window or 2**62, device=device),
+                     cap=torch.tensor(float(case.logits_soft_cap or 1.0), device=device))
+        capped = score_mod if case.logits_soft_cap is not None else None
         block_mask = create_block_mask(mask_mod, 1, None, T, P * page_size, device=device)
         q = to_torch(case.queries).permute(1, 0, 2).unsqueeze(0)
         kv_t = to_torch(kv).reshape(P * page_size, 2 * KVH, D)
@@ -127,11 +130,11 @@ def flex_kernel():
         v = kv_t[:, 1::2].permute(1, 0, 2).unsqueeze(0).contiguous()
         if "return_aux" in inspect.signature(flex_attention).parameters:  # torch >= 2.9
             from torch.nn.attention.flex_attention import AuxRequest
-            out, aux = compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale_of(case),
+            out, aux = compiled(q, k, v, score_mod=capped, block_mask=block_mask, scale=scale_of(case),
                                 enable_gqa=QH != KVH, return_aux=AuxRequest(lse=True))
             lse = aux.lse
         else:
-            out, lse = compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale_of(case),
+            out, lse = compiled(q, k, v, score_mod=capped, block_mask=block_mask, scale=scale_of(case),
                                 enable_gqa=QH != KVH, return_lse=True)
         out, lse = out[0].permute(1, 0, 2).float(), lse[0].permute(1, 0).float()  # [T, QH, D], [T, QH]
         if case.softmax_aux is not None:  # sinks join the denominator: out * Z / (Z + sum exp(sink))
@@ -140,7 +143,7 @@ def flex_kernel():
             sink_lse = torch.logsumexp(sinks[rows], dim=1)  # [QH]
             total = torch.logaddexp(lse, sink_lse.expand_as(lse))
             out = out * torch.exp(lse - total).nan_to_num(0.0)[..., None]
-            lse = torch.where(seq_t[:, None] >= 0, total, lse)
+            lse = torch.where(state["seq"][:, None] >= 0, total, lse)
         return to_numpy(out.to(q.dtype)), to_numpy(lse)
     return run
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <random>
 #include <string>
 
 #include "golden/check.h"
@@ -94,6 +95,7 @@ BOOST_AUTO_TEST_CASE(every_malformed_kind_is_rejected_with_its_message) {
   long_header[0] = 200;
   BOOST_TEST(rejection(long_header).find("header length 200 runs past the end of the file (10 bytes)") != std::string::npos);
   expect_rejection("{\"a\": ", 0, "header is not valid JSON");
+  expect_rejection("{\"a\": 1e99999}", 0, "header is not valid JSON");  // nlohmann's out_of_range, not a parse_error
   expect_rejection("[1, 2]", 0, "header is not a JSON object");
   expect_rejection(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 12,
@@ -134,6 +136,36 @@ BOOST_AUTO_TEST_CASE(every_malformed_kind_is_rejected_with_its_message) {
   BOOST_TEST(case_rejection([](StFile& f) { f.tensors.push_back({"extra", "F32", {1}, {0, 0, 0, 0}}); }).find(
                  "tensor 'extra': not a case tensor") != std::string::npos);
   BOOST_TEST(case_rejection([](StFile&) {}) == "");
+}
+
+// Random corruptions of a valid case: each is a case or a FormatError, never another exception or a crash
+// (ASan/UBSan builds make an out-of-bounds read a failure too).
+BOOST_AUTO_TEST_CASE(corrupted_files_fail_only_with_format_errors) {
+  const std::vector<uint8_t> good = serialize_safetensors(file_from_case(make_case(preset("sinks"))));
+  std::mt19937 rng(5);
+  int rejected = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<uint8_t> bytes = good;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      // Mostly the header, where the structure is.
+      const size_t at = rng() % 4 ? rng() % std::min<size_t>(bytes.size(), 600) : rng() % bytes.size();
+      switch (rng() % 3) {
+        case 0: bytes[at] = static_cast<uint8_t>(rng()); break;
+        case 1: bytes.erase(bytes.begin() + static_cast<std::ptrdiff_t>(at)); break;
+        default: bytes.resize(at); break;
+      }
+      if (bytes.empty()) break;
+    }
+    try {
+      parse_case(bytes.data(), bytes.size());
+    } catch (const FormatError&) {
+      ++rejected;
+    }
+  }
+  BOOST_TEST(rejected > 2500);
+  std::string deep(100000, '[');
+  expect_rejection(deep, 0, "nests deeper");
 }
 
 BOOST_AUTO_TEST_CASE(a_file_shorter_than_its_header_declares_is_rejected_when_read) {
