@@ -19,19 +19,20 @@ import threading
 
 import numpy as np
 
+from . import _tensors
+
 __all__ = ["ragged_paged_attention", "Context", "Plan", "bfloat16", "BFloat16Array", "RpaError",
            "InvalidArgumentError", "UnsupportedError", "UnavailableError", "OutOfMemoryError", "DeviceError",
            "InternalError", "library_version", "backend_available", "plugin_reports"]
 
 # Mirrors of include/rpa/rpa.h (checked against the library's own struct_size at load time).
-_DTYPE_F32, _DTYPE_F16, _DTYPE_BF16, _DTYPE_I32 = 0, 1, 2, 6
+_DTYPE_I32 = 6
+_COPY_DEVICE_TO_HOST = 1
 _BACKENDS = {"auto": 0, "reference": 1, "simd": 2, "gpu": 3}
 _STATUS_OK = 0
 
 
-class _Tensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("ndim", ctypes.c_int32),
-                ("shape", ctypes.c_int64 * 4), ("strides", ctypes.c_int64 * 4)]
+_Tensor = _tensors.Tensor
 
 
 class _Args(ctypes.Structure):
@@ -186,14 +187,17 @@ def _check_backend(backend):
         raise ValueError("backend must be one of %s, got %r" % (", ".join(_BACKENDS), backend))
 
 
-def _context(backend):
-    """The process-wide context of `backend` that the module-level function uses."""
+def _context(backend, device=None):
+    """The process-wide context of `backend` that the module-level function uses, one per GPU ordinal
+    (device: a tensor's (DLPack device type, ordinal), None for host memory)."""
     _check_backend(backend)
     _library()
+    ordinal = device[1] if device else 0
     with _contexts_lock:
-        if backend not in _contexts:
-            _contexts[backend] = Context(backend)  # lives as long as the process, like the library
-        return _contexts[backend]
+        if (backend, ordinal) not in _contexts:
+            # lives as long as the process, like the library
+            _contexts[backend, ordinal] = Context(backend, device=ordinal)
+        return _contexts[backend, ordinal]
 
 
 def library_version():
@@ -219,41 +223,6 @@ def plugin_reports():
     return reports
 
 
-_FLOAT_DTYPES = {np.dtype(np.float32): _DTYPE_F32, np.dtype(np.float16): _DTYPE_F16}
-
-
-def _float_input(name, array):
-    """(numpy array to keep alive, rpa dtype) for a float input; copies only what is not usable as is.
-    No conversion changes a value: float64 is narrowed to float32 only when every value survives it, and
-    integer or bool arrays are refused."""
-    if isinstance(array, BFloat16Array):
-        return _as_usable(array.bits), _DTYPE_BF16
-    array = np.asarray(array)
-    if array.dtype.name == "bfloat16":  # ml_dtypes / jax bfloat16
-        return _as_usable(array.view(np.uint16)), _DTYPE_BF16
-    if array.dtype == np.float64:
-        with np.errstate(over="ignore"):
-            narrowed = array.astype(np.float32)
-        changed = (narrowed.astype(np.float64) != array) & ~np.isnan(array)
-        if changed.any():
-            raise ValueError("%s: float64 value %r is not exactly a float32; convert it explicitly (e.g. "
-                             "array.astype(np.float32)) if rounding is intended" % (name, array[changed].flat[0]))
-        array = narrowed
-    elif array.dtype not in _FLOAT_DTYPES:
-        raise ValueError("%s: dtype %s is not float32, float16 or bfloat16 (or float64 holding float32 values)"
-                         % (name, array.dtype))
-    return _as_usable(array), _FLOAT_DTYPES[array.dtype]
-
-
-def _as_usable(array):
-    """The array itself when it starts on an item boundary and its strides are non-negative multiples of
-    the item size with a contiguous last dimension, else a C-contiguous copy."""
-    if array.ndim and (array.strides[-1] != array.itemsize or any(s < 0 or s % array.itemsize for s in array.strides)
-                       or array.ctypes.data % array.itemsize):
-        return np.array(array, order="C")  # a new, aligned C-contiguous copy
-    return array
-
-
 def _real(name, value):
     """A Python float for a scalar argument: a real number (not bool or str) that a double holds exactly."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -267,95 +236,67 @@ def _real(name, value):
     return result
 
 
-def _tensor(array, dtype):
-    t = _Tensor()
-    t.data = array.ctypes.data
-    t.dtype = dtype
-    t.ndim = array.ndim
-    for i in range(array.ndim):
-        t.shape[i] = array.shape[i]
-        t.strides[i] = array.strides[i] // array.itemsize
-    return t
-
-
-def _int32_input(name, array):
-    array = np.asarray(array)
-    if array.dtype.kind not in "iu":
-        raise ValueError("%s: dtype %s is not an integer type" % (name, array.dtype))
-    if array.size and (array.max() > np.iinfo(np.int32).max or array.min() < np.iinfo(np.int32).min):
-        raise ValueError("%s: values do not fit in int32" % name)
-    return np.ascontiguousarray(array, dtype=np.int32)
-
-
 def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse):
-    """Fills the float tensors of args (arrays kept alive in `keep`); returns (result, lse)."""
+    """Fills the float tensors of args, borrowed without copies (rpa._tensors): memory and stream follow
+    the queries (a GPU tensor runs as device memory on its framework's current stream). Returns
+    (result, lse, device) with device None for host memory, else (DLPack device type, ordinal)."""
+    gpu = _tensors.is_gpu(queries)
+    dl_stream, stream = _tensors.current_stream(queries) if gpu else (None, 0)
+    bound = []
 
-    def bind(array):
-        keep.append(array)
-        return array
+    def bind(name, value, writable=False):
+        b = _tensors.borrow_float(name, value, dl_stream, writable)
+        if bound and (b.memory, b.device) != (bound[0].memory, bound[0].device):
+            raise ValueError("%s: lives on %s, queries on %s: every tensor argument must share one device"
+                             % (name, b.device or "the host", bound[0].device or "the host"))
+        bound.append(b)
+        keep.append(b)
+        return b.tensor
 
-    q, q_dtype = _float_input("queries", queries)
-    if q.ndim != 3:
-        raise ValueError("queries: expected 3 dimensions [T, QH, D], got %d" % q.ndim)
-    args.queries = _tensor(bind(q), q_dtype)
-
+    args.queries = bind("queries", queries)
+    q_shape = bound[0].shape
+    if len(q_shape) != 3:
+        raise ValueError("queries: expected 3 dimensions [T, QH, D], got %d" % len(q_shape))
+    args.memory = bound[0].memory
+    args.stream = stream
     if isinstance(kv_pages, (tuple, list)):
         if len(kv_pages) != 2:
             raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
-        k, k_dtype = _float_input("k_cache", kv_pages[0])
-        v, v_dtype = _float_input("v_cache", kv_pages[1])
-        args.k_cache = _tensor(bind(k), k_dtype)
-        args.v_cache = _tensor(bind(v), v_dtype)
+        args.k_cache = bind("k_cache", kv_pages[0])
+        args.v_cache = bind("v_cache", kv_pages[1])
     else:
-        kv, kv_dtype = _float_input("kv_pages", kv_pages)
-        args.kv_pages = _tensor(bind(kv), kv_dtype)
-
+        args.kv_pages = bind("kv_pages", kv_pages)
     if softmax_aux is not None:
-        sinks, sink_dtype = _float_input("softmax_aux", softmax_aux)
-        if sinks.ndim == 1:
-            if sinks.shape[0] != q.shape[1]:
+        sinks = bind("softmax_aux", softmax_aux)
+        if sinks.ndim == 1:  # one sink per q head: the view [QH, 1]
+            if sinks.shape[0] != q_shape[1]:
                 raise ValueError("softmax_aux: 1-D sinks are one per q head and need %d entries, got %d"
-                                 % (q.shape[1], sinks.shape[0]))
-            sinks = sinks.reshape(-1, 1)
-        args.softmax_aux = _tensor(bind(sinks), sink_dtype)
-
-    if out is None:
-        result = BFloat16Array(np.empty(q.shape, np.uint16)) if q_dtype == _DTYPE_BF16 else np.empty(q.shape, q.dtype)
-    else:
-        result = out
-    out_array = result.bits if isinstance(result, BFloat16Array) else np.asarray(result)
-    if isinstance(result, BFloat16Array):
-        out_dtype = _DTYPE_BF16
-    elif out_array.dtype in _FLOAT_DTYPES:
-        out_dtype = _FLOAT_DTYPES[out_array.dtype]
-    else:
-        raise ValueError("out: dtype %s is not float32, float16 or bfloat16" % out_array.dtype)
-    if not out_array.flags.writeable or _as_usable(out_array) is not out_array:
-        raise ValueError("out: must be writeable with non-negative strides and a contiguous last dimension")
-    args.out = _tensor(bind(out_array), out_dtype)
-
+                                 % (q_shape[1], sinks.shape[0]))
+            sinks.ndim, sinks.shape[1], sinks.strides[1] = 2, 1, 1
+        args.softmax_aux = sinks
+    result = _tensors.empty(queries, q_shape) if out is None else out
+    if result is None:
+        raise ValueError("out: rpa cannot allocate an output for a %s tensor on a GPU; pass out="
+                         % type(queries).__name__)
+    args.out = bind("out", result, writable=True)
     lse = None
     if return_lse:
-        lse = np.empty(q.shape[:2], np.float32)
-        args.lse = _tensor(bind(lse), _DTYPE_F32)
-    return result, lse
+        lse = _tensors.empty(result, q_shape[:2], float32=True)
+        args.lse = bind("lse", lse, writable=True)
+    return result, lse, bound[0].device
 
 
 def _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window):
-    def bind(array):
+    """Fills the metadata (any integer arrays or tensors, read on the host as the C ABI wants them)."""
+    for name, value in (("context_lens", context_lens), ("block_tables", block_tables),
+                        ("query_start_loc", query_start_loc)):
+        array = _tensors.borrow_int32(name, value, _device_to_host)
         keep.append(array)
-        return array
-
-    args.context_lens = _tensor(bind(_int32_input("context_lens", context_lens)), _DTYPE_I32)
-    args.block_tables = _tensor(bind(_int32_input("block_tables", block_tables)), _DTYPE_I32)
-    args.query_start_loc = _tensor(bind(_int32_input("query_start_loc", query_start_loc)), _DTYPE_I32)
-    num_seqs_array = np.asarray(num_seqs)
-    if num_seqs_array.size != 1 or num_seqs_array.dtype.kind not in "iu":
+        setattr(args, name, _tensors.descriptor(array, _DTYPE_I32))
+    num_seqs_array = _tensors.borrow_int32("num_seqs", num_seqs, _device_to_host)
+    if num_seqs_array.size != 1:
         raise ValueError("num_seqs: expected an integer or a one-element integer array")
-    num_seqs_value = int(num_seqs_array.reshape(()))
-    if not -2**31 <= num_seqs_value < 2**31:
-        raise ValueError("num_seqs: %d does not fit in int32" % num_seqs_value)
-    args.num_seqs = num_seqs_value
+    args.num_seqs = int(num_seqs_array.reshape(()))
     if sliding_window is not None:
         if isinstance(sliding_window, (bool, np.bool_)) or not isinstance(sliding_window, (int, np.integer)):
             raise ValueError("sliding_window: expected an integer or None, got %r" % (sliding_window,))
@@ -363,6 +304,12 @@ def _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_
         if window < -2**31:
             raise ValueError("sliding_window: %d must be None or > 0" % window)
         args.sliding_window = 0 if window >= 2**31 else window  # wider than any context: the same as none
+
+
+def _device_to_host(dst, src, nbytes, device):
+    """Reads GPU metadata back (rpa_device_copy waits for the copy)."""
+    _check(_library().rpa_device_copy(_context("gpu", device)._handle, ctypes.c_void_p(dst), ctypes.c_void_p(src),
+                                      ctypes.c_size_t(nbytes), _COPY_DEVICE_TO_HOST))
 
 
 def _bind_scalars(args, softmax_scale, logits_soft_cap):
@@ -412,7 +359,7 @@ class Context:
         """One call (plan and run); see ragged_paged_attention."""
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
-        result, lse = _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse)
+        result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse)
         _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
         _bind_scalars(args, softmax_scale, logits_soft_cap)
         _check(_lib.rpa_attention(self._handle, ctypes.byref(args)))
@@ -454,7 +401,7 @@ class Plan:
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
         sinks = self._softmax_aux if softmax_aux is None else softmax_aux
-        result, lse = _bind_tensors(args, keep, queries, kv_pages, sinks, out, self._return_lse)
+        result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, sinks, out, self._return_lse)
         _bind_scalars(args, softmax_scale, logits_soft_cap)
         _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
         return (result, lse) if self._return_lse else result
@@ -463,18 +410,38 @@ class Plan:
 def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
                            softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
                            return_lse=False, backend="auto", out=None):
-    """Ragged paged attention (the contract is in rpa's README), on a process-wide context of `backend`.
+    """Ragged paged attention (the contract is in rpa's README), on a process-wide context of `backend`
+    (one per GPU for GPU tensors).
 
     queries [T, QH, D]; kv_pages [P, page_size, 2*KVH, D] combined (K of head h at 2h, V at 2h+1) or a
     pair (k_cache, v_cache) of [P, page_size, KVH, D]; context_lens [S]; block_tables [S, W];
     query_start_loc [S+1]; num_seqs an int (or a one-element array). softmax_aux: 1-D [QH] is one sink
     per q head; 2-D [H_s, n] with H_s in {1, KVH, QH}. Returns out [T, QH, D] in the queries' dtype (or
     writes into `out`), and with return_lse=True the pair (out, lse [T, QH] float32).
+
+    Every tensor may be a numpy array or any DLPack tensor (torch, CuPy, JAX, ...), borrowed without a
+    copy: GPU tensors run on the GPU backend as device memory, on the framework's current stream, and the
+    results are new tensors of the queries' framework and device. JAX arrays go through rpa.jax.
+
+    >>> import numpy as np, rpa
+    >>> q = np.ones((1, 2, 4), np.float32)                  # one token, 2 heads, head_dim 4
+    >>> kv = np.zeros((1, 16, 2, 4), np.float32)            # one page of 16 slots, 1 kv head (K, V)
+    >>> kv[0, :3, 1] = [[1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]]   # V of the 3 tokens
+    >>> out = rpa.ragged_paged_attention(q, kv, [3], [[0]], [0, 1], 1)
+    >>> out[0, 0].tolist()                                   # equal scores: the mean of V
+    [2.0, 2.0, 2.0, 2.0]
     """
-    return _context(backend).attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
-                                       softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
-                                       sliding_window=sliding_window, softmax_aux=softmax_aux,
-                                       return_lse=return_lse, out=out)
+    if _tensors.framework(queries) == "jax":
+        from . import jax as rpa_jax  # immutable arrays: the XLA custom call allocates the outputs
+        return rpa_jax.ragged_paged_attention(
+            queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+            softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap, sliding_window=sliding_window,
+            softmax_aux=softmax_aux, return_lse=return_lse, backend=backend, out=out)
+    context = _context(backend, _tensors.device(queries))
+    return context.attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+                             softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
+                             sliding_window=sliding_window, softmax_aux=softmax_aux, return_lse=return_lse,
+                             out=out)
 
 
 # The golden-reference toolkit (cases.py, testing.py): case files, check, the conformance suite.

@@ -1,0 +1,134 @@
+"""rpa for JAX: ejKernel's ``ragged_page_attention_v2`` as an XLA FFI custom call, usable under ``jax.jit``.
+
+    from rpa.jax import ragged_page_attention_v2   # instead of ejKernel's
+
+The custom call runs rpa's simd backend for arrays on the CPU platform and the gpu plugin for arrays on
+CUDA devices, reading and writing XLA's buffers in place. It needs the module ``_rpa_jax_ffi`` that the
+build makes when it finds jaxlib's FFI headers (``RPA_JAX_FFI`` may name its path).
+"""
+
+import ctypes
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["ragged_page_attention_v2", "ragged_paged_attention"]
+
+_TARGET = "rpa_attention"
+_BACKENDS = {"auto": 0, "reference": 1, "simd": 2, "gpu": 3}
+_lock = threading.Lock()
+_module = None
+
+
+def _register():
+    """Loads the FFI module once and registers its handlers with XLA for the CPU and CUDA platforms."""
+    global _module
+    with _lock:
+        if _module is not None:
+            return
+        import rpa
+        rpa.library_version()  # loads librpa first: the module's own reference to it resolves to that copy
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.environ.get("RPA_JAX_FFI") or os.path.join(here, "_rpa_jax_ffi.so")
+        if not os.path.exists(path):
+            raise ImportError("rpa.jax: the FFI module %s is missing: rpa was built without jaxlib's FFI "
+                              "headers (build it where `import jax` works, or set RPA_JAX_FFI)" % path)
+        module = ctypes.CDLL(path)
+        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(module.RpaAttentionCpu), platform="cpu")
+        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(module.RpaAttentionCuda), platform="CUDA")
+        _module = module
+
+
+def _int32(name, value):
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+        raise ValueError("%s: dtype %s is not an integer type" % (name, value.dtype))
+    return value.astype(jnp.int32)
+
+
+def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+                           softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
+                           return_lse=False, backend="auto", out=None):
+    """rpa.ragged_paged_attention for JAX arrays (any argument may be traced; see that function's doc).
+
+    kv_pages is the combined cache or the pair (k_cache, v_cache). num_seqs may be an int or a device
+    array of one element: it stays on the device under jit. backend "auto" means simd on the CPU platform
+    and gpu on CUDA. Returns a new array of the queries' dtype (and lse [T, QH] float32 with return_lse).
+    """
+    if out is not None:
+        raise ValueError("out: JAX arrays are immutable; rpa.jax returns a new array")
+    if backend not in _BACKENDS:
+        raise ValueError("backend must be one of %s, got %r" % (", ".join(_BACKENDS), backend))
+    _register()
+    queries = jnp.asarray(queries)
+    if queries.ndim != 3:
+        raise ValueError("queries: expected 3 dimensions [T, QH, D], got %d" % queries.ndim)
+    T, QH, _ = queries.shape
+    if isinstance(kv_pages, (tuple, list)):
+        if len(kv_pages) != 2:
+            raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
+        k, v, combined = jnp.asarray(kv_pages[0]), jnp.asarray(kv_pages[1]), 0
+    else:
+        k, v, combined = jnp.asarray(kv_pages), jnp.zeros((0,), queries.dtype), 1
+    if softmax_aux is None:
+        sinks = jnp.zeros((0, 0), jnp.float32)
+    else:
+        sinks = jnp.asarray(softmax_aux)
+        if sinks.ndim == 1:  # one sink per q head, as in rpa's other bindings
+            if sinks.shape[0] != QH:
+                raise ValueError("softmax_aux: 1-D sinks are one per q head and need %d entries, got %d"
+                                 % (QH, sinks.shape[0]))
+            sinks = sinks.reshape(QH, 1)
+    if softmax_scale is not None and float(softmax_scale) == 0.0:
+        raise ValueError("softmax_scale: 0 is not a usable scale (pass None for 1/sqrt(head_dim))")
+    window = 0 if sliding_window is None else int(sliding_window)
+    if window < -2**31:
+        raise ValueError("sliding_window: %d must be None or > 0" % window)
+    results = [jax.ShapeDtypeStruct(queries.shape, queries.dtype),
+               jax.ShapeDtypeStruct((T, QH) if return_lse else (0,), jnp.float32)]
+    call = jax.ffi.ffi_call(_TARGET, results)
+    result, lse = call(queries, k, v, _int32("context_lens", context_lens), _int32("block_tables", block_tables),
+                       _int32("query_start_loc", query_start_loc), _int32("num_seqs", num_seqs).reshape((1,)),
+                       sinks,
+                       softmax_scale=np.float64(0.0 if softmax_scale is None else softmax_scale),
+                       logits_soft_cap=np.float64(0.0 if logits_soft_cap is None else logits_soft_cap),
+                       sliding_window=np.int32(0 if window >= 2**31 else window),  # wider than any context
+                       combined_kv=np.int32(combined), backend=np.int32(_BACKENDS[backend]))
+    return (result, lse) if return_lse else result
+
+
+def ragged_page_attention_v2(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+                             softmax_scale=None, logits_soft_cap=None, compute_dtype=jnp.bfloat16,
+                             optimized=False, sliding_window=None, softmax_aux=None, mask_value=None,
+                             num_kv_pages_per_block=None, num_queries_per_block=None, vmem_limit_bytes=None,
+                             num_warps=None, num_stages=None):
+    """ejKernel's ragged_page_attention_v2, signature and defaults included, computed by rpa.
+
+    queries [T, QH, D]; kv_pages [P, page_size, 2*KVH, D] (K of kv head h at 2h, V at 2h+1);
+    context_lens [S], block_tables [S, W], query_start_loc [S+1] int32; num_seqs an int or an int32
+    array of one element (read on the device under jit: no retrace when it changes). Returns
+    [T, QH, D] in the queries' dtype.
+
+    What differs from the seed (rpa's README, "Where the seed is wrong", has the details):
+    - rows after the first num_seqs sequences are 0, never attention values, and no query block can
+      overwrite another sequence's rows; block tables are read only where a sequence needs them;
+    - a sliding window never yields NaN, and NaN/Inf in unused pages or invisible slots never leaks;
+    - softmax_aux 1-D means one sink per q head ([QH]); 2-D [H_s, n] with H_s in {1, KVH, QH};
+    - computation is in float32 at least whatever compute_dtype says; masked keys are skipped, not
+      given mask_value; compute_dtype, optimized, mask_value and the tuning knobs
+      (num_kv_pages_per_block, num_queries_per_block, vmem_limit_bytes, num_warps, num_stages) are
+      accepted and ignored, as the seed's XLA path ignores its knobs;
+    - bad metadata (a block-table entry out of range, q_len > context_len, ...) raises an error naming
+      the argument instead of reading out of bounds.
+
+    On CUDA the custom call copies the four metadata arrays (a few KiB) to the host and waits for XLA's
+    stream once per call (rpa reads metadata on the host); queries, KV and the output are never copied.
+    """
+    del compute_dtype, optimized, mask_value, num_kv_pages_per_block, num_queries_per_block
+    del vmem_limit_bytes, num_warps, num_stages
+    return ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+                                  softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
+                                  sliding_window=sliding_window, softmax_aux=softmax_aux)

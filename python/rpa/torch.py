@@ -1,0 +1,96 @@
+"""rpa for PyTorch: ``torch.ops.rpa.ragged_paged_attention``, a custom op with a fake kernel, so it works
+in eager mode and under ``torch.compile`` on CPU tensors (simd backend) and CUDA/ROCm tensors (gpu plugin,
+on the current stream, no copy of queries, KV or outputs); and plans, whose runs a CUDA graph can capture.
+
+    import rpa.torch
+    out = rpa.torch.ragged_paged_attention(q, kv_pages, context_lens, block_tables, query_start_loc, num_seqs)
+
+    plan = rpa.torch.plan(q, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, out=out)
+    with torch.cuda.graph(graph):
+        plan.run(q, kv_pages, out=out)       # enqueues kernels on the capturing stream, nothing else
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+import rpa
+
+__all__ = ["ragged_paged_attention", "plan"]
+
+_contexts = {}
+
+
+@torch.library.custom_op("rpa::ragged_paged_attention", mutates_args=())
+def _attention(queries: torch.Tensor, kv_pages: Optional[torch.Tensor], k_cache: Optional[torch.Tensor],
+               v_cache: Optional[torch.Tensor], context_lens: torch.Tensor, block_tables: torch.Tensor,
+               query_start_loc: torch.Tensor, num_seqs: torch.Tensor, softmax_scale: Optional[float],
+               logits_soft_cap: Optional[float], sliding_window: Optional[int],
+               softmax_aux: Optional[torch.Tensor], return_lse: bool, backend: str
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    kv = kv_pages if kv_pages is not None else (k_cache, v_cache)
+    result = rpa.ragged_paged_attention(queries, kv, context_lens, block_tables, query_start_loc, num_seqs,
+                                        softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
+                                        sliding_window=sliding_window, softmax_aux=softmax_aux,
+                                        return_lse=return_lse, backend=backend)
+    if return_lse:
+        return result
+    return result, queries.new_empty((0,), dtype=torch.float32)
+
+
+@_attention.register_fake
+def _(queries, kv_pages, k_cache, v_cache, context_lens, block_tables, query_start_loc, num_seqs,
+      softmax_scale, logits_soft_cap, sliding_window, softmax_aux, return_lse, backend):
+    lse_shape = queries.shape[:2] if return_lse else (0,)
+    return torch.empty_like(queries), queries.new_empty(lse_shape, dtype=torch.float32)
+
+
+def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
+                           softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
+                           return_lse=False, backend="auto"):
+    """rpa.ragged_paged_attention for torch tensors through the custom op (see that function's doc).
+
+    kv_pages: the combined cache [P, page_size, 2*KVH, D] or the pair (k_cache, v_cache) of
+    [P, page_size, KVH, D] (vLLM's kv_cache[0], kv_cache[1] are such views). Metadata may be int32/int64
+    tensors on the CPU or the GPU (GPU metadata are read back, a synchronising copy of a few KiB). For a
+    CUDA graph, plan the batch outside the capture and run the plan inside it.
+
+    >>> import torch, rpa.torch
+    >>> q = torch.ones(1, 2, 4)
+    >>> kv = torch.zeros(1, 16, 2, 4); kv[0, :3, 1] = torch.tensor([1., 2., 3.])[:, None]
+    >>> rpa.torch.ragged_paged_attention(q, kv, torch.tensor([3]), torch.tensor([[0]]),
+    ...                                  torch.tensor([0, 1]), 1)[0, 0].tolist()
+    [2.0, 2.0, 2.0, 2.0]
+    """
+    if isinstance(kv_pages, (tuple, list)):
+        if len(kv_pages) != 2:
+            raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
+        combined, k_cache, v_cache = None, kv_pages[0], kv_pages[1]
+    else:
+        combined, k_cache, v_cache = kv_pages, None, None
+    if not isinstance(num_seqs, torch.Tensor):
+        num_seqs = torch.tensor([int(num_seqs)], dtype=torch.int32)
+    out, lse = torch.ops.rpa.ragged_paged_attention(
+        queries, combined, k_cache, v_cache, context_lens, block_tables, query_start_loc, num_seqs,
+        None if softmax_scale is None else float(softmax_scale),
+        None if logits_soft_cap is None else float(logits_soft_cap),
+        None if sliding_window is None else int(sliding_window), softmax_aux, return_lse, backend)
+    return (out, lse) if return_lse else out
+
+
+def plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *, sliding_window=None,
+         softmax_aux=None, return_lse=False, out=None, backend="auto"):
+    """An rpa.Plan for these torch tensors' metadata and layouts, on a context of the queries' device.
+
+    Make it outside a CUDA graph capture (it reads the metadata and, on the GPU, uploads them once);
+    ``plan.run(queries, kv_pages, out=out)`` then reads only the tensors and enqueues the kernels on the
+    current stream without allocating, copying or synchronising, so a graph can capture it (pass out= and
+    keep the tensors static, as for any captured work). One plan serves every layer of a step.
+    """
+    ordinal = queries.device.index or 0 if queries.device.type == "cuda" else 0
+    key = (backend, ordinal)
+    if key not in _contexts:
+        _contexts[key] = rpa.Context(backend=backend, device=ordinal)
+    return _contexts[key].plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
+                               sliding_window=sliding_window, softmax_aux=softmax_aux, return_lse=return_lse,
+                               out=out)
