@@ -1,0 +1,178 @@
+// The GPU planner (plugins/hip/planner.cpp, plain C++) on the CPU: every visible (q head, row, key) of a
+// problem belongs to exactly one tile, the splits of a key range partition it in order, and counts near
+// the int32 limits neither wrap nor pass unnamed.
+#define BOOST_TEST_MODULE gpu_planner
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <random>
+#include <vector>
+
+#include "plugins/hip/planner.h"
+
+using rpa_gpu::PlanLimits;
+using rpa_gpu::Tile;
+using rpa_gpu::TilePlan;
+
+namespace {
+
+struct Metadata {
+  std::vector<int32_t> context_lens, query_start_loc;
+  rpa_problem problem{};
+};
+
+Metadata metadata(const std::vector<int32_t>& q_lens, const std::vector<int32_t>& context_lens, int64_t q_heads,
+                  int64_t kv_heads, int64_t window) {
+  Metadata m;
+  m.context_lens = context_lens;
+  m.query_start_loc = {3};  // rows before the first sequence are padding
+  for (int32_t q : q_lens) m.query_start_loc.push_back(m.query_start_loc.back() + q);
+  rpa_problem& p = m.problem;
+  p.num_seqs = static_cast<int32_t>(q_lens.size());
+  p.num_tokens = m.query_start_loc.back() + 2;
+  p.num_q_heads = q_heads;
+  p.num_kv_heads = kv_heads;
+  p.head_dim = 128;
+  p.page_size = 16;
+  p.pages_per_seq = 1 << 20;
+  p.sliding_window = window;
+  p.context_lens = m.context_lens.data();
+  p.query_start_loc = m.query_start_loc.data();
+  return m;
+}
+
+// How often each (head, row, key) is covered, dense: keys below max_keys.
+struct Coverage {
+  int64_t rows, max_keys;
+  std::vector<uint8_t> count;
+  uint8_t& at(int64_t head, int64_t row, int64_t key) { return count[(head * rows + row) * max_keys + key]; }
+};
+
+// Checks the plan's structure and counts its coverage (with `count` false only the structure).
+Coverage coverage(const rpa_problem& p, const TilePlan& plan, const PlanLimits& limits, bool count_pairs = true) {
+  int64_t max_keys = 1;
+  for (int32_t s = 0; s < p.num_seqs; ++s) max_keys = std::max<int64_t>(max_keys, p.context_lens[s]);
+  Coverage count{p.num_tokens, max_keys, {}};
+  if (count_pairs) count.count.assign(static_cast<size_t>(p.num_q_heads * p.num_tokens * max_keys), 0);
+  BOOST_TEST_REQUIRE(plan.decode_tiles <= plan.attention_tiles);
+  BOOST_TEST_REQUIRE(plan.attention_tiles <= plan.tiles.size());
+  const int64_t group = p.num_q_heads / p.num_kv_heads;
+  for (size_t i = 0; i < plan.attention_tiles; ++i) {
+    const Tile& t = plan.tiles[i];
+    const bool decode = i < plan.decode_tiles;
+    BOOST_TEST(t.heads * t.rows <= (decode ? rpa_gpu::kDecodeMaxRows : limits.max_rows));
+    BOOST_TEST(t.head_begin / group == (t.head_begin + t.heads - 1) / group, "a tile spans kv heads");
+    BOOST_TEST(t.key_begin >= 0);
+    BOOST_TEST(t.key_begin < t.key_end);
+    BOOST_TEST(t.key_end <= p.context_lens[t.seq]);
+    const int32_t q_len = p.query_start_loc[t.seq + 1] - p.query_start_loc[t.seq];
+    BOOST_TEST(t.first_pos == p.context_lens[t.seq] - q_len + (t.row_begin - p.query_start_loc[t.seq]));
+    // The range holds only keys some row of the tile can see.
+    BOOST_TEST(t.key_end - 1 <= t.first_pos + t.rows - 1);
+    BOOST_TEST(t.key_begin >= (p.sliding_window > 0 ? std::max<int64_t>(0, t.first_pos - p.sliding_window + 1) : 0));
+    for (int64_t h = t.head_begin; h < t.head_begin + t.heads; ++h)
+      for (int64_t r = 0; r < t.rows; ++r) {
+        const int64_t pos = t.first_pos + r;
+        const int64_t first = p.sliding_window > 0 ? std::max<int64_t>(0, pos - p.sliding_window + 1) : 0;
+        if (count_pairs)
+          for (int64_t j = std::max<int64_t>(first, t.key_begin); j <= std::min<int64_t>(pos, t.key_end - 1); ++j)
+            ++count.at(h, t.row_begin + r, j);
+      }
+  }
+  // Merge tiles: their splits are consecutive partial slots whose key ranges partition the merged range
+  // in ascending order.
+  for (size_t i = plan.attention_tiles; i < plan.tiles.size(); ++i) {
+    const Tile& merge = plan.tiles[i];
+    BOOST_TEST_REQUIRE(merge.splits >= 2);
+    std::vector<const Tile*> splits;
+    for (size_t j = 0; j < plan.attention_tiles; ++j) {
+      const Tile& t = plan.tiles[j];
+      if (t.partial >= merge.partial && t.partial < merge.partial + merge.splits * merge.heads * merge.rows)
+        splits.push_back(&t);
+    }
+    BOOST_TEST_REQUIRE(splits.size() == static_cast<size_t>(merge.splits));
+    std::sort(splits.begin(), splits.end(), [](const Tile* a, const Tile* b) { return a->partial < b->partial; });
+    int64_t next = merge.key_begin;
+    for (size_t s = 0; s < splits.size(); ++s) {
+      BOOST_TEST(splits[s]->partial == merge.partial + static_cast<int32_t>(s) * merge.heads * merge.rows);
+      BOOST_TEST(splits[s]->seq == merge.seq);
+      BOOST_TEST(splits[s]->row_begin == merge.row_begin);
+      BOOST_TEST(splits[s]->head_begin == merge.head_begin);
+      BOOST_TEST(splits[s]->key_begin == next);
+      if (s + 1 < splits.size()) BOOST_TEST((splits[s]->key_end - splits[s]->key_begin) % limits.tile_keys == 0);
+      next = splits[s]->key_end;
+    }
+    BOOST_TEST(next == merge.key_end);
+  }
+  return count;
+}
+
+void expect_exact_cover(const rpa_problem& p, const PlanLimits& limits) {
+  const TilePlan plan = rpa_gpu::make_tile_plan(p, limits);
+  Coverage count = coverage(p, plan, limits);
+  size_t visible = 0;
+  for (int32_t s = 0; s < p.num_seqs; ++s) {
+    const int32_t first_row = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - first_row;
+    for (int32_t i = 0; i < q_len; ++i) {
+      const int64_t pos = p.context_lens[s] - q_len + i;
+      const int64_t first = p.sliding_window > 0 ? std::max<int64_t>(0, pos - p.sliding_window + 1) : 0;
+      for (int64_t h = 0; h < p.num_q_heads; ++h)
+        for (int64_t j = first; j <= pos; ++j) {
+          ++visible;
+          const int covered = count.at(h, first_row + i, j);
+          if (covered != 1)
+            BOOST_FAIL("seq " << s << " head " << h << " row " << first_row + i << " key " << j << " covered "
+                              << covered << " times");
+        }
+    }
+  }
+  size_t covered = 0;
+  for (uint8_t c : count.count) covered += c;
+  BOOST_TEST(covered == visible);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(every_visible_row_key_pair_is_covered_exactly_once) {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 40; ++trial) {
+    std::vector<int32_t> q_lens, contexts;
+    const int seqs = 1 + static_cast<int>(rng() % 6);
+    for (int s = 0; s < seqs; ++s) {
+      const int32_t q = rng() % 3 == 0 ? 1 : static_cast<int32_t>(rng() % 80);
+      q_lens.push_back(q);
+      contexts.push_back(q + static_cast<int32_t>(rng() % 600));
+    }
+    const int64_t kv_heads = 1 + rng() % 2, group = 1 + rng() % 6;
+    const int64_t window = rng() % 2 ? 0 : 1 + rng() % 300;
+    Metadata m = metadata(q_lens, contexts, kv_heads * group, kv_heads, window);
+    for (bool decode : {false, true})
+      for (int target : {1, 64, 4000}) {
+        const PlanLimits limits{decode, trial % 2 ? 64 : 32, trial % 3 ? 64 : 32, target};
+        BOOST_TEST_CONTEXT("trial " << trial << " decode " << decode << " target " << target)
+        expect_exact_cover(m.problem, limits);
+      }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(key_ranges_near_the_int32_limit_split_without_wrapping) {
+  const int32_t huge = 2147483647 - 5;
+  Metadata m = metadata({1, 3}, {huge, huge}, 4, 4, 0);
+  const TilePlan plan = rpa_gpu::make_tile_plan(m.problem, PlanLimits{true, 64, 64, 4000});
+  BOOST_TEST(plan.tiles.size() > plan.attention_tiles, "long ranges should split");
+  (void)coverage(m.problem, plan, PlanLimits{true, 64, 64, 4000}, false);
+  for (const Tile& t : plan.tiles) BOOST_TEST(t.key_end <= huge);
+}
+
+BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
+  Metadata m = metadata({1}, {5}, 8, 2, 0);
+  BOOST_TEST(rpa_gpu::plan_limit_error(m.problem).empty());
+  m.problem.num_q_heads = int64_t{1} << 31;
+  BOOST_TEST(rpa_gpu::plan_limit_error(m.problem).find("'queries': shape[1]") != std::string::npos);
+  m.problem.num_q_heads = 64;
+  m.problem.num_tokens = int64_t{1} << 25;  // 2^31 rows
+  BOOST_TEST(rpa_gpu::plan_limit_error(m.problem).find("T * QH") != std::string::npos);
+  m.problem.num_tokens = 10;
+  m.problem.pages_per_seq = int64_t{1} << 32;
+  BOOST_TEST(rpa_gpu::plan_limit_error(m.problem).find("'block_tables'") != std::string::npos);
+}
