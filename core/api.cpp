@@ -2,6 +2,7 @@
 // thread's last-error text.
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -13,6 +14,10 @@
 
 struct rpa_context {
   std::unique_ptr<rpa::Backend> backend;
+  // AUTO resolved to the GPU: host-memory calls the GPU cannot run go to a CPU backend, made on first need.
+  bool cpu_fallback = false;
+  std::mutex fallback_mutex;
+  std::unique_ptr<rpa::Backend> fallback;
 };
 
 // A validated call (metadata copied) and its backend's plan. Runs only read it, so it may run from
@@ -58,6 +63,11 @@ Backend& backend_of(rpa_context* context) {
   return *context->backend;
 }
 
+std::unique_ptr<Backend> make_cpu_backend(int num_threads) {
+  if (simd_backend_available()) return make_simd_backend(num_threads);
+  return make_reference_backend();
+}
+
 std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
   if (options.num_threads < 0)
     invalid("argument 'options.num_threads': " + std::to_string(options.num_threads) + " must be >= 0");
@@ -69,8 +79,7 @@ std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
     case RPA_BACKEND_GPU: return make_gpu_backend(options.device_ordinal, options.num_threads);
     case RPA_BACKEND_AUTO:
       if (gpu_backend_available()) return make_gpu_backend(options.device_ordinal, options.num_threads);
-      if (simd_backend_available()) return make_simd_backend(options.num_threads);
-      return make_reference_backend();
+      return make_cpu_backend(options.num_threads);
     default:
       invalid("argument 'options.backend': " + std::to_string(backend) + " is not an rpa_backend");
   }
@@ -101,6 +110,20 @@ std::unique_ptr<PlannedCall> planned_call(const Backend& backend, const rpa_atte
     invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
             rpa_backend_string(backend.kind()));
   return call;
+}
+
+// The backend that runs `problem`: the context's, or for AUTO the CPU when the GPU answers unsupported.
+Backend& backend_for(rpa_context& context, const rpa_problem& problem) {
+  if (!context.cpu_fallback || problem.memory != RPA_MEMORY_HOST) return *context.backend;
+  try {
+    context.backend->check_supported(problem);
+    return *context.backend;
+  } catch (const Error& error) {
+    if (error.status() != RPA_STATUS_UNSUPPORTED) throw;
+  }
+  std::lock_guard<std::mutex> lock(context.fallback_mutex);
+  if (!context.fallback) context.fallback = make_cpu_backend(0);
+  return *context.fallback;
 }
 
 rpa_plan& plan_of(rpa_plan* plan) {
@@ -159,6 +182,7 @@ rpa_status rpa_context_create(const rpa_context_options* options, rpa_context** 
         options ? read_versioned(options, "options", rpa_context_options_init) : defaults;
     auto context = std::make_unique<rpa_context>();
     context->backend = make_backend(resolved);
+    context->cpu_fallback = resolved.backend == RPA_BACKEND_AUTO && context->backend->kind() == RPA_BACKEND_GPU;
     *out = context.release();
   });
 }
@@ -193,7 +217,7 @@ rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args) {
     Backend& backend = backend_of(context);
     const rpa_attention_args resolved = args_of(args);
     const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
-    backend.run_once(validate_run_args(*call, resolved));
+    backend_for(*context, call->problem()).run_once(validate_run_args(*call, resolved));
   });
 }
 
@@ -205,7 +229,7 @@ rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args,
     auto plan = std::make_unique<rpa_plan>();
     plan->context = context;
     plan->call = planned_call(backend, args_of(args));
-    plan->backend_plan = backend.plan(plan->call->problem());
+    plan->backend_plan = backend_for(*context, plan->call->problem()).plan(plan->call->problem());
     *out = plan.release();
   });
 }
@@ -236,7 +260,34 @@ rpa_status rpa_time_attention(rpa_context* context, const rpa_attention_args* ar
     require(milliseconds, "milliseconds");
     const rpa_attention_args resolved = args_of(args);
     const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
-    backend.plan(call->problem())->time_runs(validate_run_args(*call, resolved), iterations, milliseconds, false);
+    backend_for(*context, call->problem())
+        .plan(call->problem())
+        ->time_runs(validate_run_args(*call, resolved), iterations, milliseconds, false);
+  });
+}
+
+rpa_status rpa_context_supports(rpa_context* context, const rpa_attention_args* args) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    backend.check_supported(planned_call(backend, args_of(args))->problem());
+  });
+}
+
+void rpa_merge_args_init(rpa_merge_args* args) {
+  if (!args) return;
+  *args = rpa_merge_args{};
+  args->struct_size = sizeof(rpa_merge_args);
+  args->memory = RPA_MEMORY_HOST;
+}
+
+rpa_status rpa_merge_states(rpa_context* context, const rpa_merge_args* args) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    const rpa_merge_problem problem = validate_merge_args(read_versioned(args, "args", rpa_merge_args_init));
+    if (problem.memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
+      invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
+              rpa_backend_string(backend.kind()));
+    backend.merge_states(problem);
   });
 }
 

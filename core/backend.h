@@ -35,11 +35,20 @@ class Backend {
   // One call: plan then run. A backend whose plans are costly to make for a single run overrides it.
   virtual void run_once(const rpa_problem& problem) { plan(problem)->run(problem); }
 
+  // Throws Error(RPA_STATUS_UNSUPPORTED, why) for a validated problem this backend cannot run.
+  virtual void check_supported(const rpa_problem&) const {}
+
+  // rpa_merge_states. The default merges host memory on the calling thread.
+  virtual void merge_states(const rpa_merge_problem& problem);
+
   // Device memory of a GPU backend; the CPU backends answer RPA_STATUS_UNSUPPORTED.
   virtual void* device_alloc(size_t bytes);
   virtual void device_free(void* pointer);
   virtual void device_copy(void* dst, const void* src, size_t bytes, rpa_copy_kind kind);
 };
+
+// Merges host-memory states (core/merge.cpp).
+void merge_states_on_host(const rpa_merge_problem& problem);
 
 // Each factory throws Error(RPA_STATUS_UNAVAILABLE, why) when its backend cannot run here.
 std::unique_ptr<Backend> make_reference_backend();

@@ -23,6 +23,11 @@ namespace {
 
 }  // namespace
 
+void Backend::merge_states(const rpa_merge_problem& problem) {
+  if (problem.memory != RPA_MEMORY_HOST) no_device_memory(kind());
+  merge_states_on_host(problem);
+}
+
 void* Backend::device_alloc(size_t) { no_device_memory(kind()); }
 void Backend::device_free(void*) { no_device_memory(kind()); }
 void Backend::device_copy(void*, const void*, size_t, rpa_copy_kind) { no_device_memory(kind()); }

@@ -124,7 +124,7 @@ bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& us
   }
   const bool complete = api->name && api->last_error && api->init && api->device_count && api->describe_device &&
                         api->create && api->destroy && api->run && api->plan_create && api->plan_run && api->plan_time &&
-                        api->plan_destroy && api->device_alloc &&
+                        api->plan_destroy && api->supports && api->merge_states && api->device_alloc &&
                         api->device_free && api->device_copy;
   if (!complete) {
     report.reason = "wrong ABI: the plugin's table has empty entries";
@@ -249,6 +249,11 @@ class GpuBackend final : public Backend {
   }
   // A single call plans into the context's scratch instead of allocating and uploading a plan's own.
   void run_once(const rpa_problem& problem) override { check(api_, api_->run(state_, &problem)); }
+  void check_supported(const rpa_problem& problem) const override { check(api_, api_->supports(state_, &problem)); }
+  void merge_states(const rpa_merge_problem& problem) override {
+    if (problem.memory == RPA_MEMORY_HOST) return merge_states_on_host(problem);
+    check(api_, api_->merge_states(state_, &problem));
+  }
   void* device_alloc(size_t bytes) override {
     void* pointer = nullptr;
     check(api_, api_->device_alloc(state_, bytes, &pointer));

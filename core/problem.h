@@ -80,6 +80,32 @@ typedef struct rpa_problem {
   int32_t synchronize;
 } rpa_problem;
 
+/* rpa_merge_states(), validated: two partial states (out, lse) of the same rows merged into one. */
+typedef struct rpa_merge_problem {
+  int64_t num_tokens; /* T */
+  int64_t num_heads;  /* H */
+  int64_t head_dim;   /* D */
+  /* The states a and b, then the result; out tensors [T, H, D], lse tensors [T, H] float32. */
+  const void* out_a;
+  rpa_dtype out_a_dtype;
+  int64_t out_a_token_stride, out_a_head_stride;
+  const float* lse_a;
+  int64_t lse_a_token_stride, lse_a_head_stride;
+  const void* out_b;
+  rpa_dtype out_b_dtype;
+  int64_t out_b_token_stride, out_b_head_stride;
+  const float* lse_b;
+  int64_t lse_b_token_stride, lse_b_head_stride;
+  void* out;
+  rpa_dtype out_dtype;
+  int64_t out_token_stride, out_head_stride;
+  float* lse; /* NULL = not requested */
+  int64_t lse_token_stride, lse_head_stride;
+  rpa_memory_kind memory;
+  void* stream;
+  int32_t synchronize;
+} rpa_merge_problem;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

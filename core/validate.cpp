@@ -425,3 +425,45 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
 }
 
 }  // namespace rpa
+
+namespace rpa {
+
+rpa_merge_problem validate_merge_args(const rpa_merge_args& args) {
+  rpa_merge_problem p{};
+  const Tensor out_a = check_tensor("out_a", args.out_a, 3, "[T, H, D]", Kind::floating);
+  p.num_tokens = out_a.dim(0);
+  p.num_heads = out_a.dim(1);
+  p.head_dim = out_a.dim(2);
+  const auto state = [&](const char* name, const rpa_tensor& raw, const void*& data, rpa_dtype& dtype,
+                         int64_t& token_stride, int64_t& head_stride) {
+    const Tensor t = check_tensor(name, raw, 3, "[T, H, D]", Kind::floating);
+    expect_dim(t, 0, p.num_tokens, "T of out_a");
+    expect_dim(t, 1, p.num_heads, "H of out_a");
+    expect_dim(t, 2, p.head_dim, "D of out_a");
+    data = raw.data, dtype = raw.dtype, token_stride = t.stride(0), head_stride = t.stride(1);
+  };
+  const auto lse = [&](const char* name, const rpa_tensor& raw, int64_t& token_stride, int64_t& head_stride) {
+    const Tensor t = check_tensor(name, raw, 2, "[T, H]", Kind::floating);
+    if (raw.dtype != RPA_DTYPE_F32) reject("argument '", name, "': dtype is ", dtype_name(raw.dtype), ", expected f32");
+    expect_dim(t, 0, p.num_tokens, "T of out_a");
+    expect_dim(t, 1, p.num_heads, "H of out_a");
+    token_stride = t.stride(0), head_stride = t.stride(1);
+    return static_cast<float*>(raw.data);
+  };
+  state("out_a", args.out_a, p.out_a, p.out_a_dtype, p.out_a_token_stride, p.out_a_head_stride);
+  p.lse_a = lse("lse_a", args.lse_a, p.lse_a_token_stride, p.lse_a_head_stride);
+  state("out_b", args.out_b, p.out_b, p.out_b_dtype, p.out_b_token_stride, p.out_b_head_stride);
+  p.lse_b = lse("lse_b", args.lse_b, p.lse_b_token_stride, p.lse_b_head_stride);
+  const void* out = nullptr;
+  state("out", args.out, out, p.out_dtype, p.out_token_stride, p.out_head_stride);
+  p.out = const_cast<void*>(out);
+  if (present(args.lse)) p.lse = lse("lse", args.lse, p.lse_token_stride, p.lse_head_stride);
+  if (args.memory != RPA_MEMORY_HOST && args.memory != RPA_MEMORY_DEVICE)
+    reject("argument 'memory': ", static_cast<int>(args.memory), " is not an rpa_memory_kind");
+  p.memory = args.memory;
+  p.stream = args.stream;
+  p.synchronize = args.synchronize;
+  return p;
+}
+
+}  // namespace rpa

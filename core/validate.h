@@ -47,4 +47,7 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args);
 // The plan's problem with this run's tensors, scalars, stream and synchronize filled in.
 rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args& args);
 
+// rpa_merge_states(): six tensors of one [T, H, D] / [T, H] shape, lse f32.
+rpa_merge_problem validate_merge_args(const rpa_merge_args& args);
+
 }  // namespace rpa

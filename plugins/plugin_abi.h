@@ -76,6 +76,11 @@ typedef struct rpa_plugin_api {
   /* Synchronous copy between host and the state's device (or within the device). */
   rpa_status (*device_copy)(rpa_plugin_state* state, void* dst, const void* src, size_t bytes,
                             rpa_copy_kind kind);
+
+  /* RPA_STATUS_OK when the plugin can run the validated problem, else RPA_STATUS_UNSUPPORTED and why. */
+  rpa_status (*supports)(rpa_plugin_state* state, const rpa_problem* problem);
+  /* rpa_merge_states on device memory, queued on problem->stream. */
+  rpa_status (*merge_states)(rpa_plugin_state* state, const rpa_merge_problem* problem);
 } rpa_plugin_api;
 
 typedef const rpa_plugin_api* (*rpa_plugin_entry_fn)(void);

@@ -130,6 +130,24 @@ typedef struct rpa_attention_args {
   int32_t synchronize;        /**< Device memory: nonzero waits for the work to finish before returning. */
 } rpa_attention_args;
 
+/**
+ * Arguments of rpa_merge_states(). Initialise with rpa_merge_args_init(). The states are two
+ * attentions of the same query rows over disjoint key sets (a shared prefix and a suffix, or two splits
+ * of one key range); their merge is the attention over the union.
+ */
+typedef struct rpa_merge_args {
+  size_t struct_size;     /**< sizeof(rpa_merge_args), set by rpa_merge_args_init(). */
+  rpa_tensor out_a;       /**< [T, H, D] f32, f16 or bf16: the first state's output. */
+  rpa_tensor lse_a;       /**< [T, H] f32: its natural-log softmax denominator (-inf: no key). */
+  rpa_tensor out_b;       /**< [T, H, D]: the second state's output (any float dtype). */
+  rpa_tensor lse_b;       /**< [T, H] f32. */
+  rpa_tensor out;         /**< [T, H, D] result; may be out_a or out_b itself (rows are merged in place). */
+  rpa_tensor lse;         /**< Optional [T, H] f32 result; may be lse_a or lse_b. */
+  rpa_memory_kind memory; /**< Where all six tensors live. */
+  void* stream;           /**< GPU stream for device memory; NULL = default. */
+  int32_t synchronize;    /**< Device memory: nonzero waits for the work to finish before returning. */
+} rpa_merge_args;
+
 /** Identity of one plugin the core tried to load. Strings live as long as the process. */
 typedef struct rpa_plugin_report {
   const char* path;     /**< File that was opened. */
@@ -227,6 +245,35 @@ RPA_EXPORT void rpa_plan_destroy(rpa_plan* plan);
  */
 RPA_EXPORT rpa_status rpa_plan_time(rpa_plan* plan, const rpa_attention_args* args, int32_t iterations,
                                     double* milliseconds);
+
+/**
+ * Whether the context's backend can run a call with these args, without running it. Reads what
+ * rpa_plan_create() reads (float tensor data may be NULL). An AUTO context that resolved to the GPU
+ * answers for the GPU, and runs a host-memory call the GPU answers RPA_STATUS_UNSUPPORTED for on the CPU.
+ * @return RPA_STATUS_OK when it can; RPA_STATUS_UNSUPPORTED with rpa_last_error() saying why (a reserved
+ *   dtype; on the gpu backend a head_dim above 256 or counts beyond its int32 limits);
+ *   RPA_STATUS_INVALID_ARGUMENT when args break the contract (the message rpa_plan_create() gives).
+ */
+RPA_EXPORT rpa_status rpa_context_supports(rpa_context* context, const rpa_attention_args* args);
+
+/** Fills *args with defaults: everything absent, host memory, struct_size set. */
+RPA_EXPORT void rpa_merge_args_init(rpa_merge_args* args);
+
+/**
+ * Merges two partial attention states of the same rows over disjoint key sets into the state over their
+ * union (cascade / shared-prefix attention, split inference), on every backend:
+ * with m = max(lse_a, lse_b), w_x = exp(lse_x - m): out = (w_a out_a + w_b out_b) / (w_a + w_b) and
+ * lse = m + log(w_a + w_b), computed in f32 or better per row. A state whose lse is -inf has no key: it
+ * contributes nothing and its output row is not read; two such states give out 0 and lse -inf (the rows
+ * rpa_attention gives without keys). An lse of NaN or +inf gives NaN. lse is the natural log of the softmax
+ * denominator, as rpa_attention writes it; a base-2 lse (FlashInfer's MLA kernels) converts as
+ * lse = lse2 * ln 2. out may be out_a or out_b and lse may be lse_a or lse_b (same tensor, same
+ * layout): each row is read before it is written. Host memory runs on the calling thread; device memory
+ * (gpu backend) is queued on `stream` without synchronising unless `synchronize`, and may be captured.
+ * @return RPA_STATUS_OK; RPA_STATUS_INVALID_ARGUMENT (NULL context or args; a tensor missing, of another
+ *   shape, dtype or layout rule; device memory on a CPU backend); RPA_STATUS_DEVICE_ERROR; RPA_STATUS_INTERNAL.
+ */
+RPA_EXPORT rpa_status rpa_merge_states(rpa_context* context, const rpa_merge_args* args);
 
 /** Direction of rpa_device_copy(). */
 typedef enum rpa_copy_kind {

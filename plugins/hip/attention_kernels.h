@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "plugins/hip/gpu_vendor.h"
+#include "core/problem.h"
 #include "plugins/hip/tile.h"
 #include "rpa/rpa.h"
 
@@ -810,6 +811,34 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
 }
 
 // Rows [row_begin, row_end) that no processed sequence covers: out 0, lse -inf.
+// rpa_merge_states on device memory: one warp per (token, head) row, grid-stride. Every lane reads the
+// row's two lse values before lane 0 writes the merged one, so lse may alias lse_a or lse_b.
+__global__ void __launch_bounds__(kThreads) merge_states_kernel(rpa_merge_problem p) {
+  const int lane = threadIdx.x % warpSize, warps = blockDim.x / warpSize;
+  const int64_t rows = p.num_tokens * p.num_heads;
+  for (int64_t row = int64_t(blockIdx.x) * warps + threadIdx.x / warpSize; row < rows; row += int64_t(gridDim.x) * warps) {
+    const int64_t t = row / p.num_heads, h = row % p.num_heads;
+    const float lse_a = p.lse_a[t * p.lse_a_token_stride + h * p.lse_a_head_stride];
+    const float lse_b = p.lse_b[t * p.lse_b_token_stride + h * p.lse_b_head_stride];
+    const float max = lse_a < lse_b ? lse_b : lse_a;  // as std::max: NaN in lse_a stays
+    const float weight_a = lse_a == -INFINITY ? 0.0f : expf(lse_a - max);
+    const float weight_b = lse_b == -INFINITY ? 0.0f : expf(lse_b - max);
+    const float sum = weight_a + weight_b;  // NaN when an lse is NaN or +inf
+    const int64_t a = t * p.out_a_token_stride + h * p.out_a_head_stride;
+    const int64_t b = t * p.out_b_token_stride + h * p.out_b_head_stride;
+    const int64_t o = t * p.out_token_stride + h * p.out_head_stride;
+    for (int64_t d = lane; d < p.head_dim; d += warpSize) {
+      float value = 0.0f;
+      if (weight_a > 0) value += weight_a * load_element(p.out_a, p.out_a_dtype, a + d);
+      if (weight_b > 0) value += weight_b * load_element(p.out_b, p.out_b_dtype, b + d);
+      store_element(p.out, p.out_dtype, o + d, max == -INFINITY ? 0.0f : value / sum);
+    }
+    warp_barrier();
+    if (lane == 0 && p.lse)
+      p.lse[t * p.lse_token_stride + h * p.lse_head_stride] = max == -INFINITY ? -INFINITY : max + logf(sum);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
   const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
   const int64_t total = (row_end - row_begin) * per_row;

@@ -409,11 +409,16 @@ struct Schedule {
   size_t tiles_offset, metadata_bytes, partial_bytes;  // device metadata: block tables, then tiles
 };
 
-Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool vector_kv) {
+// Throws RPA_STATUS_UNSUPPORTED for a problem the kernels cannot run.
+void check_supported(const rpa_problem& p) {
   if (p.head_dim > 256)
     fail(RPA_STATUS_UNSUPPORTED, "argument 'queries': head_dim " + std::to_string(p.head_dim) +
                                      " exceeds 256, the largest the GPU kernels support");
   if (const std::string why = rpa_gpu::plan_limit_error(p); !why.empty()) fail(RPA_STATUS_UNSUPPORTED, why);
+}
+
+Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool vector_kv) {
+  check_supported(p);
   Schedule schedule{};
   schedule.d_max = head_dim_bucket(p.head_dim);
   schedule.vector_kv = vector_kv;
@@ -751,6 +756,22 @@ rpa_status plugin_plan_time(rpa_plugin_plan* plan, const rpa_problem* problem, i
 
 void plugin_plan_destroy(rpa_plugin_plan* plan) { delete plan; }
 
+rpa_status plugin_supports(rpa_plugin_state*, const rpa_problem* problem) {
+  return guarded([&] { check_supported(*problem); });
+}
+
+rpa_status plugin_merge_states(rpa_plugin_state* state, const rpa_merge_problem* problem) {
+  return guarded([&] {
+    check(hipSetDevice(state->device), "hipSetDevice");
+    const hipStream_t stream = static_cast<hipStream_t>(problem->stream);
+    const int64_t rows = problem->num_tokens * problem->num_heads;
+    const int blocks = static_cast<int>(std::min<int64_t>((rows + 1) / 2, 65535));  // >= 2 rows a block
+    rpa_gpu::merge_states_kernel<<<blocks, rpa_gpu::kThreads, 0, stream>>>(*problem);
+    check(hipGetLastError(), "merge_states_kernel launch");
+    if (problem->synchronize) check(hipStreamSynchronize(stream), "hipStreamSynchronize");
+  });
+}
+
 rpa_status plugin_device_alloc(rpa_plugin_state* state, size_t bytes, void** pointer) {
   *pointer = nullptr;
   return guarded([&] {
@@ -781,7 +802,8 @@ rpa_status plugin_device_copy(rpa_plugin_state* state, void* dst, const void* sr
 const rpa_plugin_api plugin_api = {
     RPA_PLUGIN_ABI_VERSION, sizeof(rpa_plugin_api), RPA_GPU_PLUGIN_NAME, plugin_last_error, plugin_init,
     plugin_device_count, plugin_describe_device, plugin_create, plugin_destroy, plugin_run, plugin_plan_create,
-    plugin_plan_run, plugin_plan_time, plugin_plan_destroy, plugin_device_alloc, plugin_device_free, plugin_device_copy};
+    plugin_plan_run, plugin_plan_time, plugin_plan_destroy, plugin_device_alloc, plugin_device_free, plugin_device_copy,
+    plugin_supports, plugin_merge_states};
 
 }  // namespace
 

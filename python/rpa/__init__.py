@@ -23,7 +23,7 @@ from . import _tensors
 
 __all__ = ["ragged_paged_attention", "Context", "Plan", "bfloat16", "BFloat16Array", "RpaError",
            "InvalidArgumentError", "UnsupportedError", "UnavailableError", "OutOfMemoryError", "DeviceError",
-           "InternalError", "library_version", "backend_available", "plugin_reports"]
+           "InternalError", "merge_state", "library_version", "backend_available", "plugin_reports"]
 
 # Mirrors of include/rpa/rpa.h (checked against the library's own struct_size at load time).
 _DTYPE_I32 = 6
@@ -43,6 +43,12 @@ class _Args(ctypes.Structure):
                 ("sliding_window", ctypes.c_int32), ("softmax_aux", _Tensor), ("out", _Tensor),
                 ("lse", _Tensor), ("memory", ctypes.c_int), ("stream", ctypes.c_void_p),
                 ("synchronize", ctypes.c_int32)]
+
+
+class _MergeArgs(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("out_a", _Tensor), ("lse_a", _Tensor), ("out_b", _Tensor),
+                ("lse_b", _Tensor), ("out", _Tensor), ("lse", _Tensor), ("memory", ctypes.c_int),
+                ("stream", ctypes.c_void_p), ("synchronize", ctypes.c_int32)]
 
 
 class _Options(ctypes.Structure):
@@ -161,6 +167,8 @@ def _library():
             lib.rpa_plan_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args)]
             lib.rpa_plan_destroy.argtypes = [ctypes.c_void_p]
             lib.rpa_context_destroy.argtypes = [ctypes.c_void_p]
+            lib.rpa_merge_args_init.argtypes = [ctypes.POINTER(_MergeArgs)]
+            lib.rpa_merge_states.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MergeArgs)]
             lib.rpa_context_get_backend.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
             lib.rpa_context_create.argtypes = [ctypes.POINTER(_Options), ctypes.POINTER(ctypes.c_void_p)]
             lib.rpa_attention_args_init.argtypes = [ctypes.POINTER(_Args)]
@@ -365,6 +373,33 @@ class Context:
         _check(_lib.rpa_attention(self._handle, ctypes.byref(args)))
         return (result, lse) if return_lse else result
 
+    def merge_state(self, out_a, lse_a, out_b, lse_b, *, out=None):
+        """See rpa.merge_state."""
+        args, keep = _MergeArgs(), []
+        _lib.rpa_merge_args_init(ctypes.byref(args))
+
+        def float_tensor(name, array):
+            array, dtype = _float_input(name, array)
+            keep.append(array)
+            return _tensor(array, dtype), array, dtype
+
+        def lse_tensor(name, array):
+            array = _as_usable(np.asarray(array, dtype=np.float32))
+            keep.append(array)
+            return _tensor(array, _DTYPE_F32), array
+
+        args.out_a, a, a_dtype = float_tensor("out_a", out_a)
+        args.lse_a, la = lse_tensor("lse_a", lse_a)
+        args.out_b, _, _ = float_tensor("out_b", out_b)
+        args.lse_b, _ = lse_tensor("lse_b", lse_b)
+        if out is None:
+            out = BFloat16Array(np.empty(a.shape, np.uint16)) if a_dtype == _DTYPE_BF16 else np.empty(a.shape, a.dtype)
+        args.out, _, _ = float_tensor("out", out)
+        lse = np.empty(la.shape, np.float32)
+        args.lse, _ = lse_tensor("lse", lse)
+        _check(_lib.rpa_merge_states(self._handle, ctypes.byref(args)))
+        return out, lse
+
     def plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
              sliding_window=None, softmax_aux=None, return_lse=False, out=None):
         """Plans calls with this metadata and these tensors' shapes, dtypes and layouts (their values are
@@ -405,6 +440,15 @@ class Plan:
         _bind_scalars(args, softmax_scale, logits_soft_cap)
         _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
         return (result, lse) if self._return_lse else result
+
+
+def merge_state(out_a, lse_a, out_b, lse_b, *, out=None, backend="auto"):
+    """Merges two attention states of the same rows over disjoint key sets (for instance a shared prefix
+    and each sequence's suffix, each computed with return_lse=True) into the state over their union:
+    returns (out, lse). out_* are [T, H, D] (out is returned in out_a's dtype unless given), lse_* [T, H]
+    natural-log denominators; a -inf lse contributes nothing (its out is not read) and two give 0 and -inf.
+    A base-2 lse converts as lse2 * ln(2)."""
+    return _context(backend).merge_state(out_a, lse_a, out_b, lse_b, out=out)
 
 
 def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,

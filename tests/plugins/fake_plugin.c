@@ -114,6 +114,16 @@ static rpa_status fake_device_copy(rpa_plugin_state* state, void* dst, const voi
   return RPA_STATUS_UNAVAILABLE;
 }
 
+static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* problem) {
+  (void)state, (void)problem;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
+static rpa_status fake_merge_states(rpa_plugin_state* state, const rpa_merge_problem* problem) {
+  (void)state, (void)problem;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
 #ifdef FAKE_WRONG_ABI
 #define FAKE_ABI_VERSION (RPA_PLUGIN_ABI_VERSION + 1000)
 #else
@@ -123,7 +133,7 @@ static rpa_status fake_device_copy(rpa_plugin_state* state, void* dst, const voi
 static const rpa_plugin_api fake_api = {
     FAKE_ABI_VERSION, sizeof(rpa_plugin_api), FAKE_NAME, fake_last_error, fake_init, fake_device_count,
     fake_describe_device, fake_create, fake_destroy, fake_run, fake_plan_create, fake_plan_run, fake_plan_time,
-    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy};
+    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy, fake_supports, fake_merge_states};
 
 #ifdef FAKE_NO_ENTRY
 /* Exports something, but not the entry point. */

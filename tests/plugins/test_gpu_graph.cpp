@@ -1,0 +1,243 @@
+// Planned runs with device memory are capture-safe: 32 layer calls of one plan are captured in one CUDA
+// graph (thread-local capture mode, so an allocation, a synchronous copy or a synchronisation inside a
+// run fails the capture), the graph is replayed, the layers' queries and KV are rewritten in place and it
+// is replayed again; every replay must equal the uncaptured runs bitwise and the reference within 2e-5.
+// Also checks rpa_merge_states with device memory against the host merge. The CUDA driver API is
+// loaded with dlopen, so the test builds without CUDA headers; it skips without an NVIDIA GPU.
+#define BOOST_TEST_MODULE gpu_graph
+#define BOOST_TEST_NO_MAIN
+#include <dlfcn.h>
+
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "tests/support/case.h"
+
+using namespace rpa::testing;
+
+namespace {
+
+// The few driver entry points the test needs (CUDA 11.4+ names).
+struct Driver {
+  using Stream = void*;
+  using Graph = void*;
+  using GraphExec = void*;
+  int (*stream_create)(Stream*, unsigned) = nullptr;
+  int (*stream_destroy)(Stream) = nullptr;
+  int (*stream_synchronize)(Stream) = nullptr;
+  int (*begin_capture)(Stream, int) = nullptr;
+  int (*end_capture)(Stream, Graph*) = nullptr;
+  int (*instantiate)(GraphExec*, Graph, unsigned long long) = nullptr;
+  int (*launch)(GraphExec, Stream) = nullptr;
+  int (*exec_destroy)(GraphExec) = nullptr;
+  int (*graph_destroy)(Graph) = nullptr;
+
+  bool load() {
+    void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!library) return false;
+    const auto get = [&](auto& function, const char* name) {
+      function = reinterpret_cast<std::remove_reference_t<decltype(function)>>(dlsym(library, name));
+      return function != nullptr;
+    };
+    return get(stream_create, "cuStreamCreate") && get(stream_destroy, "cuStreamDestroy_v2") &&
+           get(stream_synchronize, "cuStreamSynchronize") && get(begin_capture, "cuStreamBeginCapture_v2") &&
+           get(end_capture, "cuStreamEndCapture") && get(instantiate, "cuGraphInstantiateWithFlags") &&
+           get(launch, "cuGraphLaunch") && get(exec_destroy, "cuGraphExecDestroy") &&
+           get(graph_destroy, "cuGraphDestroy");
+  }
+};
+
+Driver driver;
+constexpr int kThreadLocalCapture = 1;  // CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+constexpr int kLayers = 32;
+
+struct Context {
+  rpa_context* context = nullptr;
+  Context() {
+    rpa_context_options options;
+    rpa_context_options_init(&options);
+    options.backend = RPA_BACKEND_GPU;
+    BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
+  }
+  ~Context() { rpa_context_destroy(context); }
+  void* upload(const void* host, size_t bytes) {
+    void* device = nullptr;
+    BOOST_TEST_REQUIRE(rpa_device_alloc(context, bytes, &device) == RPA_STATUS_OK, rpa_last_error());
+    BOOST_TEST_REQUIRE(rpa_device_copy(context, device, host, bytes, RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+    return device;
+  }
+  std::vector<uint8_t> download(const void* device, size_t bytes) {
+    std::vector<uint8_t> host(bytes);
+    BOOST_TEST_REQUIRE(rpa_device_copy(context, host.data(), device, bytes, RPA_COPY_DEVICE_TO_HOST) == RPA_STATUS_OK);
+    return host;
+  }
+};
+
+// A mixed batch (decodes with split long contexts, a chunked prefill), bf16 in and out.
+Case layer_case(uint64_t seed) {
+  RandomSpec spec;
+  spec.q_lens = {1, 1, 9, 1};
+  spec.context_lens = {40, 1800, 120, 700};
+  spec.num_q_heads = 8, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = 16, spec.padding_tokens = 2;
+  Case c = random_case(spec, 77);  // one metadata for every layer
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& x : c.queries) x = normal(rng);
+  for (float& x : c.kv) x = normal(rng);
+  c.query_dtype = c.kv_dtype = c.out_dtype = RPA_DTYPE_BF16;
+  c.round_to_dtypes();
+  return c;
+}
+
+struct Layer {
+  Prepared host;
+  void *queries = nullptr, *kv = nullptr, *out = nullptr, *lse = nullptr;
+  rpa_attention_args args;
+};
+
+void expect_matches_reference(const Case& c, const std::vector<uint8_t>& out, const std::string& what) {
+  const Result expected = run_case(c, RPA_BACKEND_REFERENCE);
+  BOOST_TEST_REQUIRE(expected.status == RPA_STATUS_OK);
+  size_t bad = 0;
+  for (size_t i = 0; i < expected.out.size(); ++i) {
+    const float got = rpa::load_float(out.data(), RPA_DTYPE_BF16, static_cast<int64_t>(i));
+    if (std::abs(got - expected.out[i]) > 2e-5 + std::ldexp(1.0, -7) * std::abs(expected.out[i])) ++bad;
+  }
+  BOOST_TEST(bad == 0u, what << ": " << bad << " elements differ from the reference");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(thirty_two_planned_layers_in_one_graph) {
+  Context gpu;
+  std::vector<Case> cases;
+  std::vector<Layer> layers(kLayers);
+  for (int l = 0; l < kLayers; ++l) {
+    cases.push_back(layer_case(1000 + l));
+    Layer& layer = layers[l];
+    layer.host = prepare(cases.back());
+    layer.args = layer.host.args;
+    layer.queries = layer.args.queries.data = gpu.upload(layer.host.queries.data(), layer.host.queries.size());
+    layer.kv = layer.args.kv_pages.data = gpu.upload(layer.host.kv.data(), layer.host.kv.size());
+    layer.out = layer.args.out.data = gpu.upload(layer.host.out.data(), layer.host.out.size());
+    layer.lse = layer.args.lse.data = gpu.upload(layer.host.lse.data(), layer.host.lse.size() * sizeof(float));
+    layer.args.memory = RPA_MEMORY_DEVICE;
+  }
+  void* stream = nullptr;
+  BOOST_TEST_REQUIRE(driver.stream_create(&stream, 1 /* non-blocking */) == 0);
+  rpa_plan* plan = nullptr;
+  layers[0].args.stream = stream;
+  BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layers[0].args, &plan) == RPA_STATUS_OK, rpa_last_error());
+
+  // Uncaptured runs: the bitwise expectation.
+  std::vector<std::vector<uint8_t>> direct;
+  for (Layer& layer : layers) {
+    layer.args.stream = stream;
+    BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+  }
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  for (Layer& layer : layers) direct.push_back(gpu.download(layer.out, layer.host.out.size()));
+  expect_matches_reference(cases[0], direct[0], "layer 0, uncaptured");
+
+  void* graph = nullptr;
+  void* exec = nullptr;
+  BOOST_TEST_REQUIRE(driver.begin_capture(stream, kThreadLocalCapture) == 0);
+  rpa_status status = RPA_STATUS_OK;
+  for (Layer& layer : layers)
+    if (status == RPA_STATUS_OK) status = rpa_plan_run(plan, &layer.args);
+  const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
+  BOOST_TEST_REQUIRE(driver.end_capture(stream, &graph) == 0);
+  BOOST_TEST_REQUIRE(status == RPA_STATUS_OK, "a run failed while capturing: " << message);
+  BOOST_TEST_REQUIRE(driver.instantiate(&exec, graph, 0) == 0);
+
+  for (Layer& layer : layers) {  // the graph must write every output again
+    std::vector<uint8_t> poison(layer.host.out.size(), 0xff);
+    void* scratch = gpu.upload(poison.data(), poison.size());
+    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.out, scratch, poison.size(), RPA_COPY_DEVICE_TO_DEVICE) ==
+                       RPA_STATUS_OK);
+    BOOST_TEST_REQUIRE(rpa_device_free(gpu.context, scratch) == RPA_STATUS_OK);
+  }
+  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  for (int l = 0; l < kLayers; ++l)
+    BOOST_TEST((gpu.download(layers[l].out, layers[l].host.out.size()) == direct[l]), "replay of layer " << l);
+
+  // New queries and KV in the same buffers, then replay: the graph reads them.
+  for (int l = 0; l < kLayers; ++l) {
+    cases[l] = layer_case(5000 + l);
+    const Prepared fresh = prepare(cases[l]);
+    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layers[l].queries, fresh.queries.data(), fresh.queries.size(),
+                                       RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layers[l].kv, fresh.kv.data(), fresh.kv.size(),
+                                       RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+  }
+  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  for (int l = 0; l < kLayers; ++l)
+    expect_matches_reference(cases[l], gpu.download(layers[l].out, layers[l].host.out.size()),
+                             "replay with new data, layer " + std::to_string(l));
+
+  driver.exec_destroy(exec);
+  driver.graph_destroy(graph);
+  rpa_plan_destroy(plan);
+  driver.stream_destroy(stream);
+  for (Layer& layer : layers)
+    for (void* p : {layer.queries, layer.kv, layer.out, layer.lse}) rpa_device_free(gpu.context, p);
+}
+
+BOOST_AUTO_TEST_CASE(merge_states_on_the_device_equals_the_host_merge) {
+  Context gpu;
+  const int64_t T = 5, H = 3, D = 40;
+  std::mt19937_64 rng(4);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> out_a(T * H * D), out_b(T * H * D), lse_a(T * H), lse_b(T * H);
+  for (float& x : out_a) x = normal(rng);
+  for (float& x : out_b) x = normal(rng);
+  for (int64_t i = 0; i < T * H; ++i) lse_a[i] = 3 * normal(rng), lse_b[i] = 3 * normal(rng);
+  lse_a[0] = -INFINITY;                       // only b
+  lse_b[1] = -INFINITY;                       // only a
+  lse_a[2] = lse_b[2] = -INFINITY;            // neither: 0 and -inf
+  for (int64_t d = 0; d < D; ++d) out_a[d] = NAN;  // a state without keys is not read
+  rpa_merge_args args;
+  rpa_merge_args_init(&args);
+  const auto tensor3 = [&](void* data) { return rpa_tensor{data, RPA_DTYPE_F32, 3, {T, H, D}, {0}}; };
+  const auto tensor2 = [&](void* data) { return rpa_tensor{data, RPA_DTYPE_F32, 2, {T, H}, {0}}; };
+  std::vector<float> host_out(T * H * D), host_lse(T * H);
+  args.out_a = tensor3(out_a.data()), args.out_b = tensor3(out_b.data()), args.out = tensor3(host_out.data());
+  args.lse_a = tensor2(lse_a.data()), args.lse_b = tensor2(lse_b.data()), args.lse = tensor2(host_lse.data());
+  BOOST_TEST_REQUIRE(rpa_merge_states(gpu.context, &args) == RPA_STATUS_OK, rpa_last_error());
+  void* d_out_a = gpu.upload(out_a.data(), out_a.size() * 4);
+  void* d_out_b = gpu.upload(out_b.data(), out_b.size() * 4);
+  void* d_lse_a = gpu.upload(lse_a.data(), lse_a.size() * 4);
+  void* d_lse_b = gpu.upload(lse_b.data(), lse_b.size() * 4);
+  args.out_a = tensor3(d_out_a), args.out_b = tensor3(d_out_b), args.lse_a = tensor2(d_lse_a), args.lse_b = tensor2(d_lse_b);
+  args.out = tensor3(d_out_a), args.lse = tensor2(d_lse_a);  // in place
+  args.memory = RPA_MEMORY_DEVICE;
+  args.synchronize = 1;
+  BOOST_TEST_REQUIRE(rpa_merge_states(gpu.context, &args) == RPA_STATUS_OK, rpa_last_error());
+  std::vector<uint8_t> got_out = gpu.download(d_out_a, host_out.size() * 4), got_lse = gpu.download(d_lse_a, host_lse.size() * 4);
+  double worst = 0;
+  for (size_t i = 0; i < host_out.size(); ++i)
+    worst = std::max(worst, double(std::abs(reinterpret_cast<const float*>(got_out.data())[i] - host_out[i])));
+  BOOST_TEST(worst <= 2e-6);
+  const float* lse = reinterpret_cast<const float*>(got_lse.data());
+  BOOST_TEST(lse[2] == -INFINITY);
+  for (size_t i = 0; i < host_lse.size(); ++i)
+    if (i != 2) BOOST_TEST(std::abs(lse[i] - host_lse[i]) <= 2e-6);
+  for (int64_t d = 0; d < D; ++d) BOOST_TEST(reinterpret_cast<const float*>(got_out.data())[2 * D + d] == 0.0f);
+  for (void* p : {d_out_a, d_out_b, d_lse_a, d_lse_b}) rpa_device_free(gpu.context, p);
+}
+
+// Meson counts exit status 77 as a skipped test.
+int main(int argc, char** argv) {
+  if (!rpa_backend_available(RPA_BACKEND_GPU) || !driver.load()) {
+    std::puts("skipped: no usable NVIDIA GPU (plugin and libcuda.so.1)");
+    return 77;
+  }
+  return boost::unit_test::unit_test_main(init_unit_test, argc, argv);
+}
