@@ -418,6 +418,18 @@ Measurements run(const Options& options) {
     const size_t kv_bytes = static_cast<size_t>(problem.kv_bytes);
     host_bandwidth[shape.name] = read_bandwidth(pool.data(), kv_bytes, result.machine_threads, 5);
 
+    // Per-call time of a planned run: whole runs of one plan queued back to back (no waiting between).
+    auto planned = [&](Engine& engine, rpa_attention_args args) {
+      args.synchronize = 0;
+      rpa_plan* plan = nullptr;
+      check(rpa_plan_create(engine.context, &args, &plan), "plan");
+      std::vector<double> ms(static_cast<size_t>(options.repeats));
+      const rpa_status status = rpa_plan_time(plan, &args, options.repeats, ms.data());
+      rpa_plan_destroy(plan);
+      check(status, "planned timing");
+      return median(ms);
+    };
+
     auto measure = [&](Engine& engine) {
       Row row{shape.name, shape.what, rpa_backend_string(engine.backend), engine.threads};
       row.kv_bytes = problem.kv_bytes;
@@ -433,10 +445,19 @@ Measurements run(const Options& options) {
         check(rpa_attention(engine.context, &device.args), "gpu run");
         device.read_out(problem.out);
         check(rpa_time_attention(engine.context, &device.args, options.repeats, ms.data()), "gpu timing");
+        row.planned_ms = planned(engine, device.args);
         row.bandwidth = device_bandwidth(engine, kv_bytes, 5);
       } else {
         check(rpa_attention(engine.context, &problem.args), std::string(row.backend) + " run");
         check(rpa_time_attention(engine.context, &problem.args, options.repeats, ms.data()), "timing");
+        row.planned_ms = planned(engine, problem.args);
+        std::vector<double> calls(ms.size());
+        for (double& call : calls) {
+          const auto start = std::chrono::steady_clock::now();
+          check(rpa_attention(engine.context, &problem.args), std::string(row.backend) + " run");
+          call = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        }
+        row.one_call_ms = median(calls);
         row.bandwidth = host_bandwidth[shape.name];
       }
       row.ms = median(ms);
