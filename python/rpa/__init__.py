@@ -377,28 +377,29 @@ class Context:
         """See rpa.merge_state."""
         args, keep = _MergeArgs(), []
         _lib.rpa_merge_args_init(ctypes.byref(args))
+        gpu = _tensors.is_gpu(out_a)
+        dl_stream, stream = _tensors.current_stream(out_a) if gpu else (None, 0)
 
-        def float_tensor(name, array):
-            array, dtype = _float_input(name, array)
-            keep.append(array)
-            return _tensor(array, dtype), array, dtype
+        def bind(name, value, writable=False):
+            b = _tensors.borrow_float(name, value, dl_stream, writable)
+            keep.append(b)
+            return b
 
-        def lse_tensor(name, array):
-            array = _as_usable(np.asarray(array, dtype=np.float32))
-            keep.append(array)
-            return _tensor(array, _DTYPE_F32), array
-
-        args.out_a, a, a_dtype = float_tensor("out_a", out_a)
-        args.lse_a, la = lse_tensor("lse_a", lse_a)
-        args.out_b, _, _ = float_tensor("out_b", out_b)
-        args.lse_b, _ = lse_tensor("lse_b", lse_b)
-        if out is None:
-            out = BFloat16Array(np.empty(a.shape, np.uint16)) if a_dtype == _DTYPE_BF16 else np.empty(a.shape, a.dtype)
-        args.out, _, _ = float_tensor("out", out)
-        lse = np.empty(la.shape, np.float32)
-        args.lse, _ = lse_tensor("lse", lse)
+        a = bind("out_a", out_a)
+        args.out_a = a.tensor
+        args.lse_a = bind("lse_a", lse_a).tensor
+        args.out_b = bind("out_b", out_b).tensor
+        args.lse_b = bind("lse_b", lse_b).tensor
+        result = _tensors.empty(out_a, a.shape) if out is None else out
+        lse = _tensors.empty(result, a.shape[:2], float32=True)
+        if result is None or lse is None:
+            raise ValueError("out: rpa cannot allocate in out_a's framework; pass out=")
+        args.out = bind("out", result, writable=True).tensor
+        args.lse = bind("lse", lse, writable=True).tensor
+        args.memory = a.memory
+        args.stream = stream
         _check(_lib.rpa_merge_states(self._handle, ctypes.byref(args)))
-        return out, lse
+        return result, lse
 
     def plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
              sliding_window=None, softmax_aux=None, return_lse=False, out=None):
