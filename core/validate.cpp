@@ -90,6 +90,8 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
   bool all_zero = true;
   for (int i = 0; i < ndim; ++i) {
     if (t.shape[i] <= 0) reject("argument '", name, "': shape[", i, "] is ", t.shape[i], "; sizes must be positive");
+    // Larger sizes serve no real call (metadata entries are int32) and the backends count in int32.
+    if (t.shape[i] > INT32_MAX) reject("argument '", name, "': shape[", i, "] is ", t.shape[i], ", more than 2^31 - 1");
     all_zero = all_zero && t.strides[i] == 0;
   }
   int64_t contiguous = 1;
@@ -336,10 +338,7 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) 
     reject("argument 'query_start_loc': element [", p.num_seqs, "] = ", qsl[p.num_seqs],
            " exceeds the number of query tokens T = ", p.num_tokens);
 
-  // W * page_size can exceed int64 (each is only bounded by its own tensor's extent); no int32 length
-  // exceeds the saturated product then.
-  int64_t max_context;
-  if (__builtin_mul_overflow(p.pages_per_seq, p.page_size, &max_context)) max_context = INT64_MAX;
+  const int64_t max_context = p.pages_per_seq * p.page_size;  // both below 2^31: no overflow
   for (int32_t s = 0; s < p.num_seqs; ++s) {
     const int64_t context_len = lens[s];
     const int64_t q_len = qsl[s + 1] - qsl[s];

@@ -188,7 +188,7 @@ BOOST_AUTO_TEST_CASE(sink_rules) {
 BOOST_AUTO_TEST_CASE(byte_count_overflow) {
   expect_rejected(
       [](Prepared& p) {
-        p.args.kv_pages.shape[0] = int64_t{1} << 62;
+        p.args.kv_pages.shape[0] = INT32_MAX;
         p.args.kv_pages.strides[0] = int64_t{1} << 40;
       },
       {"'kv_pages'", "overflows"});
@@ -269,18 +269,22 @@ BOOST_AUTO_TEST_CASE(misaligned_data_is_refused) {
                   {"'context_lens'", "aligned"});
 }
 
-// W * page_size beyond int64 is legal (each is bounded only by its own tensor): a slot stride of 0
-// makes every slot of a page the same bytes. The product used to wrap and reject the call.
-BOOST_AUTO_TEST_CASE(huge_w_times_page_size_does_not_wrap) {
+// Every size is at most 2^31 - 1 (so W * page_size and the backends' int32 counts cannot wrap); the
+// largest page_size runs, through a slot stride of 0 that makes every slot of a page the same bytes.
+BOOST_AUTO_TEST_CASE(sizes_above_2_to_the_31_are_refused) {
+  expect_rejected([](Prepared& p) { p.args.kv_pages.shape[1] = int64_t{1} << 31, p.args.kv_pages.strides[1] = 0; },
+                  {"'kv_pages'", "shape[1]", "2147483648", "2^31 - 1"});
+  expect_rejected([](Prepared& p) { p.args.block_tables.shape[1] = int64_t{1} << 52, p.args.block_tables.strides[1] = 0; },
+                  {"'block_tables'", "shape[1]"});
   Prepared p = valid();
-  const int64_t width = 4096;  // W * 2^52 = 2^64
+  const int64_t width = 4096;  // W * (2^31 - 1) > 2^42
   const int32_t first_page = p.block_tables[0];
   p.block_tables.assign(width, -1);
   p.block_tables[0] = first_page;
   p.args.block_tables.data = p.block_tables.data();
   p.args.block_tables.shape[0] = 1, p.args.block_tables.shape[1] = width;
   p.args.block_tables.strides[0] = width;
-  p.args.kv_pages.shape[1] = int64_t{1} << 52;
+  p.args.kv_pages.shape[1] = INT32_MAX;
   p.args.kv_pages.strides[1] = 0;
   p.args.context_lens.shape[0] = 1;
   p.args.query_start_loc.shape[0] = 2;
@@ -290,11 +294,12 @@ BOOST_AUTO_TEST_CASE(huge_w_times_page_size_does_not_wrap) {
 }
 
 BOOST_AUTO_TEST_CASE(element_count_times_size_overflow) {
-  // 2^58 pages of page stride 0: the byte extent is small, but 2^62 elements of 4 bytes are 2^64 bytes.
+  // (2^31 - 1) pages of 2^26 slots, both of stride 0, of 2 x 2 heads x 8: the byte extent is small, but
+  // about 2^62 elements of 4 bytes are 2^64 bytes.
   expect_rejected(
       [](Prepared& p) {
-        p.args.kv_pages.shape[0] = int64_t{1} << 58;
-        p.args.kv_pages.strides[0] = 0;
+        p.args.kv_pages.shape[0] = INT32_MAX, p.args.kv_pages.shape[1] = int64_t{1} << 26;
+        p.args.kv_pages.strides[0] = p.args.kv_pages.strides[1] = 0;
       },
       {"'kv_pages'", "element count", "overflows"});
 }
