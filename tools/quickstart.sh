@@ -1,14 +1,17 @@
 #!/bin/sh
-# The README's two commands: `sh tools/quickstart.sh main` (the benchmark-and-validate main job) and
-# `sh tools/quickstart.sh test` (every test). Each installs the Debian 12 packages that are missing,
-# configures and builds ./build, then runs. Needs root (or sudo) only when something must be installed.
+# The README's commands: `sh tools/quickstart.sh main` (the benchmark-and-validate main job),
+# `sh tools/quickstart.sh test` (every test) and `sh tools/quickstart.sh sanitize [JOB]` (tools/sanitize.sh:
+# sanitizers and fuzzing, JOB defaults to all). Each installs the Debian 12 packages that are missing,
+# then builds and runs. Needs root (or sudo) only when something must be installed.
 set -eu
 cd "$(dirname "$0")/.."
 job=${1:-}
-case "$job" in main | test) ;; *) echo "usage: sh tools/quickstart.sh main|test" >&2; exit 2 ;; esac
+case "$job" in main | test | sanitize) ;; *) echo "usage: sh tools/quickstart.sh main|test|sanitize [JOB]" >&2; exit 2 ;; esac
 
 packages="g++ meson ninja-build pkg-config binutils libhwy-dev libtbb-dev libboost-test-dev nlohmann-json3-dev
   libcli11-dev python3 python3-numpy python3-pytest python3-matplotlib python3-mesonpy cmake hipcc libamdhip64-dev"
+# Debian 12's clang is clang 14; libclang-rt-14-dev holds its sanitizer and libFuzzer runtimes.
+[ "$job" = sanitize ] && packages="$packages clang libclang-rt-14-dev"
 missing=""
 for package in $packages; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
@@ -20,6 +23,8 @@ if [ -n "$missing" ]; then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q $missing
 fi
+
+[ "$job" = sanitize ] && exec sh tools/sanitize.sh "${2:-all}"
 
 [ -f build/build.ninja ] || meson setup build
 ninja -C build
