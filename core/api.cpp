@@ -5,6 +5,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/enums.h"
@@ -100,15 +101,19 @@ Struct read_versioned(const Struct* given, const char* name, void (*init)(Struct
   return result;
 }
 
+void check_memory(const Backend& backend, rpa_memory_kind memory) {
+  if (memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
+    invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
+            rpa_backend_string(backend.kind()));
+}
+
 rpa_attention_args args_of(const rpa_attention_args* given) {
   return read_versioned(given, "args", rpa_attention_args_init);
 }
 
 std::unique_ptr<PlannedCall> planned_call(const Backend& backend, const rpa_attention_args& args) {
   std::unique_ptr<PlannedCall> call = validate_plan_args(args);
-  if (call->problem().memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
-    invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
-            rpa_backend_string(backend.kind()));
+  check_memory(backend, call->problem().memory);
   return call;
 }
 
@@ -249,6 +254,24 @@ rpa_status rpa_plan_time(rpa_plan* plan, const rpa_attention_args* args, int32_t
     if (iterations <= 0) invalid("argument 'iterations': " + std::to_string(iterations) + " must be > 0");
     require(milliseconds, "milliseconds");
     planned.backend_plan->time_runs(validate_run_args(*planned.call, args_of(args)), iterations, milliseconds, true);
+  });
+}
+
+void rpa_write_kv_args_init(rpa_write_kv_args* args) {
+  if (!args) return;
+  *args = rpa_write_kv_args{};
+  args->struct_size = sizeof(rpa_write_kv_args);
+  args->memory = RPA_MEMORY_HOST;
+}
+
+rpa_status rpa_write_kv(rpa_context* context, const rpa_write_kv_args* given) {
+  return guarded([&] {
+    Backend& backend = backend_of(context);
+    const rpa_write_kv_args args = read_versioned(given, "args", rpa_write_kv_args_init);
+    std::vector<int32_t> slots;
+    const rpa_write_problem problem = validate_write_kv_args(args, slots);
+    check_memory(backend, problem.memory);
+    backend.write_kv(problem);
   });
 }
 

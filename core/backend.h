@@ -27,6 +27,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual rpa_backend kind() const = 0;
   virtual int num_threads() const = 0;
+  // rpa_write_kv(); the default is the scalar writer of the reference (host memory).
+  virtual void write_kv(const rpa_write_problem& problem);
 
   // `problem` holds the metadata (which the returned plan may keep pointing at: the core's plan owns
   // it) and the layouts; its tensor pointers may be NULL and its scalars are unset.

@@ -27,6 +27,7 @@ void Backend::merge_states(const rpa_merge_problem& problem) {
   if (problem.memory != RPA_MEMORY_HOST) no_device_memory(kind());
   merge_states_on_host(problem);
 }
+void Backend::write_kv(const rpa_write_problem& problem) { reference::write_kv(problem); }
 
 void* Backend::device_alloc(size_t) { no_device_memory(kind()); }
 void Backend::device_free(void*) { no_device_memory(kind()); }

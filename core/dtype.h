@@ -1,5 +1,6 @@
-// Scalar conversions between float (or double) and the 16-bit storage types, shared by the reference,
-// the tests and the tools. Rounding to 16 bits is round-to-nearest-even; NaN stays NaN.
+// Scalar conversions between float (or double) and the 16-bit and 8-bit storage types, shared by the
+// reference, the simd kernels' scalar tails, the GPU plugin, the tests and the tools. Rounding to 16
+// bits is round-to-nearest-even; NaN stays NaN. The 8-bit codes (quantised KV) follow the 16-bit ones.
 #pragma once
 
 #include <algorithm>
@@ -9,12 +10,33 @@
 
 #include "rpa/rpa.h"
 
+// The 8-bit conversions are also device code of the GPU plugin (hipcc / nvcc).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define RPA_HOST_DEVICE __host__ __device__
+#else
+#define RPA_HOST_DEVICE
+#endif
+
 namespace rpa {
 
-inline float float_from_bits(uint32_t u) {
+RPA_HOST_DEVICE inline float float_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#endif
+}
+
+RPA_HOST_DEVICE inline uint32_t bits_from_float(float f) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
 }
 
 inline float bf16_to_float(uint16_t bits) { return float_from_bits(uint32_t{bits} << 16); }
@@ -99,6 +121,105 @@ inline uint16_t double_to_f16(double d) {
   return float_to_f16(static_cast<float>(std::signbit(d) ? -magnitude : magnitude));
 }
 
+// ---- 8-bit codes of quantised KV: a code c with scale s stands for decode(c) * s ----
+//
+// FP8_E4M3 is OCP e4m3fn (bias 7, no infinities, S.1111.111 is NaN, largest finite 448); FP8_E5M2 is the
+// upper byte of an IEEE binary16 (bias 15, infinities and NaN); INT8 is two's complement, symmetric:
+// encoding gives -127..127 only, and a stored -128 decodes as -128.
+
+RPA_HOST_DEVICE inline float e4m3_to_float(uint8_t code) {
+  const uint32_t sign = uint32_t{code & 0x80u} << 24, magnitude = code & 0x7fu;
+  if (magnitude == 0x7f) return float_from_bits(sign | 0x7fc00000u);
+  // Normal codes move their exponent from bias 7 to bias 127; subnormals are m * 2^-9, exact in float.
+  const float value = magnitude >= 8 ? float_from_bits((magnitude << 20) + (120u << 23))
+                                     : static_cast<float>(magnitude) * 0.001953125f;
+  return float_from_bits(sign | bits_from_float(value));
+}
+
+RPA_HOST_DEVICE inline float e5m2_to_float(uint8_t code) {
+  const uint32_t sign = uint32_t{code & 0x80u} << 24, magnitude = code & 0x7fu;
+  float value;
+  if (magnitude >= 0x7c) value = float_from_bits(0x7f800000u | ((magnitude & 3u) << 21));  // inf, NaN
+  else if (magnitude >= 4) value = float_from_bits((magnitude << 21) + (112u << 23));
+  else value = static_cast<float>(magnitude) * 0.0000152587890625f;  // m * 2^-16
+  return float_from_bits(sign | bits_from_float(value));
+}
+
+RPA_HOST_DEVICE inline float int8_to_float(uint8_t code) { return static_cast<float>(static_cast<int8_t>(code)); }
+
+// Rounds x to the nearest value of a binary format with `mantissa_bits` and exponent `bias` (whose
+// subnormals share the smallest normal exponent), to nearest even, and returns its 7-bit magnitude code
+// (exponent then mantissa); a result past the largest exponent comes back as such, for the caller to
+// saturate or make infinite. x is finite and not negative.
+RPA_HOST_DEVICE inline uint32_t round_to_minifloat(float x, int mantissa_bits, int bias) {
+  const uint32_t a = bits_from_float(x);
+  const int exponent = static_cast<int>(a >> 23) - 127 + bias;  // the target's biased exponent
+  if (exponent >= 1) {  // normal: round the float's mantissa to mantissa_bits bits (a carry bumps the exponent)
+    const int shift = 23 - mantissa_bits;
+    const uint32_t rounded = a + ((1u << (shift - 1)) - 1) + ((a >> shift) & 1u);
+    return (rounded >> shift) - (static_cast<uint32_t>(127 - bias) << mantissa_bits);
+  }
+  // Subnormal or zero: count units of 2^(1 - bias - mantissa_bits); 2^mantissa_bits units is the
+  // smallest normal, whose code is the same number.
+  const int shift = 151 - bias - mantissa_bits - static_cast<int>(a >> 23);  // >= 24 - mantissa_bits
+  if ((a >> 23) == 0 || shift > 24) return 0;  // below half a unit (float subnormals included)
+  const uint32_t mantissa = (a & 0x7fffffu) | 0x800000u;
+  const uint32_t halfway = 1u << (shift - 1), rest = mantissa & ((1u << shift) - 1);
+  uint32_t result = mantissa >> shift;
+  if (rest > halfway || (rest == halfway && (result & 1u))) ++result;
+  return result;
+}
+
+// Nearest e4m3 code, ties to even; beyond +-448 (infinities included) saturates to +-448; NaN -> NaN.
+RPA_HOST_DEVICE inline uint8_t float_to_e4m3(float x) {
+  const uint32_t u = bits_from_float(x), sign = (u >> 24) & 0x80u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7fu);
+  if (a >= 0x43e00000u) return static_cast<uint8_t>(sign | 0x7eu);  // >= 448
+  return static_cast<uint8_t>(sign | round_to_minifloat(float_from_bits(a), 3, 7));
+}
+
+// Nearest e5m2 code, ties to even; overflow (from 61440, half-way past 57344) gives +-inf, as IEEE
+// rounding does; NaN -> NaN.
+RPA_HOST_DEVICE inline uint8_t float_to_e5m2(float x) {
+  const uint32_t u = bits_from_float(x), sign = (u >> 24) & 0x80u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7eu);
+  if (a >= 0x47800000u) return static_cast<uint8_t>(sign | 0x7cu);  // >= 65536 (and inf): infinite
+  const uint32_t magnitude = round_to_minifloat(float_from_bits(a), 2, 15);
+  return static_cast<uint8_t>(sign | (magnitude >= 0x7cu ? 0x7cu : magnitude));
+}
+
+// Nearest integer, ties to even, saturated to [-127, 127]; NaN -> 0 (int8 has no NaN).
+RPA_HOST_DEVICE inline uint8_t float_to_int8(float x) {
+  if (!(x == x)) return 0;
+  if (x >= 127.0f) return 127;
+  if (x <= -127.0f) return static_cast<uint8_t>(-127);
+  // |x| < 127: floor and the fraction are exact.
+  const float lower = floorf(x);
+  int result = static_cast<int>(lower);
+  const float fraction = x - lower;
+  if (fraction > 0.5f || (fraction == 0.5f && (result & 1))) ++result;
+  return static_cast<uint8_t>(static_cast<int8_t>(result));
+}
+
+RPA_HOST_DEVICE inline bool is_quantised_dtype(rpa_dtype dtype) {
+  return dtype == RPA_DTYPE_FP8_E4M3 || dtype == RPA_DTYPE_FP8_E5M2 || dtype == RPA_DTYPE_INT8;
+}
+
+// The value of an 8-bit code of a quantised dtype, before its scale.
+RPA_HOST_DEVICE inline float code_to_float(rpa_dtype dtype, uint8_t code) {
+  return dtype == RPA_DTYPE_FP8_E4M3 ? e4m3_to_float(code)
+         : dtype == RPA_DTYPE_FP8_E5M2 ? e5m2_to_float(code)
+                                       : int8_to_float(code);
+}
+
+// The code of x / scale in a quantised dtype (the division in f32, then one rounding as above).
+RPA_HOST_DEVICE inline uint8_t float_to_code(rpa_dtype dtype, float x, float scale) {
+  const float scaled = x / scale;
+  return dtype == RPA_DTYPE_FP8_E4M3 ? float_to_e4m3(scaled)
+         : dtype == RPA_DTYPE_FP8_E5M2 ? float_to_e5m2(scaled)
+                                       : float_to_int8(scaled);
+}
+
 // Size in bytes of one element, or 0 for a dtype rpa does not store.
 inline int dtype_size(rpa_dtype dtype) {
   switch (dtype) {
@@ -138,6 +259,19 @@ inline void store_double(void* data, rpa_dtype dtype, int64_t index, double valu
     case RPA_DTYPE_BF16: static_cast<uint16_t*>(data)[index] = double_to_bf16(value); break;
     default: static_cast<float*>(data)[index] = static_cast<float>(value); break;
   }
+}
+
+// Element `index` of a KV cache stored as dtype: a quantised code times `scale` (one f32 rounding, the
+// contract's dequantised value), else the float itself.
+inline float load_kv(const void* data, rpa_dtype dtype, int64_t index, float scale) {
+  if (is_quantised_dtype(dtype)) return code_to_float(dtype, static_cast<const uint8_t*>(data)[index]) * scale;
+  return load_float(data, dtype, index);
+}
+
+// Stores `value` into element `index` of a KV cache: quantised with `scale`, else rounded to the float dtype.
+inline void store_kv(void* data, rpa_dtype dtype, int64_t index, float value, float scale) {
+  if (is_quantised_dtype(dtype)) static_cast<uint8_t*>(data)[index] = float_to_code(dtype, value, scale);
+  else store_float(data, dtype, index, value);
 }
 
 }  // namespace rpa

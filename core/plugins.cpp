@@ -125,7 +125,7 @@ bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& us
   const bool complete = api->name && api->last_error && api->init && api->device_count && api->describe_device &&
                         api->create && api->destroy && api->run && api->plan_create && api->plan_run && api->plan_time &&
                         api->plan_destroy && api->supports && api->merge_states && api->device_alloc &&
-                        api->device_free && api->device_copy;
+                        api->device_free && api->device_copy && api->write_kv;
   if (!complete) {
     report.reason = "wrong ABI: the plugin's table has empty entries";
     return false;
@@ -246,6 +246,11 @@ class GpuBackend final : public Backend {
     rpa_plugin_plan* plan = nullptr;
     check(api_, api_->plan_create(state_, &problem, &plan));
     return std::make_unique<Plan>(api_, plan);
+  }
+  // Host memory is written on the host: staging the whole cache through the device would cost far more.
+  void write_kv(const rpa_write_problem& problem) override {
+    if (problem.memory == RPA_MEMORY_HOST) Backend::write_kv(problem);
+    else check(api_, api_->write_kv(state_, &problem));
   }
   // A single call plans into the context's scratch instead of allocating and uploading a plan's own.
   void run_once(const rpa_problem& problem) override { check(api_, api_->run(state_, &problem)); }

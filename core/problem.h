@@ -78,6 +78,13 @@ typedef struct rpa_problem {
   rpa_memory_kind memory;
   void* stream;
   int32_t synchronize;
+
+  /* Quantised KV (kv_dtype FP8_E4M3, FP8_E5M2 or INT8): kv head h's scales are k_scale[h * k_scale_stride]
+     and v_scale[h * v_scale_stride], host memory (stride 0: one per tensor). Otherwise both point at 1.0. */
+  const float* k_scale;
+  int64_t k_scale_stride;
+  const float* v_scale;
+  int64_t v_scale_stride;
 } rpa_problem;
 
 /* rpa_merge_states(), validated: two partial states (out, lse) of the same rows merged into one. */
@@ -105,6 +112,45 @@ typedef struct rpa_merge_problem {
   void* stream;
   int32_t synchronize;
 } rpa_merge_problem;
+/* A writable KV cache view [page, slot, head, D] in elements; D is contiguous. */
+typedef struct rpa_kv_target {
+  void* data;
+  int64_t page_stride;
+  int64_t slot_stride;
+  int64_t head_stride;
+} rpa_kv_target;
+
+/* The validated form of one rpa_write_kv() call. */
+typedef struct rpa_write_problem {
+  int64_t num_tokens;  /* N */
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  int64_t num_slots;   /* P * page_size */
+  int64_t page_size;
+
+  /* New keys and values [N, KVH, D]. */
+  const void* keys;
+  rpa_dtype key_dtype;
+  int64_t key_token_stride, key_head_stride;
+  const void* values;
+  rpa_dtype value_dtype;
+  int64_t value_token_stride, value_head_stride;
+
+  /* Host memory, [N]: a slot in [0, num_slots) or -1. A slot that a later token also maps to reads -1
+     here, so every slot is written at most once and the order of the writes does not matter. */
+  const int32_t* slots;
+
+  rpa_kv_target k, v;
+  rpa_dtype kv_dtype;
+  const float* k_scale; /* as in rpa_problem */
+  int64_t k_scale_stride;
+  const float* v_scale;
+  int64_t v_scale_stride;
+
+  rpa_memory_kind memory;
+  void* stream;
+  int32_t synchronize;
+} rpa_write_problem;
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "core/dtype.h"
@@ -45,9 +46,6 @@ bool is_float_dtype(int32_t dtype) {
   return dtype == RPA_DTYPE_F32 || dtype == RPA_DTYPE_F16 || dtype == RPA_DTYPE_BF16;
 }
 
-bool is_reserved_dtype(int32_t dtype) {
-  return dtype == RPA_DTYPE_FP8_E4M3 || dtype == RPA_DTYPE_FP8_E5M2 || dtype == RPA_DTYPE_INT8;
-}
 
 // A checked tensor: its shape, resolved strides (all-zero strides mean contiguous), validated dtype and
 // the bytes [begin, end) its view spans.
@@ -73,15 +71,14 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
   if (need_data && !t.data) reject("argument '", name, "': data is NULL");
   if (t.ndim != ndim) reject("argument '", name, "': ndim is ", t.ndim, ", expected ", ndim, " (", layout, ")");
   const int32_t dtype = enum_value(t.dtype);
+  const bool quantised = is_quantised_dtype(static_cast<rpa_dtype>(dtype));
   if (kind == Kind::metadata && dtype != RPA_DTYPE_I32)
     reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected int32");
-  if (kind != Kind::metadata) {
-    if (kind == Kind::kv && is_reserved_dtype(dtype))
-      reject(RPA_STATUS_UNSUPPORTED, "argument '", name, "': dtype ", dtype_name(dtype),
-             " is reserved for quantised KV and not supported yet");
-    if (!is_float_dtype(dtype))
-      reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32, f16 or bf16");
-  }
+  if (kind == Kind::kv && !is_float_dtype(dtype) && !quantised)
+    reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32, f16, bf16, fp8_e4m3, fp8_e5m2 or int8");
+  if (kind == Kind::floating && !is_float_dtype(dtype))
+    reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32, f16 or bf16",
+           quantised ? " (quantised dtypes are for the KV cache only)" : "");
   Tensor result{name, &t, static_cast<rpa_dtype>(dtype)};
   const int64_t size = dtype_size(result.dtype);
   // Elements are read and written as their type: the view must start on an element boundary.
@@ -160,6 +157,72 @@ void expect_dim(const Tensor& t, int i, int64_t expected, const char* meaning) {
 rpa_kv_view kv_view(const Tensor& t, int64_t head_stride, int64_t offset) {
   const auto elements = static_cast<const char*>(t.raw->data) + offset * dtype_size(t.dtype);
   return rpa_kv_view{elements, t.stride(0), t.stride(1), head_stride};
+}
+
+// A checked KV cache, combined or separate, as two views.
+struct Cache {
+  const char* name;  // the argument the head_dim is read from
+  int64_t num_kv_heads, num_pages, page_size, head_dim;
+  rpa_dtype dtype;
+  rpa_kv_view k, v;
+  std::vector<Tensor> tensors;  // kv_pages, or k_cache and v_cache (for the overlap checks)
+};
+
+Cache check_cache(const rpa_tensor& kv_pages, const rpa_tensor& k_cache, const rpa_tensor& v_cache) {
+  if (kv_pages.data) {
+    if (k_cache.data || v_cache.data)
+      reject("argument 'k_cache': give either kv_pages or k_cache and v_cache, not both");
+    const Tensor kv = check_tensor("kv_pages", kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv);
+    if (kv.dim(2) % 2 != 0)
+      reject("argument 'kv_pages': shape[2] is ", kv.dim(2), ", expected an even 2*KVH (K and V interleaved)");
+    return Cache{"kv_pages", kv.dim(2) / 2, kv.dim(0), kv.dim(1), kv.dim(3), kv.dtype,
+                 kv_view(kv, 2 * kv.stride(2), 0), kv_view(kv, 2 * kv.stride(2), kv.stride(2)), {kv}};
+  }
+  if (!k_cache.data && !v_cache.data)
+    reject("argument 'kv_pages': data is NULL and no separate k_cache/v_cache is given");
+  const Tensor k = check_tensor("k_cache", k_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+  const Tensor v = check_tensor("v_cache", v_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
+  for (int i = 0; i < 4; ++i)
+    if (v.dim(i) != k.dim(i)) reject("argument 'v_cache': shape[", i, "] is ", v.dim(i), ", but k_cache has ", k.dim(i));
+  if (v.dtype != k.dtype)
+    reject("argument 'v_cache': dtype is ", dtype_name(v.dtype), ", but k_cache is ", dtype_name(k.dtype));
+  return Cache{"k_cache", k.dim(2), k.dim(0), k.dim(1), k.dim(3), k.dtype,
+               kv_view(k, k.stride(2), 0), kv_view(v, v.stride(2), 0), {k, v}};
+}
+
+// One scale per tensor or per kv head, host f32; absent means 1.
+struct Scale {
+  const float* data;
+  int64_t stride;
+};
+
+Scale check_scale(const char* name, const rpa_tensor& t, const Cache& cache) {
+  static const float kOne = 1.0f;
+  if (!t.data) {
+    if (t.ndim != 0) reject("argument '", name, "': data is NULL but ndim is ", t.ndim, " (absent means ndim 0)");
+    return Scale{&kOne, 0};
+  }
+  if (!is_quantised_dtype(cache.dtype))
+    reject("argument '", name, "': given, but the KV cache's dtype ", dtype_name(cache.dtype),
+           " is not quantised (scales are for fp8_e4m3, fp8_e5m2 and int8)");
+  if (enum_value(t.dtype) != RPA_DTYPE_F32)
+    reject("argument '", name, "': dtype is ", dtype_name(enum_value(t.dtype)), ", expected f32");
+  if (t.ndim != 1) reject("argument '", name, "': ndim is ", t.ndim, ", expected 1 ([1] or [KVH])");
+  if (t.shape[0] != 1 && t.shape[0] != cache.num_kv_heads)
+    reject("argument '", name, "': shape[0] is ", t.shape[0], ", expected 1 (per tensor) or KVH = ", cache.num_kv_heads,
+           " (per kv head)");
+  if (t.strides[0] < 0) reject("argument '", name, "': strides[0] is ", t.strides[0], ", must be >= 0");
+  const int64_t stride = t.shape[0] == 1 ? 0 : (t.strides[0] == 0 ? 1 : t.strides[0]);
+  int64_t extent;
+  if (__builtin_mul_overflow(t.shape[0] - 1, stride, &extent) || extent > (INT64_MAX / 4))
+    reject("argument '", name, "': the byte extent overflows");
+  const float* scales = static_cast<const float*>(t.data);
+  for (int64_t h = 0; h < t.shape[0]; ++h) {
+    const float scale = scales[h * stride];
+    if (!std::isfinite(scale) || !(scale > 0.0f))
+      reject("argument '", name, "': element [", h, "] is ", scale, "; scales must be finite and > 0");
+  }
+  return Scale{scales, stride};
 }
 
 using Layouts = std::array<TensorLayout, kTensorSlots>;
@@ -406,6 +469,13 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
            "] (a normal f32 > 0)");
   p.logits_soft_cap = args.logits_soft_cap;
 
+  // A quantised cache's scales (host memory, run-time values).
+  const Cache cache{"", p.num_kv_heads, p.num_pages, p.page_size, p.head_dim, p.kv_dtype, p.k, p.v, {}};
+  const Scale k_scale = check_scale("k_scale", args.k_scale, cache);
+  const Scale v_scale = check_scale("v_scale", args.v_scale, cache);
+  p.k_scale = k_scale.data, p.k_scale_stride = k_scale.stride;
+  p.v_scale = v_scale.data, p.v_scale_stride = v_scale.stride;
+
   if (p.sinks && p.memory == RPA_MEMORY_HOST) {
     for (int64_t h = 0; h < p.sink_heads; ++h)
       for (int64_t n = 0; n < p.sinks_per_head; ++n) {
@@ -421,6 +491,60 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
       expect_no_overlap(*output, *input);
   expect_no_overlap(t.out, t.lse);
   return p;
+}
+
+rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vector<int32_t>& slots) {
+  rpa_write_problem w{};
+  const Tensor keys = check_tensor("keys", args.keys, 3, "[N, KVH, D]", Kind::floating);
+  const Tensor values = check_tensor("values", args.values, 3, "[N, KVH, D]", Kind::floating);
+  for (int i = 0; i < 3; ++i)
+    if (values.dim(i) != keys.dim(i)) reject("argument 'values': shape[", i, "] is ", values.dim(i), ", but keys have ", keys.dim(i));
+  const Cache cache = check_cache(args.kv_pages, args.k_cache, args.v_cache);
+  expect_dim(keys, 1, cache.num_kv_heads, "KVH of the cache");
+  expect_dim(keys, 2, cache.head_dim, "D of the cache");
+  w.num_tokens = keys.dim(0);
+  w.num_kv_heads = cache.num_kv_heads;
+  w.head_dim = cache.head_dim;
+  w.page_size = cache.page_size;
+  w.num_slots = cache.num_pages * cache.page_size;  // both from checked shapes of one tensor: no overflow
+  w.keys = args.keys.data, w.key_dtype = keys.dtype;
+  w.key_token_stride = keys.stride(0), w.key_head_stride = keys.stride(1);
+  w.values = args.values.data, w.value_dtype = values.dtype;
+  w.value_token_stride = values.stride(0), w.value_head_stride = values.stride(1);
+  // The cache is the call's output: its views are written.
+  w.k = rpa_kv_target{const_cast<void*>(cache.k.data), cache.k.page_stride, cache.k.slot_stride, cache.k.head_stride};
+  w.v = rpa_kv_target{const_cast<void*>(cache.v.data), cache.v.page_stride, cache.v.slot_stride, cache.v.head_stride};
+  w.kv_dtype = cache.dtype;
+  const Scale k_scale = check_scale("k_scale", args.k_scale, cache);
+  const Scale v_scale = check_scale("v_scale", args.v_scale, cache);
+  w.k_scale = k_scale.data, w.k_scale_stride = k_scale.stride;
+  w.v_scale = v_scale.data, w.v_scale_stride = v_scale.stride;
+
+  const int32_t memory = enum_value(args.memory);
+  if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
+    reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
+  w.memory = static_cast<rpa_memory_kind>(memory);
+  w.stream = args.stream;
+  w.synchronize = args.synchronize;
+
+  const Tensor mapping = check_tensor("slot_mapping", args.slot_mapping, 1, "[N]", Kind::metadata);
+  expect_dim(mapping, 0, w.num_tokens, "N of keys");
+  const auto* given = static_cast<const int32_t*>(args.slot_mapping.data);
+  slots.resize(static_cast<size_t>(w.num_tokens));
+  for (int64_t i = 0; i < w.num_tokens; ++i) {
+    const int32_t slot = given[i * mapping.stride(0)];
+    if (slot != -1 && (slot < 0 || slot >= w.num_slots))
+      reject("argument 'slot_mapping': element [", i, "] is ", slot, ", outside [0, P * page_size = ", w.num_slots,
+             ") and not -1 (skip)");
+    slots[static_cast<size_t>(i)] = slot;
+  }
+  // The later of two tokens mapped to one slot wins: drop the earlier ones, walking backwards.
+  std::unordered_set<int32_t> taken;
+  taken.reserve(slots.size());
+  for (size_t i = slots.size(); i-- > 0;)
+    if (slots[i] != -1 && !taken.insert(slots[i]).second) slots[i] = -1;
+  w.slots = slots.data();
+  return w;
 }
 
 }  // namespace rpa

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -49,5 +50,8 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
 
 // rpa_merge_states(): six tensors of one [T, H, D] / [T, H] shape, lse f32.
 rpa_merge_problem validate_merge_args(const rpa_merge_args& args);
+// The same for rpa_write_kv(); `slots` receives the slot mapping with earlier duplicates set to -1, and
+// the problem points into it.
+rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vector<int32_t>& slots);
 
 }  // namespace rpa

@@ -81,6 +81,8 @@ typedef struct rpa_plugin_api {
   rpa_status (*supports)(rpa_plugin_state* state, const rpa_problem* problem);
   /* rpa_merge_states on device memory, queued on problem->stream. */
   rpa_status (*merge_states)(rpa_plugin_state* state, const rpa_merge_problem* problem);
+  /* One rpa_write_kv() call, validated by the core (slots on the host, each written at most once). */
+  rpa_status (*write_kv)(rpa_plugin_state* state, const rpa_write_problem* problem);
 } rpa_plugin_api;
 
 typedef const rpa_plugin_api* (*rpa_plugin_entry_fn)(void);

@@ -56,6 +56,7 @@ void attention(const rpa_problem& p) {
       const int64_t first_key = p.sliding_window > 0 ? std::max<int64_t>(0, pos - p.sliding_window + 1) : 0;
       for (int64_t h = 0; h < p.num_q_heads; ++h) {
         const int64_t kv_head = h / group;
+        const float k_scale = p.k_scale[kv_head * p.k_scale_stride], v_scale = p.v_scale[kv_head * p.v_scale_stride];
         const int64_t q_base = (first_row + i) * p.query_token_stride + h * p.query_head_stride;
 
         std::vector<double> scores;
@@ -63,7 +64,7 @@ void attention(const rpa_problem& p) {
           const int64_t k_base = kv_offset(p, p.k, s, j, kv_head);
           double dot = 0.0;
           for (int64_t d = 0; d < p.head_dim; ++d)
-            dot += load(p.queries, p.query_dtype, q_base + d) * load(p.k.data, p.kv_dtype, k_base + d);
+            dot += load(p.queries, p.query_dtype, q_base + d) * load_kv(p.k.data, p.kv_dtype, k_base + d, k_scale);
           double score = p.softmax_scale * dot;
           if (p.logits_soft_cap > 0) score = p.logits_soft_cap * std::tanh(score / p.logits_soft_cap);
           scores.push_back(score);
@@ -83,9 +84,29 @@ void attention(const rpa_problem& p) {
         for (size_t n = 0; n < scores.size(); ++n) {
           const double weight = std::exp(scores[n] - max_logit) / denominator;
           const int64_t v_base = kv_offset(p, p.v, s, first_key + static_cast<int64_t>(n), kv_head);
-          for (int64_t d = 0; d < p.head_dim; ++d) row[d] += weight * load(p.v.data, p.kv_dtype, v_base + d);
+          for (int64_t d = 0; d < p.head_dim; ++d)
+            row[d] += weight * load_kv(p.v.data, p.kv_dtype, v_base + d, v_scale);
         }
         write_row(p, first_row + i, h, row, max_logit + std::log(denominator));
+      }
+    }
+  }
+}
+
+void write_kv(const rpa_write_problem& w) {
+  for (int64_t i = 0; i < w.num_tokens; ++i) {
+    const int32_t slot = w.slots[i];
+    if (slot < 0) continue;
+    const int64_t page = slot / w.page_size, offset = slot % w.page_size;
+    for (int64_t h = 0; h < w.num_kv_heads; ++h) {
+      const float k_scale = w.k_scale[h * w.k_scale_stride], v_scale = w.v_scale[h * w.v_scale_stride];
+      const int64_t key = i * w.key_token_stride + h * w.key_head_stride;
+      const int64_t value = i * w.value_token_stride + h * w.value_head_stride;
+      const int64_t k_base = page * w.k.page_stride + offset * w.k.slot_stride + h * w.k.head_stride;
+      const int64_t v_base = page * w.v.page_stride + offset * w.v.slot_stride + h * w.v.head_stride;
+      for (int64_t d = 0; d < w.head_dim; ++d) {
+        store_kv(w.k.data, w.kv_dtype, k_base + d, load_float(w.keys, w.key_dtype, key + d), k_scale);
+        store_kv(w.v.data, w.kv_dtype, v_base + d, load_float(w.values, w.value_dtype, value + d), v_scale);
       }
     }
   }

@@ -11,8 +11,10 @@
 //     as they are, else row by row (TileBlock);
 //   - P.V: AccumulateBlock keeps a 4-row x kPvVecs-vector block of the output in registers and streams
 //     the tile's V rows through it.
-// Decode items of a bf16 cache (InPlaceFits) skip the converted tile: Bf16Rows widens K and V in
-// registers straight from the cache, and prefetches the next tile a few lines per key as it goes.
+// Decode items of a bf16 or quantised (fp8, int8) cache (InPlaceFits) skip the converted tile: Bf16Rows
+// and CodeRows widen K and V in registers straight from the cache, and prefetch the next tile a few lines
+// per key as it goes. A quantised cache's scales are folded into the queries (K) and the output (V) there;
+// the converted tile (prefill) multiplies each element by its scale as it converts.
 // Keys a row cannot see are never multiplied into its output (the P.V kernels only run over visible
 // ranges), so NaN or Inf there cannot leak, and tiles no row of a run can see are neither loaded nor
 // computed (causal and window bounds).
@@ -25,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "core/dtype.h"
 #include "simd/attention.h"
@@ -59,7 +62,7 @@ constexpr bool kNativeF16 = !(HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3 
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// The widest head_dim whose bf16 K and V are read in place (Bf16Rows).
+// The widest head_dim whose K and V are read in place (Bf16Rows, CodeRows).
 constexpr size_t kMaxInPlaceDim = 256;
 
 constexpr size_t RoundUp(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -86,6 +89,60 @@ HWY_INLINE void LoadRow(const void* src, rpa_dtype dtype, size_t dim, size_t pad
   }
   for (; i < dim; ++i) dst[i] = load_float(src, dtype, static_cast<int64_t>(i));
   for (; i < padded; ++i) dst[i] = 0.0f;
+}
+
+// kLanes 8-bit codes of a quantised dtype from src on, widened to f32 (before the scale) exactly as
+// core/dtype.h's code_to_float does, without touching subnormal floats.
+template <rpa_dtype kDtype>
+HWY_INLINE VF DecodeCodes(const uint8_t* HWY_RESTRICT src) {
+  const DF df;
+  const hn::RebindToSigned<DF> di;
+  const hn::RebindToUnsigned<DF> du;
+  if constexpr (kDtype == RPA_DTYPE_INT8) {
+    const hn::Rebind<int8_t, DF> d8;
+    return hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(src))));
+  } else {
+    const hn::Rebind<uint8_t, DF> d8;
+    const auto code = hn::PromoteTo(du, hn::LoadU(d8, src));
+    const auto magnitude = hn::And(code, hn::Set(du, 0x7fu));
+    const auto signed_magnitude = hn::BitCast(di, magnitude);
+    const VF sign = hn::BitCast(df, hn::ShiftLeft<24>(hn::And(code, hn::Set(du, 0x80u))));
+    constexpr bool kE4m3 = kDtype == RPA_DTYPE_FP8_E4M3;
+    constexpr int kMantissa = kE4m3 ? 3 : 2;
+    // Normal codes: the exponent moves from bias 7 (15) to 127. Subnormal codes: m * 2^-9 (2^-16).
+    const VF normal = hn::BitCast(df, hn::Add(hn::ShiftLeft<23 - kMantissa>(magnitude),
+                                              hn::Set(du, (kE4m3 ? 120u : 112u) << 23)));
+    const VF subnormal = hn::Mul(hn::ConvertTo(df, signed_magnitude), hn::Set(df, kE4m3 ? 0.001953125f : 0.0000152587890625f));
+    VF value = hn::IfThenElse(hn::RebindMask(df, hn::Lt(signed_magnitude, hn::Set(di, 1 << kMantissa))), subnormal, normal);
+    if constexpr (kE4m3) {  // S.1111.111 is NaN; there are no infinities
+      value = hn::IfThenElse(hn::RebindMask(df, hn::Eq(magnitude, hn::Set(du, 0x7fu))), hn::NaN(df), value);
+    } else {  // exponent 31: infinity (mantissa 0) or NaN
+      const VF special = hn::BitCast(df, hn::Or(hn::Set(du, 0x7f800000u), hn::ShiftLeft<21>(hn::And(magnitude, hn::Set(du, 3u)))));
+      value = hn::IfThenElse(hn::RebindMask(df, hn::Gt(signed_magnitude, hn::Set(di, 0x7b))), special, value);
+    }
+    return hn::Or(value, sign);
+  }
+}
+
+template <rpa_dtype kDtype>
+HWY_INLINE void LoadCodeRow(const uint8_t* HWY_RESTRICT src, size_t dim, size_t padded, float scale, float* HWY_RESTRICT dst) {
+  const DF df;
+  const VF vscale = hn::Set(df, scale);
+  size_t i = 0;
+  for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::Mul(DecodeCodes<kDtype>(src + i), vscale), df, dst + i);
+  for (; i < dim; ++i) dst[i] = load_kv(src, kDtype, static_cast<int64_t>(i), scale);
+  for (; i < padded; ++i) dst[i] = 0.0f;
+}
+
+// A K or V row of the cache in f32: LoadRow, or for a quantised cache its codes times `scale`.
+HWY_INLINE void LoadKvRow(const void* src, rpa_dtype dtype, size_t dim, size_t padded, float scale, float* HWY_RESTRICT dst) {
+  const auto* codes = static_cast<const uint8_t*>(src);
+  switch (dtype) {
+    case RPA_DTYPE_FP8_E4M3: return LoadCodeRow<RPA_DTYPE_FP8_E4M3>(codes, dim, padded, scale, dst);
+    case RPA_DTYPE_FP8_E5M2: return LoadCodeRow<RPA_DTYPE_FP8_E5M2>(codes, dim, padded, scale, dst);
+    case RPA_DTYPE_INT8: return LoadCodeRow<RPA_DTYPE_INT8>(codes, dim, padded, scale, dst);
+    default: return LoadRow(src, dtype, dim, padded, dst);
+  }
 }
 
 // Writes src[0..dim) * factor to dst stored as `dtype`, rounding to nearest even like core/dtype.h.
@@ -142,7 +199,8 @@ struct TileRows {
 // in that order while the item runs (ToPairOrder, FromPairOrder).
 struct Bf16Rows {
   static constexpr size_t kParts = 2;
-  const uint16_t* row[kTile];  // padding keys point at zeros
+  using Element = uint16_t;
+  const Element* row[kTile];  // padding keys point at zeros
   // The same key's row in the next tile (null past the range) and the bytes of a row: fetched from DRAM
   // a few lines per key while this tile computes, which keeps misses in flight all along instead of in
   // bursts that stall on the miss buffers.
@@ -158,6 +216,21 @@ struct Bf16Rows {
     parts[0] = hn::BitCast(df, hn::ShiftLeft<16>(bits));
     parts[1] = hn::BitCast(df, hn::And(bits, hn::Set(du, 0xFFFF0000u)));
   }
+};
+
+// K or V rows read in place from a quantised cache, kLanes codes widened per load, in natural order and
+// without their scale (folded into the queries and the output).
+template <rpa_dtype kDtype>
+struct CodeRows {
+  static constexpr size_t kParts = 1;
+  using Element = uint8_t;
+  const Element* row[kTile];  // padding keys point at zeros (code 0 is 0.0 in every format)
+  const char* ahead[kTile];   // as in Bf16Rows
+  size_t row_bytes;
+  HWY_INLINE void PrefetchAhead(size_t j) const {
+    if (ahead[j] != nullptr) Prefetch(ahead[j], row_bytes);
+  }
+  HWY_INLINE void Load(size_t j, size_t d, VF* parts) const { parts[0] = DecodeCodes<kDtype>(row[j] + d); }
 };
 
 // Moves each 2 * kLanes block of row[0, dim) to the order Bf16Rows delivers (even elements, then odd).
@@ -572,10 +645,12 @@ HWY_INLINE void WalkTile(const ItemState& st, const int32_t* table, int64_t kv_h
 HWY_INLINE void TileRunConverted(ItemState& st, const int32_t* table, int64_t kv_head, size_t run, size_t run_end,
                                  int64_t t0, size_t nk, int64_t end, size_t dim, size_t row_bytes) {
   const DF df;
+  const rpa_problem& p = st.p;
+  const float k_scale = p.k_scale[kv_head * p.k_scale_stride], v_scale = p.v_scale[kv_head * p.v_scale_stride];
   WalkTile<true>(st, table, kv_head, t0, nk, end, row_bytes,
                  [&](size_t j, const char* k_row, const char* v_row, const char*, const char*) {
-                   LoadRow(k_row, st.p.kv_dtype, dim, st.dp, st.k + j * st.dp);
-                   LoadRow(v_row, st.p.kv_dtype, dim, st.dp, st.v + j * st.dp);
+                   LoadKvRow(k_row, p.kv_dtype, dim, st.dp, k_scale, st.k + j * st.dp);
+                   LoadKvRow(v_row, p.kv_dtype, dim, st.dp, v_scale, st.v + j * st.dp);
                  });
   // Scores of the padding keys up to a whole vector are computed (then masked): keep them finite.
   for (size_t j = nk; j < RoundUp(nk, kLanes); ++j)
@@ -596,30 +671,36 @@ HWY_INLINE void TileRunConverted(ItemState& st, const int32_t* table, int64_t kv
 alignas(64) constexpr uint16_t kZeroRow[kMaxInPlaceDim] = {};
 
 // Rows [run, run_end) (one kv head, a multiple of 4 rows) against the tile [t0, t0 + nk), K and V read in
-// place from the bf16 cache.
+// place from the cache (Rows: Bf16Rows or CodeRows).
+template <class Rows>
 HWY_INLINE void TileRunInPlace(ItemState& st, const int32_t* table, int64_t kv_head, size_t run, size_t run_end,
                                int64_t t0, size_t nk, int64_t end, size_t row_bytes) {
-  Bf16Rows k, v;
+  using Element = typename Rows::Element;
+  Rows k, v;
   k.row_bytes = v.row_bytes = row_bytes;
   WalkTile<false>(st, table, kv_head, t0, nk, end, row_bytes,
                   [&](size_t j, const char* k_row, const char* v_row, const char* k_ahead, const char* v_ahead) {
-                    k.row[j] = reinterpret_cast<const uint16_t*>(k_row);
-                    v.row[j] = reinterpret_cast<const uint16_t*>(v_row);
+                    k.row[j] = reinterpret_cast<const Element*>(k_row);
+                    v.row[j] = reinterpret_cast<const Element*>(v_row);
                     k.ahead[j] = k_ahead;
                     v.ahead[j] = v_ahead;
                   });
   for (size_t j = nk; j < RoundUp(nk, kLanes); ++j) {
-    k.row[j] = v.row[j] = kZeroRow;
+    k.row[j] = v.row[j] = reinterpret_cast<const Element*>(kZeroRow);
     k.ahead[j] = v.ahead[j] = nullptr;
   }
   for (size_t r0 = run; r0 < run_end; r0 += 4) SharedBlock(st, k, v, r0, t0, nk);
 }
 
-// kDim: the head dimension when known at compile time (the fast paths), else 0. kInPlace: the item reads
-// K and V in place (InPlaceFits); a separate instantiation, so that neither path shapes the other's code.
-template <size_t kDim, bool kInPlace>
+// kDim: the head dimension when known at compile time (the fast paths), else 0. Rows: TileRows (the
+// converted tile), or Bf16Rows / CodeRows when the item reads K and V in place (InPlaceFits); a separate
+// instantiation each, so that no path shapes another's code.
+template <size_t kDim, class Rows>
 void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRICT scratch,
                    float* HWY_RESTRICT partial) {
+  constexpr bool kInPlace = !std::is_same_v<Rows, TileRows>;
+  // In place, a quantised cache's scales are folded into each row's query and output.
+  const bool fold_scales = kInPlace && is_quantised_dtype(p.kv_dtype);
   const DF df;
   const size_t dim = kDim ? kDim : static_cast<size_t>(p.head_dim);
   const size_t dp = RoundUp(dim, kLanes);
@@ -648,11 +729,12 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
     LoadRow(Element(p.queries, p.query_dtype, place.token * p.query_token_stride + place.head * p.query_head_stride),
             p.query_dtype, dim, dp, q);
     float* o = st.o + r * dp;
+    const VF q_scale = fold_scales ? hn::Mul(scale, hn::Set(df, p.k_scale[place.kv_head * p.k_scale_stride])) : scale;
     for (size_t d = 0; d < dp; d += kLanes) {
-      hn::Store(hn::Mul(hn::Load(df, q + d), scale), df, q + d);
+      hn::Store(hn::Mul(hn::Load(df, q + d), q_scale), df, q + d);
       hn::Store(hn::Zero(df), df, o + d);
     }
-    if constexpr (kInPlace) ToPairOrder(q, dim);
+    if constexpr (Rows::kParts == 2) ToPairOrder(q, dim);
     st.max[r] = kNegInf;
     st.sum[r] = 0.0f;
   }
@@ -673,7 +755,7 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
       }
       if (lo < hi) {  // some row of the run sees the tile
         if constexpr (kInPlace) {
-          TileRunInPlace(st, table, st.kv_head[run], run, run_end, t0, nk, end, row_bytes);
+          TileRunInPlace<Rows>(st, table, st.kv_head[run], run, run_end, t0, nk, end, row_bytes);
         } else {
           TileRunConverted(st, table, st.kv_head[run], run, run_end, t0, nk, end, dim, row_bytes);
         }
@@ -683,8 +765,12 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
   }
 
   for (size_t r = 0; r < rows; ++r) {
-    const float* o = st.o + r * dp;
-    if constexpr (kInPlace) {  // back to the natural order, in the (now unused) K tile
+    float* o = st.o + r * dp;
+    if (fold_scales) {
+      const VF v_scale = hn::Set(df, p.v_scale[st.kv_head[r] * p.v_scale_stride]);
+      for (size_t d = 0; d < dp; d += kLanes) hn::Store(hn::Mul(hn::Load(df, o + d), v_scale), df, o + d);
+    }
+    if constexpr (Rows::kParts == 2) {  // back to the natural order, in the (now unused) K tile
       FromPairOrder(o, dim, st.k);
       o = st.k;
     }
@@ -699,32 +785,47 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
   }
 }
 
-// Decode rows (one query token, so every row of a kv head sees the same keys) of a bf16 cache read K and V
-// in place, in blocks of 4 rows of one kv head: only when every kv head's run is whole blocks.
+// Decode rows (one query token, so every row of a kv head sees the same keys) of a bf16 or quantised cache
+// read K and V in place, in blocks of 4 rows of one kv head: only when every kv head's run is whole blocks.
 bool InPlaceFits(const rpa_problem& p, const WorkItem& item) {
   const int64_t group = p.num_q_heads / p.num_kv_heads;
   const size_t dim = static_cast<size_t>(p.head_dim);
-  return p.kv_dtype == RPA_DTYPE_BF16 && p.query_start_loc[item.seq + 1] - p.query_start_loc[item.seq] == 1 &&
-         group % 4 == 0 && item.row_begin % group == 0 && item.row_end % group == 0 && dim % (2 * kLanes) == 0 &&
+  const size_t vector_elements = p.kv_dtype == RPA_DTYPE_BF16 ? 2 * kLanes : kLanes;  // per Rows::Load
+  return (p.kv_dtype == RPA_DTYPE_BF16 || is_quantised_dtype(p.kv_dtype)) &&
+         p.query_start_loc[item.seq + 1] - p.query_start_loc[item.seq] == 1 && group % 4 == 0 &&
+         item.row_begin % group == 0 && item.row_end % group == 0 && dim % vector_elements == 0 &&
          dim <= kMaxInPlaceDim;
+}
+
+// A quantised cache read in place: head_dim 128 compiled for, others at run time.
+template <rpa_dtype kDtype>
+void AttendCodes(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial) {
+  if (p.head_dim == 128) return AttendItemFor<128, CodeRows<kDtype>>(p, item, scratch, partial);
+  AttendItemFor<0, CodeRows<kDtype>>(p, item, scratch, partial);
 }
 
 void AttendItem(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial) {
   if (InPlaceFits(p, item)) {
+    switch (p.kv_dtype) {
+      case RPA_DTYPE_FP8_E4M3: return AttendCodes<RPA_DTYPE_FP8_E4M3>(p, item, scratch, partial);
+      case RPA_DTYPE_FP8_E5M2: return AttendCodes<RPA_DTYPE_FP8_E5M2>(p, item, scratch, partial);
+      case RPA_DTYPE_INT8: return AttendCodes<RPA_DTYPE_INT8>(p, item, scratch, partial);
+      default: break;
+    }
     switch (p.head_dim) {
-      case 64: return AttendItemFor<64, true>(p, item, scratch, partial);
-      case 128: return AttendItemFor<128, true>(p, item, scratch, partial);
-      case 256: return AttendItemFor<256, true>(p, item, scratch, partial);
-      default: return AttendItemFor<0, true>(p, item, scratch, partial);
+      case 64: return AttendItemFor<64, Bf16Rows>(p, item, scratch, partial);
+      case 128: return AttendItemFor<128, Bf16Rows>(p, item, scratch, partial);
+      case 256: return AttendItemFor<256, Bf16Rows>(p, item, scratch, partial);
+      default: return AttendItemFor<0, Bf16Rows>(p, item, scratch, partial);
     }
   }
   switch (p.head_dim) {
-    case 64: return AttendItemFor<64, false>(p, item, scratch, partial);
-    case 80: return AttendItemFor<80, false>(p, item, scratch, partial);
-    case 96: return AttendItemFor<96, false>(p, item, scratch, partial);
-    case 128: return AttendItemFor<128, false>(p, item, scratch, partial);
-    case 256: return AttendItemFor<256, false>(p, item, scratch, partial);
-    default: return AttendItemFor<0, false>(p, item, scratch, partial);
+    case 64: return AttendItemFor<64, TileRows>(p, item, scratch, partial);
+    case 80: return AttendItemFor<80, TileRows>(p, item, scratch, partial);
+    case 96: return AttendItemFor<96, TileRows>(p, item, scratch, partial);
+    case 128: return AttendItemFor<128, TileRows>(p, item, scratch, partial);
+    case 256: return AttendItemFor<256, TileRows>(p, item, scratch, partial);
+    default: return AttendItemFor<0, TileRows>(p, item, scratch, partial);
   }
 }
 

@@ -213,11 +213,52 @@ BOOST_AUTO_TEST_CASE(device_memory_needs_the_gpu_backend) {
   expect_rejected([](Prepared& p) { p.args.memory = RPA_MEMORY_DEVICE; }, {"'memory'", "gpu backend", "reference"});
 }
 
-BOOST_AUTO_TEST_CASE(reserved_dtypes_are_unsupported) {
-  expect_rejected([](Prepared& p) { p.args.kv_pages.dtype = RPA_DTYPE_FP8_E4M3; }, {"'kv_pages'", "fp8_e4m3"},
-                  RPA_STATUS_UNSUPPORTED);
-  expect_rejected([](Prepared& p) { p.args.kv_pages.dtype = RPA_DTYPE_INT8; }, {"'kv_pages'", "int8"},
-                  RPA_STATUS_UNSUPPORTED);
+// A quantised cache (the f32 bytes read as 8-bit codes: in bounds, and validation reads no KV) with scales
+// held by the Prepared.
+void quantise(Prepared& p, std::vector<float> k_scale, std::vector<float> v_scale) {
+  p.args.kv_pages.dtype = RPA_DTYPE_FP8_E4M3;
+  p.k_scale = std::move(k_scale), p.v_scale = std::move(v_scale);
+  if (!p.k_scale.empty())
+    p.args.k_scale = rpa_tensor{p.k_scale.data(), RPA_DTYPE_F32, 1, {static_cast<int64_t>(p.k_scale.size())}, {1}};
+  if (!p.v_scale.empty())
+    p.args.v_scale = rpa_tensor{p.v_scale.data(), RPA_DTYPE_F32, 1, {static_cast<int64_t>(p.v_scale.size())}, {1}};
+}
+
+BOOST_AUTO_TEST_CASE(quantised_dtypes_are_for_kv_only) {
+  for (rpa_dtype dtype : {RPA_DTYPE_FP8_E4M3, RPA_DTYPE_FP8_E5M2, RPA_DTYPE_INT8}) {
+    Prepared p = valid();
+    p.args.kv_pages.dtype = dtype;
+    BOOST_TEST(run_prepared(p, RPA_BACKEND_REFERENCE).status == RPA_STATUS_OK);
+  }
+  expect_rejected([](Prepared& p) { p.args.queries.dtype = RPA_DTYPE_FP8_E4M3; }, {"'queries'", "fp8_e4m3", "KV cache only"});
+  expect_rejected([](Prepared& p) { p.args.out.dtype = RPA_DTYPE_INT8; }, {"'out'", "int8", "KV cache only"});
+  expect_rejected([](Prepared& p) { p.args.kv_pages.dtype = RPA_DTYPE_I32; }, {"'kv_pages'", "int32"});
+}
+
+BOOST_AUTO_TEST_CASE(scale_rules) {
+  {  // per tensor and per kv head (KVH = 2) are both valid
+    Prepared p = valid();
+    quantise(p, {0.5f}, {0.25f, 3.0f});
+    const Result r = run_prepared(p, RPA_BACKEND_REFERENCE);
+    BOOST_TEST(r.status == RPA_STATUS_OK, r.message);
+  }
+  expect_rejected([](Prepared& p) { quantise(p, {1.0f, 2.0f, 3.0f}, {}); }, {"'k_scale'", "shape[0] is 3", "KVH = 2"});
+  expect_rejected([](Prepared& p) { quantise(p, {}, {1.0f, -2.0f}); }, {"'v_scale'", "element [1]", "finite and > 0"});
+  expect_rejected([](Prepared& p) { quantise(p, {0.0f}, {}); }, {"'k_scale'", "element [0]", "> 0"});
+  expect_rejected([](Prepared& p) { quantise(p, {std::numeric_limits<float>::quiet_NaN()}, {}); }, {"'k_scale'", "element [0]"});
+  expect_rejected([](Prepared& p) { quantise(p, {std::numeric_limits<float>::infinity()}, {}); }, {"'k_scale'", "element [0]"});
+  expect_rejected([](Prepared& p) {
+    quantise(p, {1.0f}, {});
+    p.args.k_scale.dtype = RPA_DTYPE_F16;
+  }, {"'k_scale'", "expected f32"});
+  expect_rejected([](Prepared& p) {
+    quantise(p, {1.0f}, {});
+    p.args.k_scale.ndim = 2;
+  }, {"'k_scale'", "ndim"});
+  expect_rejected([](Prepared& p) {
+    quantise(p, {}, {1.0f});
+    p.args.kv_pages.dtype = RPA_DTYPE_BF16;
+  }, {"'v_scale'", "not quantised"});
 }
 
 BOOST_AUTO_TEST_CASE(struct_size_must_be_plausible) {

@@ -44,14 +44,17 @@ typedef enum rpa_status {
   RPA_STATUS_INTERNAL = 6          /**< A bug in rpa; please report the message. */
 } rpa_status;
 
-/** Element types. Queries, KV and out each take F32, F16 or BF16, independently. */
+/**
+ * Element types. Queries, KV and out each take F32, F16 or BF16, independently; the KV cache may also be
+ * quantised (FP8_E4M3, FP8_E5M2, INT8), a stored code x meaning x * k_scale (K) or x * v_scale (V).
+ */
 typedef enum rpa_dtype {
   RPA_DTYPE_F32 = 0,      /**< IEEE binary32. */
   RPA_DTYPE_F16 = 1,      /**< IEEE binary16. */
   RPA_DTYPE_BF16 = 2,     /**< bfloat16 (upper half of binary32). */
-  RPA_DTYPE_FP8_E4M3 = 3, /**< Reserved for quantised KV: RPA_STATUS_UNSUPPORTED for now. */
-  RPA_DTYPE_FP8_E5M2 = 4, /**< Reserved for quantised KV: RPA_STATUS_UNSUPPORTED for now. */
-  RPA_DTYPE_INT8 = 5,     /**< Reserved for quantised KV: RPA_STATUS_UNSUPPORTED for now. */
+  RPA_DTYPE_FP8_E4M3 = 3, /**< KV only: OCP fp8 e4m3fn (no infinities, NaN = S.1111.111, max 448). */
+  RPA_DTYPE_FP8_E5M2 = 4, /**< KV only: OCP fp8 e5m2 (the upper byte of an IEEE binary16). */
+  RPA_DTYPE_INT8 = 5,     /**< KV only: symmetric int8, -127..127 written (-128 read as -128). */
   RPA_DTYPE_I32 = 6       /**< int32: the metadata (context_lens, block_tables, query_start_loc). */
 } rpa_dtype;
 
@@ -128,6 +131,12 @@ typedef struct rpa_attention_args {
   rpa_memory_kind memory;     /**< Where queries, KV, sinks, out and lse live. */
   void* stream;               /**< GPU stream (hipStream_t / cudaStream_t) for device memory; NULL = default. */
   int32_t synchronize;        /**< Device memory: nonzero waits for the work to finish before returning. */
+  /**
+   * Scales of a quantised KV cache: f32 in host memory, shape [1] (per tensor) or [KVH] (per kv head);
+   * absent (data NULL) means 1.0. Only with a quantised KV dtype; finite and > 0.
+   */
+  rpa_tensor k_scale;
+  rpa_tensor v_scale; /**< As k_scale, for V. */
 } rpa_attention_args;
 
 /**
@@ -147,6 +156,24 @@ typedef struct rpa_merge_args {
   void* stream;           /**< GPU stream for device memory; NULL = default. */
   int32_t synchronize;    /**< Device memory: nonzero waits for the work to finish before returning. */
 } rpa_merge_args;
+ * Arguments of rpa_write_kv(). Initialise with rpa_write_kv_args_init(). Token i's key and value go to
+ * slot slot_mapping[i] = page * page_size + offset of the cache; -1 skips the token. When two tokens map to
+ * the same slot, the later one (larger i) wins.
+ */
+typedef struct rpa_write_kv_args {
+  size_t struct_size;       /**< sizeof(rpa_write_kv_args), set by rpa_write_kv_args_init(). */
+  rpa_tensor keys;          /**< [N, KVH, D] new keys, f32, f16 or bf16. */
+  rpa_tensor values;        /**< [N, KVH, D] new values, same shape (any float dtype). */
+  rpa_tensor slot_mapping;  /**< [N] int32, host memory: a slot in [0, P * page_size), or -1 to skip. */
+  rpa_tensor kv_pages;      /**< The cache to write, combined [P, page_size, 2*KVH, D] ... */
+  rpa_tensor k_cache;       /**< ... or separate [P, page_size, KVH, D] K and V caches (as in rpa_attention_args). */
+  rpa_tensor v_cache;
+  rpa_tensor k_scale;       /**< Quantised caches: the scales the codes are written with (as in rpa_attention_args). */
+  rpa_tensor v_scale;
+  rpa_memory_kind memory;   /**< Where keys, values and the cache live. */
+  void* stream;             /**< GPU stream for device memory; NULL = default. */
+  int32_t synchronize;      /**< Device memory: nonzero waits for the writes to finish before returning. */
+} rpa_write_kv_args;
 
 /** Identity of one plugin the core tried to load. Strings live as long as the process. */
 typedef struct rpa_plugin_report {
@@ -220,7 +247,7 @@ RPA_EXPORT rpa_status rpa_attention(rpa_context* context, const rpa_attention_ar
 RPA_EXPORT rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args, rpa_plan** out);
 
 /**
- * Runs a plan with this call's tensors (queries, KV, out, lse, sinks) and scalars (softmax_scale,
+ * Runs a plan with this call's tensors (queries, KV, out, lse, sinks, k_scale, v_scale) and scalars (softmax_scale,
  * logits_soft_cap, stream, synchronize). Each float tensor must have the plan's presence, dtype, shape
  * and strides, and `memory` the plan's; its data must be non-NULL. The metadata fields of `args` are not
  * read: the plan's copy is used. The output is bitwise the output rpa_attention() gives for the same
@@ -245,6 +272,17 @@ RPA_EXPORT void rpa_plan_destroy(rpa_plan* plan);
  */
 RPA_EXPORT rpa_status rpa_plan_time(rpa_plan* plan, const rpa_attention_args* args, int32_t iterations,
                                     double* milliseconds);
+/** Fills *args with defaults: everything absent or zero, host memory, struct_size set. */
+RPA_EXPORT void rpa_write_kv_args_init(rpa_write_kv_args* args);
+
+/**
+ * Writes new keys and values into their slots of a paged KV cache, converted to the cache's dtype: rounded
+ * to nearest even; quantised as x / scale (in f32) rounded to nearest even, saturating at +-448 for
+ * FP8_E4M3 and +-127 for INT8, overflowing to +-inf for FP8_E5M2, NaN kept as NaN (INT8: 0). A slot
+ * outside [0, P * page_size) other than -1 is an invalid argument naming its index; nothing is written
+ * then. On the gpu backend with device memory the writes are queued on `stream` without waiting.
+ */
+RPA_EXPORT rpa_status rpa_write_kv(rpa_context* context, const rpa_write_kv_args* args);
 
 /**
  * Whether the context's backend can run a call with these args, without running it. Reads what

@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 
+#include "core/dtype.h"
 #include "plugins/hip/gpu_vendor.h"
 #include "core/problem.h"
 #include "plugins/hip/tile.h"
@@ -60,6 +61,9 @@ struct Params {
   int32_t vector_kv;     // KV rows and strides allow 16-byte loads
   int32_t vector_queries;  // so do the query rows
   int32_t out_pairs;       // two adjacent output elements from an even index are one aligned store
+  // A quantised cache: the K and V scale of each kv head (kernel parameters: a run uploads nothing).
+  float k_scales[kMaxScaleHeads];
+  float v_scales[kMaxScaleHeads];
 };
 
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
@@ -139,12 +143,15 @@ __device__ inline void store_element(void* data, rpa_dtype dtype, int64_t index,
   }
 }
 
-// KV storage types: Kv::convert turns 16 bytes (kVector elements) into floats.
+// KV storage types: Kv::convert turns 16 bytes (kVector elements) into floats (a quantised type's codes
+// before their scale). A decode lane takes kLaneElements elements of a key, kWords 16-byte words.
 struct KvF32 {
   static constexpr rpa_dtype kDtype = RPA_DTYPE_F32;
+  static constexpr bool kQuantised = false;
   static constexpr int kVector = 4;
   static constexpr int kBytes = 4;
-  static constexpr int kWords = 2;  // 16-byte words per 8 elements
+  static constexpr int kLaneElements = 8;
+  static constexpr int kWords = 2;
   __device__ static void convert(const uint4& raw, float* out) {
     out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
     out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
@@ -154,8 +161,10 @@ struct KvF32 {
 template <bool kBf16>
 struct Kv16 {
   static constexpr rpa_dtype kDtype = kBf16 ? RPA_DTYPE_BF16 : RPA_DTYPE_F16;
+  static constexpr bool kQuantised = false;
   static constexpr int kVector = 8;
   static constexpr int kBytes = 2;
+  static constexpr int kLaneElements = 8;
   static constexpr int kWords = 1;
   __device__ static float one(uint32_t bits) {
     return kBf16 ? bf16_bits_to_float(uint16_t(bits)) : f16_bits_to_float(uint16_t(bits));
@@ -168,6 +177,49 @@ struct Kv16 {
 };
 using KvBf16 = Kv16<true>;
 using KvF16 = Kv16<false>;
+
+// 8-bit codes of a quantised cache, 16 to a word. The common codes take a few integer operations and one
+// multiply each (a code's bits placed in a float's, times the power of two that moves its exponent bias:
+// exact, subnormal codes included); a word holding a NaN or infinity code takes core/dtype.h's decoder.
+template <rpa_dtype kType>
+struct Kv8 {
+  static constexpr rpa_dtype kDtype = kType;
+  static constexpr bool kQuantised = true;
+  static constexpr int kVector = 16;
+  static constexpr int kBytes = 1;
+  static constexpr int kLaneElements = 16;
+  static constexpr int kWords = 1;
+  __device__ static void convert_word(uint32_t word, float* out) {
+    if constexpr (kType == RPA_DTYPE_INT8) {
+      const uint32_t biased = word ^ 0x80808080u;  // code + 128, as 2^23 + that: the float's low bits
+#pragma unroll
+      for (int b = 0; b < 4; ++b) out[b] = __uint_as_float(0x4b000000u | ((biased >> (8 * b)) & 0xffu)) - 8388736.0f;
+    } else {
+      constexpr bool kE4m3 = kType == RPA_DTYPE_FP8_E4M3;
+      // NaN codes (e4m3: magnitude 0x7f) or exponent 31 (e5m2: magnitude >= 0x7c) carry into bit 7.
+      const uint32_t special = kE4m3 ? ((word & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u
+                                     : ((word & 0x7c7c7c7cu) + 0x04040404u) & 0x80808080u;
+      if (special) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) out[b] = rpa::code_to_float(kType, uint8_t(word >> (8 * b)));
+        return;
+      }
+      constexpr int kShift = kE4m3 ? 20 : 21;                   // the magnitude's bits under a float's sign
+      const float kRebias = kE4m3 ? 0x1p120f : 0x1p112f;        // 2^(127 - 7) or 2^(127 - 15)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const uint32_t code = (word >> (8 * b)) & 0xffu;
+        out[b] = __uint_as_float(((code & 0x80u) << 24) | ((code & 0x7fu) << kShift)) * kRebias;
+      }
+    }
+  }
+  __device__ static void convert(const uint4& raw, float* out) {
+    convert_word(raw.x, out), convert_word(raw.y, out + 4), convert_word(raw.z, out + 8), convert_word(raw.w, out + 12);
+  }
+};
+using KvE4m3 = Kv8<RPA_DTYPE_FP8_E4M3>;
+using KvE5m2 = Kv8<RPA_DTYPE_FP8_E5M2>;
+using KvInt8 = Kv8<RPA_DTYPE_INT8>;
 
 // Page and slot of key j: division by page_size as a multiply and shift (Granlund-Montgomery; j < 2^31).
 struct PageSlot {
@@ -236,14 +288,14 @@ __device__ inline void store_lse(const Params& p, int64_t row, int head, float v
   if (p.lse) p.lse[row * p.lse_token_stride + head * p.lse_head_stride] = value;
 }
 
-// Loads keys [key0, key0 + count) of the tile's sequence into shared rows (as f32), zeroing rows past
-// `count`. Returns whether this thread saw a non-finite value (an Inf or NaN in a visible slot).
+// Loads keys [key0, key0 + count) of the tile's sequence into shared rows (as f32; a quantised cache's
+// codes times `scale`), zeroing rows past `count`. Returns whether this thread saw a non-finite value (an
+// Inf or NaN in a visible slot).
 template <typename Kv, int D_MAX>
 __device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t* key_offsets, int count,
-                             float* rows) {
+                             float scale, float* rows) {
   using G = Geometry<D_MAX>;
-  const auto* base = static_cast<const uint16_t*>(view.data);  // byte arithmetic in 2-byte units
-  constexpr int kElementBytes = Kv::kDtype == RPA_DTYPE_F32 ? 4 : 2;
+  const auto* base = static_cast<const char*>(view.data);
   bool nonfinite = false;
   if (p.vector_kv) {
     constexpr int kUnroll = 8;  // a bf16 128-wide tile is 8 loads per thread: all in flight at once
@@ -257,7 +309,7 @@ __device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t*
         raw[u] = make_uint4(0, 0, 0, 0);
         if (chunk < total && key < count) {
           const int64_t element = key_offsets[key] + int64_t(chunk % chunks_per_key) * Kv::kVector;
-          raw[u] = *reinterpret_cast<const uint4*>(base + element * kElementBytes / 2);
+          raw[u] = *reinterpret_cast<const uint4*>(base + element * Kv::kBytes);
         }
       }
 #pragma unroll
@@ -266,6 +318,10 @@ __device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t*
         if (chunk < total) {
           float values[Kv::kVector];
           Kv::convert(raw[u], values);
+          if constexpr (Kv::kQuantised) {
+#pragma unroll
+            for (int e = 0; e < Kv::kVector; ++e) values[e] *= scale;
+          }
           float4* row = reinterpret_cast<float4*>(rows + key * G::kStride + (chunk % chunks_per_key) * Kv::kVector);
 #pragma unroll
           for (int e = 0; e < Kv::kVector; ++e) nonfinite |= !is_finite(values[e]);
@@ -281,7 +337,8 @@ __device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t*
       const int key = e / width, d = e % width;
       float value = 0.0f;
       if (key < count && d < p.head_dim) {
-        value = load_element(view.data, Kv::kDtype, key_offsets[key] + d);
+        if constexpr (Kv::kQuantised) value = rpa::load_kv(view.data, Kv::kDtype, key_offsets[key] + d, scale);
+        else value = load_element(view.data, Kv::kDtype, key_offsets[key] + d);
         nonfinite |= !is_finite(value);
       }
       rows[key * G::kStride + d] = value;
@@ -452,6 +509,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
   for (int r = 0; r < G::kValueRows; ++r) acc[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
   const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
+  const float k_scale = Kv::kQuantised ? p.k_scales[kv_head] : 1.0f, v_scale = Kv::kQuantised ? p.v_scales[kv_head] : 1.0f;
   for (int key0 = tile.key_begin; key0 < tile.key_end; key0 += G::kKeys) {
     const int count = min(G::kKeys, tile.key_end - key0);
     if (threadIdx.x < count) {
@@ -461,11 +519,11 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
       v_offsets[threadIdx.x] = page * p.v.page_stride + slot * p.v.slot_stride + kv_head * p.v.head_stride;
     }
     __syncthreads();
-    load_kv_tile<Kv, D_MAX>(p, p.k, k_offsets, count, kv_rows);
+    load_kv_tile<Kv, D_MAX>(p, p.k, k_offsets, count, k_scale, kv_rows);
     __syncthreads();
     tile_scores<D_MAX>(p, tile, q_rows, kv_rows, key0, count, scores);
     __syncthreads();
-    const bool nonfinite_here = load_kv_tile<Kv, D_MAX>(p, p.v, v_offsets, count, kv_rows);
+    const bool nonfinite_here = load_kv_tile<Kv, D_MAX>(p, p.v, v_offsets, count, v_scale, kv_rows);
     tile_softmax<D_MAX>(tile_rows, scores, row_max, row_sum, row_rescale);
     const bool nonfinite = __syncthreads_or(nonfinite_here);
     tile_accumulate<D_MAX>(tile_rows, scores, kv_rows, row_rescale, count, nonfinite, acc);
@@ -527,8 +585,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
 // Used when K/V rows allow 16-byte loads and head_dim is a multiple of 8 (decode_eligible).
 template <typename Kv, int D_MAX, int ROWS>
 struct DecodeGeometry {
-  static constexpr int kElements = 8;                // per lane and key
-  static constexpr int kLanes = D_MAX / kElements;   // lanes per key: 8, 16 or 32, within one warp
+  static constexpr int kElements = Kv::kLaneElements;  // per lane and key: 16 bytes of 8-bit codes
+  static constexpr int kLanes = D_MAX / kElements;   // lanes per key: 4 to 32, within one warp
   static constexpr int kGroups = kThreads / kLanes;  // keys a block scores at once
   // Keys per group and step: fewer at 8 rows (registers) and with f32 KV (two words per key).
   static constexpr int kUnroll = (ROWS <= 4 ? 4 : 2) / Kv::kWords;
@@ -584,7 +642,7 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kM
   const int kv_head = tile.head_begin / p.group;
   const int lane = threadIdx.x % G::kLanes, group = threadIdx.x / G::kLanes;
   const int d0 = lane * G::kElements;
-  const bool lane_active = d0 < p.head_dim;  // head_dim is a multiple of 8
+  const bool lane_active = d0 < p.head_dim;  // head_dim is a multiple of kElements
 
   const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
   const char* k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + d0) * Kv::kBytes;
@@ -620,13 +678,15 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kM
   for (int step = 0; step < G::kStages - 1; ++step) copy_step(step);
 
   float q[ROWS][G::kElements], acc[ROWS][G::kElements], row_max[ROWS], row_sum[ROWS];
+  // A quantised cache's scales: K's folds into the queries, V's into the output.
+  const float k_scale = Kv::kQuantised ? p.k_scales[kv_head] : 1.0f, v_scale = Kv::kQuantised ? p.v_scales[kv_head] : 1.0f;
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
     const int64_t base =
         int64_t(tile.row_begin) * p.query_token_stride + int64_t(tile.head_begin + r) * p.query_head_stride + d0;
 #pragma unroll
     for (int e = 0; e < G::kElements; ++e) {
-      q[r][e] = r < tile_rows && lane_active ? load_element(p.queries, p.query_dtype, base + e) : 0.0f;
+      q[r][e] = r < tile_rows && lane_active ? load_element(p.queries, p.query_dtype, base + e) * k_scale : 0.0f;
       acc[r][e] = 0.0f;
     }
     row_max[r] = -INFINITY, row_sum[r] = 0.0f;
@@ -731,8 +791,10 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kM
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
     if (lane == 0) combine.max[group][r] = row_max[r], combine.sum[group][r] = row_sum[r];
-    combine.acc[group][r][2 * lane] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-    combine.acc[group][r][2 * lane + 1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+#pragma unroll
+    for (int e = 0; e < G::kElements / 4; ++e)
+      combine.acc[group][r][G::kElements / 4 * lane + e] =
+          make_float4(acc[r][4 * e], acc[r][4 * e + 1], acc[r][4 * e + 2], acc[r][4 * e + 3]);
   }
   __syncthreads();
   const bool partial = tile.partial >= 0;
@@ -763,6 +825,7 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kM
     float value = 0.0f;
     for (int g = 0; g < G::kGroups; ++g)  // a group that saw no key has factor 0 and accumulator 0
       value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], combine.factor[g][r], value);
+    if constexpr (Kv::kQuantised) value *= v_scale;
     if (partial) {
       p.partial_acc[(int64_t(tile.partial) + r) * p.head_dim + d] = value;
     } else {
@@ -846,6 +909,51 @@ __global__ void __launch_bounds__(kThreads) zero_rows_kernel(Params p, int64_t r
     const int64_t row = row_begin + e / per_row, head = (e % per_row) / p.head_dim, d = e % p.head_dim;
     store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
     if (d == 0) store_lse(p, row, int(head), -INFINITY);
+  }
+}
+
+// rpa_write_kv: new keys and values [N, KVH, D] into their slots of the cache.
+struct WriteParams {
+  const void* keys;
+  int64_t key_token_stride, key_head_stride;
+  rpa_dtype key_dtype;
+  const void* values;
+  int64_t value_token_stride, value_head_stride;
+  rpa_dtype value_dtype;
+  const int32_t* slots;  // device copy, [N]: -1 skips (the core made every other slot unique)
+  void* k;
+  int64_t k_page_stride, k_slot_stride, k_head_stride;
+  void* v;
+  int64_t v_page_stride, v_slot_stride, v_head_stride;
+  rpa_dtype kv_dtype;
+  const float* k_scales;  // device copies, [KVH]
+  const float* v_scales;
+  int64_t num_tokens;
+  int32_t num_kv_heads, head_dim, page_size;
+};
+
+// One element of K and one of V per thread and step, converted as core/dtype.h's store_kv does.
+__global__ void __launch_bounds__(kThreads) write_kv_kernel(WriteParams w) {
+  const int64_t per_token = int64_t(w.num_kv_heads) * w.head_dim;
+  const int64_t total = w.num_tokens * per_token;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
+    const int64_t token = e / per_token;
+    const int32_t slot = w.slots[token];
+    if (slot < 0) continue;
+    const int head = int(e % per_token / w.head_dim), d = int(e % w.head_dim);
+    const int64_t page = slot / w.page_size, offset = slot % w.page_size;
+    const float key = load_element(w.keys, w.key_dtype, token * w.key_token_stride + head * w.key_head_stride + d);
+    const float value =
+        load_element(w.values, w.value_dtype, token * w.value_token_stride + head * w.value_head_stride + d);
+    const int64_t k_index = page * w.k_page_stride + offset * w.k_slot_stride + head * w.k_head_stride + d;
+    const int64_t v_index = page * w.v_page_stride + offset * w.v_slot_stride + head * w.v_head_stride + d;
+    if (rpa::is_quantised_dtype(w.kv_dtype)) {
+      static_cast<uint8_t*>(w.k)[k_index] = rpa::float_to_code(w.kv_dtype, key, w.k_scales[head]);
+      static_cast<uint8_t*>(w.v)[v_index] = rpa::float_to_code(w.kv_dtype, value, w.v_scales[head]);
+    } else {
+      store_element(w.k, w.kv_dtype, k_index, key);
+      store_element(w.v, w.kv_dtype, v_index, value);
+    }
   }
 }
 

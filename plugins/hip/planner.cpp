@@ -38,7 +38,7 @@ TilePlan make_tile_plan(const rpa_problem& p, const PlanLimits& limits) {
     const int32_t first_row = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - first_row;
     const int32_t context_len = p.context_lens[s];
     const bool is_decode = limits.decode_eligible && q_len == 1;
-    const int heads = std::min(group, is_decode ? kDecodeMaxRows : limits.max_rows);
+    const int heads = std::min(group, is_decode ? limits.decode_max_rows : limits.max_rows);
     const int rows = is_decode ? 1 : std::max(1, limits.max_rows / heads);
     for (int kv_head = 0; kv_head < kv_heads; ++kv_head)
       for (int head = 0; head < group; head += heads)

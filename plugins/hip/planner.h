@@ -14,6 +14,7 @@ namespace rpa_gpu {
 
 struct PlanLimits {
   bool decode_eligible;  // one-token sequences take decode tiles (decode_kernel can read the KV)
+  int decode_max_rows;   // q heads of a decode tile
   int max_rows;          // rows of any other tile
   int tile_keys;         // keys of a K/V tile: split ranges are cut at multiples of it
   int64_t target_blocks; // blocks that fill the device once; kinds with fewer tiles split long key ranges

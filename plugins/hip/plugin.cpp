@@ -143,7 +143,7 @@ size_t span_bytes(int element_size, std::initializer_list<std::pair<int64_t, int
   return static_cast<size_t>(last + 1) * element_size;
 }
 
-int element_size(rpa_dtype dtype) { return dtype == RPA_DTYPE_F32 ? 4 : 2; }
+int element_size(rpa_dtype dtype) { return rpa::dtype_size(dtype); }
 
 }  // namespace
 
@@ -273,7 +273,7 @@ void launch_matrix_cores(const Launch& launch, const Params& params) {
 template <typename Kv, int D_MAX>
 void launch_attention(const Launch& launch, const Params& params) {
 #if defined(RPA_GPU_CUDA)
-  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128) {
+  if constexpr (Kv::kBytes == 2 && D_MAX <= 128) {
     if (launch.matrix_path == MatrixPath::warpgroup) {
       launch_matrix_cores<Kv, D_MAX, rpa_gpu::WarpgroupMma>(launch, params);
       return;
@@ -300,10 +300,15 @@ void launch_tiles(const Launch& launch) {
     check(hipStreamWaitEvent(launch.side_stream, launch.fork, 0), "hipStreamWaitEvent (fork)");
   }
   if (launch.decode_blocks > 0) {
-    if (launch.decode_rows <= 4)
+    // 8-bit KV: 16 elements a lane, so 4 rows at most (make_plan) keep queries and accumulators in registers.
+    if constexpr (Kv::kQuantised) {
       rpa_gpu::decode_kernel<Kv, D_MAX, 4><<<launch.decode_blocks, rpa_gpu::kThreads, 0, decode_stream>>>(params);
-    else
-      rpa_gpu::decode_kernel<Kv, D_MAX, 8><<<launch.decode_blocks, rpa_gpu::kThreads, 0, decode_stream>>>(params);
+    } else {
+      if (launch.decode_rows <= 4)
+        rpa_gpu::decode_kernel<Kv, D_MAX, 4><<<launch.decode_blocks, rpa_gpu::kThreads, 0, decode_stream>>>(params);
+      else
+        rpa_gpu::decode_kernel<Kv, D_MAX, 8><<<launch.decode_blocks, rpa_gpu::kThreads, 0, decode_stream>>>(params);
+    }
   }
   params.tiles += launch.decode_blocks;
   if (launch.attention_blocks > 0) launch_attention<Kv, D_MAX>(launch, params);
@@ -321,6 +326,9 @@ void launch_for_head_dim(const Launch& launch) {
   switch (launch.kv_dtype) {
     case RPA_DTYPE_F16: launch_tiles<rpa_gpu::KvF16, D_MAX>(launch); break;
     case RPA_DTYPE_BF16: launch_tiles<rpa_gpu::KvBf16, D_MAX>(launch); break;
+    case RPA_DTYPE_FP8_E4M3: launch_tiles<rpa_gpu::KvE4m3, D_MAX>(launch); break;
+    case RPA_DTYPE_FP8_E5M2: launch_tiles<rpa_gpu::KvE5m2, D_MAX>(launch); break;
+    case RPA_DTYPE_INT8: launch_tiles<rpa_gpu::KvInt8, D_MAX>(launch); break;
     default: launch_tiles<rpa_gpu::KvF32, D_MAX>(launch); break;
   }
 }
@@ -349,7 +357,7 @@ void allow_shared_memory() {
                             hipFuncAttributeMaxDynamicSharedMemorySize, int(Geometry<D_MAX>::kSharedBytes)),
         "hipFuncSetAttribute");
 #if defined(RPA_GPU_CUDA)
-  if constexpr (Kv::kDtype != RPA_DTYPE_F32 && D_MAX <= 128) {
+  if constexpr (Kv::kBytes == 2 && D_MAX <= 128) {
     check(hipFuncSetAttribute(reinterpret_cast<const void*>(&rpa_gpu::matrix_core_kernel<Kv, D_MAX, rpa_gpu::WarpMma>),
                               hipFuncAttributeMaxDynamicSharedMemorySize, matrix_shared_bytes<Kv, D_MAX, rpa_gpu::WarpMma>),
           "hipFuncSetAttribute");
@@ -361,12 +369,16 @@ void allow_shared_memory() {
 #endif
 }
 
+template <int D_MAX>
+void allow_shared_memory_for_head_dim() {
+  allow_shared_memory<rpa_gpu::KvF32, D_MAX>(), allow_shared_memory<rpa_gpu::KvF16, D_MAX>();
+  allow_shared_memory<rpa_gpu::KvBf16, D_MAX>(), allow_shared_memory<rpa_gpu::KvE4m3, D_MAX>();
+  allow_shared_memory<rpa_gpu::KvE5m2, D_MAX>(), allow_shared_memory<rpa_gpu::KvInt8, D_MAX>();
+}
+
 void allow_shared_memory_all() {
-  allow_shared_memory<rpa_gpu::KvF32, 64>(), allow_shared_memory<rpa_gpu::KvF16, 64>();
-  allow_shared_memory<rpa_gpu::KvBf16, 64>(), allow_shared_memory<rpa_gpu::KvF32, 128>();
-  allow_shared_memory<rpa_gpu::KvF16, 128>(), allow_shared_memory<rpa_gpu::KvBf16, 128>();
-  allow_shared_memory<rpa_gpu::KvF32, 256>(), allow_shared_memory<rpa_gpu::KvF16, 256>();
-  allow_shared_memory<rpa_gpu::KvBf16, 256>();
+  allow_shared_memory_for_head_dim<64>(), allow_shared_memory_for_head_dim<128>();
+  allow_shared_memory_for_head_dim<256>();
 }
 
 // Blocks of the attention kernel that fit on one multiprocessor at once.
@@ -399,6 +411,12 @@ bool kv_vectorizable(const rpa_problem& p) {
   return true;
 }
 
+// The K then V scale of every kv head (per-tensor scales repeated), as the kernels index them.
+void put_scales(const float* k_scale, int64_t k_stride, const float* v_scale, int64_t v_stride, int64_t kv_heads,
+                float* k_to, float* v_to) {
+  for (int64_t h = 0; h < kv_heads; ++h) k_to[h] = k_scale[h * k_stride], v_to[h] = v_scale[h * v_stride];
+}
+
 // What planning decides: the tiles and the kernels that run them. Tensor pointers do not enter it,
 // except through vector_kv (whether the KV rows allow 16-byte loads), which picks the kernels.
 struct Schedule {
@@ -427,8 +445,11 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
                             p.kv_dtype != RPA_DTYPE_F32 && schedule.d_max <= 128 && vector_kv;
   schedule.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
   rpa_gpu::PlanLimits limits{};
-  // decode_kernel reads 8 elements with 16-byte loads.
-  limits.decode_eligible = vector_kv && p.head_dim % 8 == 0;
+  // decode_kernel reads 8 elements (16 of an 8-bit cache) with 16-byte loads, and takes at most 4 q heads
+  // of an 8-bit cache (twice the elements per lane in registers).
+  const bool quantised = rpa::is_quantised_dtype(p.kv_dtype);
+  limits.decode_eligible = vector_kv && p.head_dim % (quantised ? 16 : 8) == 0;
+  limits.decode_max_rows = quantised ? 4 : rpa_gpu::kDecodeMaxRows;
   limits.max_rows = matrix_cores ? rpa_gpu::kMatrixRows : rows_per_block(schedule.d_max);
   limits.tile_keys = keys_per_tile(schedule.d_max);
   // Split long key ranges only up to one wave of resident blocks: each split costs a partial write and a
@@ -491,6 +512,14 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
       rows_vectorizable(p.queries, p.query_dtype, {p.query_token_stride, p.query_head_stride}, p.head_dim) ? 1 : 0;
   k.out_pairs = reinterpret_cast<uintptr_t>(p.out) % (2 * element_size(p.out_dtype)) == 0 &&
                 p.out_token_stride % 2 == 0 && p.out_head_stride % 2 == 0;
+  // A quantised cache's scales travel in the kernel parameters: a run uploads nothing (graph capture).
+  if (rpa::is_quantised_dtype(p.kv_dtype)) {
+    if (p.num_kv_heads > rpa_gpu::kMaxScaleHeads)
+      fail(RPA_STATUS_UNSUPPORTED, "argument 'kv_pages': a quantised cache with " + std::to_string(p.num_kv_heads) +
+                                       " kv heads; the GPU kernels take at most " +
+                                       std::to_string(rpa_gpu::kMaxScaleHeads));
+    put_scales(p.k_scale, p.k_scale_stride, p.v_scale, p.v_scale_stride, p.num_kv_heads, k.k_scales, k.v_scales);
+  }
 
   const rpa_gpu::TilePlan& tiles = schedule.tiles;
   launch.d_max = schedule.d_max;
@@ -799,11 +828,64 @@ rpa_status plugin_device_copy(rpa_plugin_state* state, void* dst, const void* sr
   });
 }
 
+// Device memory only (the core writes host memory itself): uploads the slots and scales through the
+// scratch the attention calls use, and queues one kernel on the caller's stream.
+rpa_status plugin_write_kv(rpa_plugin_state* state, const rpa_write_problem* problem) {
+  return guarded([&] {
+    const rpa_write_problem& w = *problem;
+    if (w.memory != RPA_MEMORY_DEVICE) fail(RPA_STATUS_INTERNAL, "plugin write_kv: host memory reached the plugin");
+    check(hipSetDevice(state->device), "hipSetDevice");
+    std::lock_guard<std::mutex> lock(state->mutex);
+    const hipStream_t stream = static_cast<hipStream_t>(w.stream);
+    if (state->any_work) {
+      check(hipStreamWaitEvent(stream, state->scratch_released, 0), "hipStreamWaitEvent");
+      check(hipEventSynchronize(state->upload_done), "hipEventSynchronize");
+    }
+    const size_t slots_bytes = static_cast<size_t>(w.num_tokens) * sizeof(int32_t);
+    const size_t scales_offset = align_up(slots_bytes, 256);
+    const size_t upload_bytes = scales_offset + 2 * w.num_kv_heads * sizeof(float);
+    char* host = state->upload.reserve(upload_bytes);
+    std::memcpy(host, w.slots, slots_bytes);
+    float* host_scales = reinterpret_cast<float*>(host + scales_offset);
+    put_scales(w.k_scale, w.k_scale_stride, w.v_scale, w.v_scale_stride, w.num_kv_heads, host_scales,
+               host_scales + w.num_kv_heads);
+    char* device = state->metadata.reserve(upload_bytes);
+    check(hipMemcpyAsync(device, host, upload_bytes, hipMemcpyHostToDevice, stream), "hipMemcpyAsync (slots)");
+    check(hipEventRecord(state->upload_done, stream), "hipEventRecord");
+    state->any_work = true;
+
+    rpa_gpu::WriteParams params{};
+    params.keys = w.keys, params.key_dtype = w.key_dtype;
+    params.key_token_stride = w.key_token_stride, params.key_head_stride = w.key_head_stride;
+    params.values = w.values, params.value_dtype = w.value_dtype;
+    params.value_token_stride = w.value_token_stride, params.value_head_stride = w.value_head_stride;
+    params.slots = reinterpret_cast<const int32_t*>(device);
+    params.k = w.k.data, params.k_page_stride = w.k.page_stride, params.k_slot_stride = w.k.slot_stride;
+    params.k_head_stride = w.k.head_stride;
+    params.v = w.v.data, params.v_page_stride = w.v.page_stride, params.v_slot_stride = w.v.slot_stride;
+    params.v_head_stride = w.v.head_stride;
+    params.kv_dtype = w.kv_dtype;
+    params.k_scales = reinterpret_cast<const float*>(device + scales_offset);
+    params.v_scales = params.k_scales + w.num_kv_heads;
+    params.num_tokens = w.num_tokens;
+    params.num_kv_heads = static_cast<int32_t>(w.num_kv_heads);
+    params.head_dim = static_cast<int32_t>(w.head_dim);
+    params.page_size = static_cast<int32_t>(w.page_size);
+    const int64_t elements = w.num_tokens * w.num_kv_heads * w.head_dim;
+    const int blocks =
+        static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((elements + rpa_gpu::kThreads - 1) / rpa_gpu::kThreads, 4096)));
+    rpa_gpu::write_kv_kernel<<<blocks, rpa_gpu::kThreads, 0, stream>>>(params);
+    check(hipGetLastError(), "kernel launch (write_kv)");
+    check(hipEventRecord(state->scratch_released, stream), "hipEventRecord");
+    if (w.synchronize) check(hipStreamSynchronize(stream), "hipStreamSynchronize");
+  });
+}
+
 const rpa_plugin_api plugin_api = {
     RPA_PLUGIN_ABI_VERSION, sizeof(rpa_plugin_api), RPA_GPU_PLUGIN_NAME, plugin_last_error, plugin_init,
     plugin_device_count, plugin_describe_device, plugin_create, plugin_destroy, plugin_run, plugin_plan_create,
     plugin_plan_run, plugin_plan_time, plugin_plan_destroy, plugin_device_alloc, plugin_device_free, plugin_device_copy,
-    plugin_supports, plugin_merge_states};
+    plugin_supports, plugin_merge_states, plugin_write_kv};
 
 }  // namespace
 

@@ -23,10 +23,13 @@ from . import _tensors
 
 __all__ = ["ragged_paged_attention", "Context", "Plan", "bfloat16", "BFloat16Array", "RpaError",
            "InvalidArgumentError", "UnsupportedError", "UnavailableError", "OutOfMemoryError", "DeviceError",
-           "InternalError", "merge_state", "library_version", "backend_available", "plugin_reports"]
+           "InternalError", "merge_state", "library_version", "backend_available", "plugin_reports", "write_kv"]
 
 # Mirrors of include/rpa/rpa.h (checked against the library's own struct_size at load time).
-_DTYPE_I32 = 6
+_DTYPE_F32, _DTYPE_I32 = 0, 6
+_KV_DTYPES = {"fp8_e4m3": 3, "fp8_e5m2": 4, "int8": 5}
+# Array dtypes whose kind names the quantised format (ml_dtypes' float8 types, numpy int8).
+_INFERRED_KV_DTYPES = {"float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2", "int8": "int8"}
 _COPY_DEVICE_TO_HOST = 1
 _BACKENDS = {"auto": 0, "reference": 1, "simd": 2, "gpu": 3}
 _STATUS_OK = 0
@@ -42,6 +45,13 @@ class _Args(ctypes.Structure):
                 ("softmax_scale", ctypes.c_double), ("logits_soft_cap", ctypes.c_double),
                 ("sliding_window", ctypes.c_int32), ("softmax_aux", _Tensor), ("out", _Tensor),
                 ("lse", _Tensor), ("memory", ctypes.c_int), ("stream", ctypes.c_void_p),
+                ("synchronize", ctypes.c_int32), ("k_scale", _Tensor), ("v_scale", _Tensor)]
+
+
+class _WriteArgs(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("keys", _Tensor), ("values", _Tensor),
+                ("slot_mapping", _Tensor), ("kv_pages", _Tensor), ("k_cache", _Tensor), ("v_cache", _Tensor),
+                ("k_scale", _Tensor), ("v_scale", _Tensor), ("memory", ctypes.c_int), ("stream", ctypes.c_void_p),
                 ("synchronize", ctypes.c_int32)]
 
 
@@ -174,11 +184,15 @@ def _library():
             lib.rpa_attention_args_init.argtypes = [ctypes.POINTER(_Args)]
             lib.rpa_context_options_init.argtypes = [ctypes.POINTER(_Options)]
             lib.rpa_get_plugin_report.argtypes = [ctypes.c_int32, ctypes.POINTER(_PluginReport)]
-            probe = _Args()
-            lib.rpa_attention_args_init(ctypes.byref(probe))
-            if probe.struct_size != ctypes.sizeof(_Args):
-                raise OSError("librpa's rpa_attention_args has %d bytes, this binding expects %d"
-                              % (probe.struct_size, ctypes.sizeof(_Args)))
+            lib.rpa_write_kv.argtypes = [ctypes.c_void_p, ctypes.POINTER(_WriteArgs)]
+            lib.rpa_write_kv_args_init.argtypes = [ctypes.POINTER(_WriteArgs)]
+            for struct, init, c_name in ((_Args, lib.rpa_attention_args_init, "rpa_attention_args"),
+                                         (_WriteArgs, lib.rpa_write_kv_args_init, "rpa_write_kv_args")):
+                probe = struct()
+                init(ctypes.byref(probe))
+                if probe.struct_size != ctypes.sizeof(struct):
+                    raise OSError("librpa's %s has %d bytes, this binding expects %d"
+                                  % (c_name, probe.struct_size, ctypes.sizeof(struct)))
             _lib = lib
         return _lib
 
@@ -244,7 +258,66 @@ def _real(name, value):
     return result
 
 
-def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse):
+def _quantised_kv(name, array, kv_dtype):
+    """(uint8 numpy array, rpa dtype) of a quantised cache on the host, or None for a float cache: kv_dtype,
+    else inferred from an int8 / ml_dtypes float8 array or a CPU torch float8 / int8 tensor."""
+    if type(array).__module__.split(".")[0] == "torch":  # a CPU torch tensor: its bytes, shared
+        import torch
+        kv_dtype = kv_dtype or _INFERRED_KV_DTYPES.get(str(array.dtype).replace("torch.", ""))
+        if kv_dtype is None:
+            return None
+        array = (array.view(torch.uint8) if array.dtype.itemsize == 1 else array).numpy()
+    if kv_dtype is None and isinstance(array, np.ndarray):
+        kv_dtype = _INFERRED_KV_DTYPES.get(array.dtype.name)
+    if kv_dtype is None:
+        return None
+    if kv_dtype not in _KV_DTYPES:
+        raise ValueError("kv_dtype must be one of %s, got %r" % (", ".join(_KV_DTYPES), kv_dtype))
+    array = np.asarray(array)
+    if array.dtype.itemsize != 1 or array.dtype.kind not in "iuV" and not array.dtype.name.startswith("float8"):
+        raise ValueError("%s: kv_dtype %s takes uint8 codes, int8 values or float8 arrays, not %s"
+                         % (name, kv_dtype, array.dtype))
+    array = array.view(np.uint8)
+    if not _tensors._usable(array):
+        array = np.ascontiguousarray(array)
+    return array, _KV_DTYPES[kv_dtype]
+
+
+def _scale_input(name, scale):
+    """A [1] or [KVH] float32 array for a KV scale (a Python float, a sequence or an array)."""
+    array = np.ascontiguousarray(np.asarray(scale, dtype=np.float32).reshape(-1))
+    if array.size == 0:
+        raise ValueError("%s: expected a float or a [KVH] array, got an empty array" % name)
+    return array
+
+
+def _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, bind_float):
+    """Sets the cache and scale fields shared by rpa_attention_args and rpa_write_kv_args; returns the
+    host arrays of a quantised cache (else [])."""
+    pair = isinstance(kv_pages, (tuple, list))
+    if pair and len(kv_pages) != 2:
+        raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
+    names = ("k_cache", "v_cache") if pair else ("kv_pages",)
+    values = tuple(kv_pages) if pair else (kv_pages,)
+    codes = []
+    for name, value in zip(names, values):
+        quantised = _quantised_kv(name, value, kv_dtype)
+        if quantised is None:
+            setattr(args, name, bind_float(name, value))
+        else:
+            keep.append(quantised[0])
+            codes.append(quantised[0])
+            setattr(args, name, _tensors.descriptor(*quantised))
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if scale is not None:
+            array = _scale_input(name, scale)
+            keep.append(array)
+            setattr(args, name, _tensors.descriptor(array, _DTYPE_F32))
+    return codes
+
+
+def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, kv_dtype=None, k_scale=None,
+                  v_scale=None):
     """Fills the float tensors of args, borrowed without copies (rpa._tensors): memory and stream follow
     the queries (a GPU tensor runs as device memory on its framework's current stream). Returns
     (result, lse, device) with device None for host memory, else (DLPack device type, ordinal)."""
@@ -267,13 +340,7 @@ def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse):
         raise ValueError("queries: expected 3 dimensions [T, QH, D], got %d" % len(q_shape))
     args.memory = bound[0].memory
     args.stream = stream
-    if isinstance(kv_pages, (tuple, list)):
-        if len(kv_pages) != 2:
-            raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
-        args.k_cache = bind("k_cache", kv_pages[0])
-        args.v_cache = bind("v_cache", kv_pages[1])
-    else:
-        args.kv_pages = bind("kv_pages", kv_pages)
+    _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, bind)
     if softmax_aux is not None:
         sinks = bind("softmax_aux", softmax_aux)
         if sinks.ndim == 1:  # one sink per q head: the view [QH, 1]
@@ -363,11 +430,12 @@ class Context:
 
     def attention(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
                   softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
-                  return_lse=False, out=None):
+                  return_lse=False, out=None, kv_dtype=None, k_scale=None, v_scale=None):
         """One call (plan and run); see ragged_paged_attention."""
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
-        result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse)
+        result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, kv_dtype,
+                                       k_scale, v_scale)
         _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
         _bind_scalars(args, softmax_scale, logits_soft_cap)
         _check(_lib.rpa_attention(self._handle, ctypes.byref(args)))
@@ -402,11 +470,11 @@ class Context:
         return result, lse
 
     def plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
-             sliding_window=None, softmax_aux=None, return_lse=False, out=None):
+             sliding_window=None, softmax_aux=None, return_lse=False, out=None, kv_dtype=None):
         """Plans calls with this metadata and these tensors' shapes, dtypes and layouts (their values are
         not read, except the metadata, which the plan copies). Returns a Plan."""
         return Plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
-                    sliding_window, softmax_aux, return_lse, out)
+                    sliding_window, softmax_aux, return_lse, out, kv_dtype)
 
 
 class Plan:
@@ -414,13 +482,14 @@ class Plan:
     layouts. Runs of one plan may come from several threads at once."""
 
     def __init__(self, context, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
-                 sliding_window, softmax_aux, return_lse, out):
+                 sliding_window, softmax_aux, return_lse, out, kv_dtype=None):
         self._context = context  # a plan must be destroyed before its context
         self._return_lse = return_lse
+        self._kv_dtype = kv_dtype
         self._softmax_aux = softmax_aux
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
-        _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse)
+        _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, kv_dtype)
         _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
         handle = ctypes.c_void_p()
         _check(_lib.rpa_plan_create(context._handle, ctypes.byref(args), ctypes.byref(handle)))
@@ -431,13 +500,15 @@ class Plan:
             _lib.rpa_plan_destroy(self._handle)
             self._handle = None
 
-    def run(self, queries, kv_pages, *, softmax_scale=None, logits_soft_cap=None, softmax_aux=None, out=None):
+    def run(self, queries, kv_pages, *, softmax_scale=None, logits_soft_cap=None, softmax_aux=None, out=None,
+            k_scale=None, v_scale=None):
         """Runs the plan; the tensors must have the planned shapes, dtypes and layouts. softmax_aux
         defaults to the sinks given to plan(). Returns out, or (out, lse) when planned with return_lse."""
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
         sinks = self._softmax_aux if softmax_aux is None else softmax_aux
-        result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, sinks, out, self._return_lse)
+        result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, sinks, out, self._return_lse,
+                                       self._kv_dtype, k_scale, v_scale)
         _bind_scalars(args, softmax_scale, logits_soft_cap)
         _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
         return (result, lse) if self._return_lse else result
@@ -454,7 +525,7 @@ def merge_state(out_a, lse_a, out_b, lse_b, *, out=None, backend="auto"):
 
 def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
                            softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
-                           return_lse=False, backend="auto", out=None):
+                           return_lse=False, backend="auto", out=None, kv_dtype=None, k_scale=None, v_scale=None):
     """Ragged paged attention (the contract is in rpa's README), on a process-wide context of `backend`
     (one per GPU for GPU tensors).
 
@@ -463,6 +534,10 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     query_start_loc [S+1]; num_seqs an int (or a one-element array). softmax_aux: 1-D [QH] is one sink
     per q head; 2-D [H_s, n] with H_s in {1, KVH, QH}. Returns out [T, QH, D] in the queries' dtype (or
     writes into `out`), and with return_lse=True the pair (out, lse [T, QH] float32).
+
+    A quantised cache (host memory): kv_dtype "fp8_e4m3", "fp8_e5m2" or "int8" with uint8 codes (or int8
+    values), inferred for int8 and ml_dtypes float8 arrays and CPU torch float8 tensors; k_scale and v_scale
+    a float or a [KVH] array each (default 1.0): a stored x means x * scale.
 
     Every tensor may be a numpy array or any DLPack tensor (torch, CuPy, JAX, ...), borrowed without a
     copy: GPU tensors run on the GPU backend as device memory, on the framework's current stream, and the
@@ -486,7 +561,45 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     return context.attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
                              softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
                              sliding_window=sliding_window, softmax_aux=softmax_aux, return_lse=return_lse,
-                             out=out)
+                             out=out, kv_dtype=kv_dtype, k_scale=k_scale, v_scale=v_scale)
+
+
+def write_kv(keys, values, slot_mapping, kv_pages, *, kv_dtype=None, k_scale=None, v_scale=None, backend="auto"):
+    """Writes new keys and values [N, KVH, D] into slots slot_mapping [N] (page * page_size + offset; -1
+    skips; a later token wins a repeated slot) of a paged cache on the host, in place: kv_pages combined
+    [P, page_size, 2*KVH, D] or the pair (k_cache, v_cache), each written without a copy. A quantised cache
+    (kv_dtype and scales as in ragged_paged_attention) stores x / scale rounded to nearest even, saturated
+    for fp8_e4m3 and int8, infinite past the range for fp8_e5m2.
+    """
+    lib = _library()
+    keep = []
+    args = _WriteArgs()
+    lib.rpa_write_kv_args_init(ctypes.byref(args))
+
+    def bind(name, value, writable=False):
+        b = _tensors.borrow_float(name, value, None, writable)
+        if b.memory != 0:
+            raise ValueError("%s: rpa.write_kv takes host memory" % name)
+        keep.append(b)
+        return b.tensor
+
+    args.keys = bind("keys", keys)
+    args.values = bind("values", values)
+    slots = np.asarray(slot_mapping)
+    if slots.dtype.kind not in "iu" or (slots.size and (slots.max() > 2**31 - 1 or slots.min() < -2**31)):
+        raise ValueError("slot_mapping: expected int32 values")
+    slots = np.ascontiguousarray(slots, dtype=np.int32)
+    keep.append(slots)
+    args.slot_mapping = _tensors.descriptor(slots, _DTYPE_I32)
+    given = list(kv_pages) if isinstance(kv_pages, (tuple, list)) else [kv_pages]
+    codes = _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, lambda n, v: bind(n, v, writable=True))
+    for array in codes:
+        if not array.flags.writeable or not any(np.shares_memory(array, np.asarray(g)) for g in given
+                                                if type(g).__module__.split(".")[0] != "torch"):
+            if not any(type(g).__module__.split(".")[0] == "torch" for g in given):
+                raise ValueError("kv_pages: the cache must be a writeable array with non-negative strides and a "
+                                 "contiguous last dimension (it is written in place)")
+    _check(lib.rpa_write_kv(_context(backend)._handle, ctypes.byref(args)))
 
 
 # The golden-reference toolkit (cases.py, testing.py): case files, check, the conformance suite.

@@ -114,6 +114,11 @@ static rpa_status fake_device_copy(rpa_plugin_state* state, void* dst, const voi
   return RPA_STATUS_UNAVAILABLE;
 }
 
+static rpa_status fake_write_kv(rpa_plugin_state* state, const rpa_write_problem* problem) {
+  (void)state, (void)problem;
+  return RPA_STATUS_UNAVAILABLE;
+}
+
 static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* problem) {
   (void)state, (void)problem;
   return RPA_STATUS_UNAVAILABLE;
@@ -133,7 +138,7 @@ static rpa_status fake_merge_states(rpa_plugin_state* state, const rpa_merge_pro
 static const rpa_plugin_api fake_api = {
     FAKE_ABI_VERSION, sizeof(rpa_plugin_api), FAKE_NAME, fake_last_error, fake_init, fake_device_count,
     fake_describe_device, fake_create, fake_destroy, fake_run, fake_plan_create, fake_plan_run, fake_plan_time,
-    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy, fake_supports, fake_merge_states};
+    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy, fake_supports, fake_merge_states, fake_write_kv};
 
 #ifdef FAKE_NO_ENTRY
 /* Exports something, but not the entry point. */

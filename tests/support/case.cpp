@@ -14,6 +14,9 @@ float round_to(rpa_dtype dtype, float x) {
   switch (dtype) {
     case RPA_DTYPE_F16: return f16_to_float(float_to_f16(x));
     case RPA_DTYPE_BF16: return bf16_to_float(float_to_bf16(x));
+    case RPA_DTYPE_FP8_E4M3:
+    case RPA_DTYPE_FP8_E5M2:
+    case RPA_DTYPE_INT8: return code_to_float(dtype, float_to_code(dtype, x, 1.0f));
     default: return x;
   }
 }
@@ -22,7 +25,7 @@ float round_to(rpa_dtype dtype, float x) {
 std::vector<uint8_t> encode(const std::vector<float>& values, rpa_dtype dtype) {
   const int size = dtype_size(dtype);
   std::vector<uint8_t> bytes(values.size() * size);
-  for (size_t i = 0; i < values.size(); ++i) store_float(bytes.data(), dtype, static_cast<int64_t>(i), values[i]);
+  for (size_t i = 0; i < values.size(); ++i) store_kv(bytes.data(), dtype, static_cast<int64_t>(i), values[i], 1.0f);
   return bytes;
 }
 
@@ -59,6 +62,21 @@ std::vector<float> scatter(const std::vector<float>& dense, const std::vector<in
 void Case::round_to_dtypes() {
   for (float& x : queries) x = round_to(query_dtype, x);
   for (float& x : kv) x = round_to(kv_dtype, x);
+}
+
+Case dequantised(const Case& c) {
+  Case f = c;
+  f.kv_dtype = RPA_DTYPE_F32;
+  f.k_scale.clear(), f.v_scale.clear();
+  const auto scale_of = [&](const std::vector<float>& scales, int64_t head) {
+    return scales.empty() ? 1.0f : scales[scales.size() == 1 ? 0 : head];
+  };
+  for (size_t i = 0; i < f.kv.size(); ++i) {
+    const int64_t combined_head = static_cast<int64_t>(i) / c.head_dim % (2 * c.num_kv_heads);
+    const std::vector<float>& scales = combined_head % 2 ? c.v_scale : c.k_scale;
+    f.kv[i] = c.kv[i] * scale_of(scales, combined_head / 2);
+  }
+  return f;
 }
 
 std::vector<rpa_backend> available_backends() {
@@ -114,6 +132,12 @@ Prepared prepare(const Case& c, bool with_lse) {
   args.softmax_scale = c.softmax_scale;
   args.logits_soft_cap = c.logits_soft_cap;
   args.sliding_window = c.sliding_window;
+
+  prepared.k_scale = c.k_scale, prepared.v_scale = c.v_scale;
+  if (!c.k_scale.empty())
+    args.k_scale = tensor(prepared.k_scale.data(), RPA_DTYPE_F32, {static_cast<int64_t>(c.k_scale.size())}, {1});
+  if (!c.v_scale.empty())
+    args.v_scale = tensor(prepared.v_scale.data(), RPA_DTYPE_F32, {static_cast<int64_t>(c.v_scale.size())}, {1});
 
   std::vector<float>& sinks = prepared.sinks;
   sinks = c.sinks;

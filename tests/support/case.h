@@ -12,7 +12,8 @@
 namespace rpa::testing {
 
 // One attention problem. Float data is kept as f32 values already rounded to the dtype it is stored in,
-// so a case stored as f16 and the same case stored as f32 hold the same numbers.
+// so a case stored as f16 and the same case stored as f32 hold the same numbers. A quantised KV dtype holds
+// the codes' values (before the scales) in kv, and the scales in k_scale / v_scale.
 struct Case {
   int64_t num_tokens = 0, num_q_heads = 1, num_kv_heads = 1, head_dim = 1;
   int64_t num_pages = 1, page_size = 1, pages_per_seq = 1;
@@ -29,6 +30,7 @@ struct Case {
   rpa_dtype query_dtype = RPA_DTYPE_F32, kv_dtype = RPA_DTYPE_F32, out_dtype = RPA_DTYPE_F32;
   bool separate_kv = false;  // pass K and V as two [P, page_size, KVH, D] caches
   bool strided = false;      // queries, out, lse and separate caches laid out with gaps (non-trivial strides)
+  std::vector<float> k_scale, v_scale;  // [1] or [KVH]; empty: absent
 
   float& k(int64_t page, int64_t slot, int64_t head, int64_t d) { return kv[kv_index(page, slot, 2 * head, d)]; }
   float& v(int64_t page, int64_t slot, int64_t head, int64_t d) { return kv[kv_index(page, slot, 2 * head + 1, d)]; }
@@ -47,12 +49,16 @@ struct Result {
   std::vector<float> lse;  // [T, QH]
 };
 
+// The same problem with an f32 cache holding each quantised value times its scale (rounded once to f32):
+// what the contract says a quantised cache means.
+Case dequantised(const Case& c);
+
 // A case laid out as the C ABI takes it: args points into the vectors (moving keeps them valid). All
 // strides are explicit, so a test can edit args to break one rule at a time.
 struct Prepared {
   std::vector<uint8_t> queries, kv, k_cache, v_cache, out;
   std::vector<int32_t> context_lens, block_tables, query_start_loc;
-  std::vector<float> sinks, lse;
+  std::vector<float> sinks, lse, k_scale, v_scale;
   rpa_attention_args args;
 };
 
