@@ -17,8 +17,8 @@
 
 #include <stdint.h>
 
+#include "plugins/hip/gpu_vendor.h"  // first: core/dtype.h's device code uses the runtime's intrinsics
 #include "core/dtype.h"
-#include "plugins/hip/gpu_vendor.h"
 #include "core/problem.h"
 #include "plugins/hip/tile.h"
 #include "rpa/rpa.h"
@@ -337,7 +337,8 @@ __device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t*
       const int key = e / width, d = e % width;
       float value = 0.0f;
       if (key < count && d < p.head_dim) {
-        if constexpr (Kv::kQuantised) value = rpa::load_kv(view.data, Kv::kDtype, key_offsets[key] + d, scale);
+        if constexpr (Kv::kQuantised)
+          value = rpa::code_to_float(Kv::kDtype, static_cast<const uint8_t*>(view.data)[key_offsets[key] + d]) * scale;
         else value = load_element(view.data, Kv::kDtype, key_offsets[key] + d);
         nonfinite |= !is_finite(value);
       }

@@ -333,3 +333,32 @@ BOOST_AUTO_TEST_CASE(one_context_from_several_threads) {
   rpa_context_destroy(context);
   for (size_t i = 0; i < variants.size(); ++i) BOOST_CHECK_MESSAGE(mismatches[i] == 0, variants[i].name);
 }
+
+// Quantised caches on every target: decode reads the codes in place (DecodeCodes, head dims 128 and the
+// run-time path), prefill converts each tile; per-head scales; NaN codes in every invisible slot.
+BOOST_AUTO_TEST_CASE(quantised_kv_on_every_target) {
+  std::vector<RandomSpec> specs;
+  RandomSpec s;
+  s.q_lens = {1, 1, 1}, s.context_lens = {700, 5, 64};
+  s.num_q_heads = 8, s.num_kv_heads = 2, s.head_dim = 128, s.page_size = 16;
+  specs.push_back(s);
+  s.head_dim = 48, s.q_lens = {1, 6}, s.context_lens = {90, 40};
+  specs.push_back(s);
+  s.head_dim = 20, s.q_lens = {9, 1}, s.context_lens = {33, 50}, s.page_size = 5;
+  specs.push_back(s);
+  int n = 0;
+  for (rpa_dtype dtype : {RPA_DTYPE_FP8_E4M3, RPA_DTYPE_FP8_E5M2, RPA_DTYPE_INT8})
+    for (const RandomSpec& spec : specs) {
+      Case c = random_case(spec, 300 + n++);
+      c.kv_dtype = dtype;
+      c.round_to_dtypes();
+      c.k_scale = {0.3f, 0.7f}, c.v_scale = {1.25f, 0.5f};
+      if (dtype == RPA_DTYPE_INT8) c.k_scale = {0.02f}, c.v_scale = {0.4f, 0.03f};
+      const Result expected = run_case(c, RPA_BACKEND_REFERENCE);
+      BOOST_REQUIRE_MESSAGE(expected.status == RPA_STATUS_OK, expected.message);
+      for_each_target([&](const std::string& target) {
+        check_close(run_case(c, RPA_BACKEND_SIMD), expected, c.out_dtype,
+                    target + " kv dtype " + std::to_string(dtype) + " head_dim " + std::to_string(spec.head_dim));
+      });
+    }
+}
