@@ -19,6 +19,9 @@ struct CliOptions {
 rpa_dtype parse_dtype(const std::string& name) {
   if (name == "f32") return RPA_DTYPE_F32;
   if (name == "f16") return RPA_DTYPE_F16;
+  if (name == "fp8_e4m3") return RPA_DTYPE_FP8_E4M3;
+  if (name == "fp8_e5m2") return RPA_DTYPE_FP8_E5M2;
+  if (name == "int8") return RPA_DTYPE_INT8;
   return RPA_DTYPE_BF16;
 }
 
@@ -65,7 +68,9 @@ void rpa_bench_register(CLI::App& app) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   const auto dtypes = CLI::IsMember({"f32", "f16", "bf16"});
   bench->add_option("--q-dtype", cli->query_dtype, "Queries' dtype")->check(dtypes)->capture_default_str();
-  bench->add_option("--kv-dtype", cli->kv_dtype, "KV cache's dtype")->check(dtypes)->capture_default_str();
+  bench->add_option("--kv-dtype", cli->kv_dtype, "KV cache's dtype (8-bit: one per-tensor scale)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8"}))
+      ->capture_default_str();
   bench->add_option("--out-dtype", cli->out_dtype, "Output's dtype")->check(dtypes)->capture_default_str();
   bench->add_option("--case", options.case_file, "Time this case file (rpa make-case) on each backend instead of the "
                                                  "workloads, checked in full against the reference");

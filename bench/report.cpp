@@ -26,6 +26,9 @@ const char* dtype_name(rpa_dtype dtype) {
     case RPA_DTYPE_F32: return "f32";
     case RPA_DTYPE_F16: return "f16";
     case RPA_DTYPE_BF16: return "bf16";
+    case RPA_DTYPE_FP8_E4M3: return "fp8_e4m3";
+    case RPA_DTYPE_FP8_E5M2: return "fp8_e5m2";
+    case RPA_DTYPE_INT8: return "int8";
     default: return "?";
   }
 }

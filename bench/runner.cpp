@@ -41,14 +41,21 @@ struct HugeBuffer {
   size_t size() const { return size_; }
 };
 
-// Deterministic values in [-1, 1) (splitmix64), stored as `dtype`.
+// The per-tensor K and V scale of an 8-bit cache: codes of the values in [-1, 1) span most of the format.
+const float* kv_scale(rpa_dtype dtype) {
+  static const float int8 = 1.0f / 127, fp8 = 1.0f / 64;
+  return dtype == RPA_DTYPE_INT8 ? &int8 : &fp8;
+}
+
+// Deterministic values in [-1, 1) (splitmix64), stored as `dtype` (8-bit: with kv_scale).
 void fill_random(void* data, rpa_dtype dtype, size_t count, uint64_t seed) {
   for (size_t i = 0; i < count; ++i) {
     uint64_t z = (seed + i) * 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
-    store_float(data, dtype, static_cast<int64_t>(i), static_cast<float>(z >> 40) / static_cast<float>(1 << 23) - 1.0f);
+    store_kv(data, dtype, static_cast<int64_t>(i), static_cast<float>(z >> 40) / static_cast<float>(1 << 23) - 1.0f,
+             *kv_scale(dtype));
   }
 }
 
@@ -99,6 +106,8 @@ struct Problem {
     rpa_attention_args_init(&args);
     args.queries = tensor(queries.data(), c.query_dtype, {tokens, c.q_heads, c.head_dim});
     args.kv_pages = tensor(pool.data(), c.kv_dtype, {pool_pages, page, 2 * c.kv_heads, c.head_dim});
+    if (is_quantised_dtype(c.kv_dtype))
+      args.k_scale = args.v_scale = tensor(const_cast<float*>(kv_scale(c.kv_dtype)), RPA_DTYPE_F32, {1});
     args.context_lens = tensor(context_lens.data(), RPA_DTYPE_I32, {seqs});
     args.block_tables = tensor(block_tables.data(), RPA_DTYPE_I32, {seqs, width});
     args.query_start_loc = tensor(query_start_loc.data(), RPA_DTYPE_I32, {seqs + 1});
@@ -161,6 +170,7 @@ struct SampleProblem {
     rpa_attention_args_init(&args);
     args.queries = tensor(queries.data(), c.query_dtype, {n, c.q_heads, c.head_dim});
     args.kv_pages = full.args.kv_pages;
+    args.k_scale = full.args.k_scale, args.v_scale = full.args.v_scale;
     args.context_lens = tensor(context_lens.data(), RPA_DTYPE_I32, {n});
     args.block_tables = tensor(block_tables.data(), RPA_DTYPE_I32, {n, full.width});
     args.query_start_loc = tensor(query_start_loc.data(), RPA_DTYPE_I32, {n + 1});
