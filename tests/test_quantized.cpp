@@ -435,3 +435,33 @@ BOOST_AUTO_TEST_CASE(write_kv_validation_names_the_argument) {
   BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(message.find("'memory'") != std::string::npos, message);
 }
+
+// Scales are run-time arguments: one plan, runs with other scales, each equal to its one-call result.
+BOOST_AUTO_TEST_CASE(plan_runs_take_the_scales_of_each_run) {
+  RandomSpec spec;
+  spec.q_lens = {1, 5}, spec.context_lens = {40, 30};
+  spec.num_q_heads = 8, spec.num_kv_heads = 2, spec.head_dim = 32, spec.page_size = 8;
+  for (rpa_backend backend : available_backends()) {
+    Case c = quantised_case(spec, 77, RPA_DTYPE_FP8_E5M2, 2);
+    rpa_context_options options;
+    rpa_context_options_init(&options);
+    options.backend = backend;
+    rpa_context* context = nullptr;
+    BOOST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+    Prepared planned = prepare(c);
+    rpa_plan* plan = nullptr;
+    BOOST_REQUIRE_MESSAGE(rpa_plan_create(context, &planned.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+    for (const std::vector<float>& k_scale : {std::vector<float>{0.5f}, std::vector<float>{0.25f, 4.0f}}) {
+      c.k_scale = k_scale;
+      const Result expected = run_case(c, backend);
+      Prepared run = prepare(c);
+      BOOST_REQUIRE_MESSAGE(rpa_plan_run(plan, &run.args) == RPA_STATUS_OK, rpa_last_error());
+      std::vector<float> got;
+      for (int64_t i = 0; i < c.num_tokens * c.num_q_heads * c.head_dim; ++i)
+        got.push_back(rpa::load_float(run.out.data(), c.out_dtype, i));
+      BOOST_TEST(max_abs_diff(got, expected.out) == 0.0, rpa_backend_string(backend) << " k_scale size " << k_scale.size());
+    }
+    rpa_plan_destroy(plan);
+    rpa_context_destroy(context);
+  }
+}

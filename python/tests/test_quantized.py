@@ -132,3 +132,15 @@ def test_write_kv_separate_float_caches_and_errors(backend):
         rpa.write_kv(keys, values, [0, 1, 2], (k_cache.astype(np.float64), v_cache), backend=backend)
     with pytest.raises(ValueError, match="kv_dtype"):
         rpa.write_kv(keys, values, [0, 1, 2], (k_cache, v_cache), kv_dtype="fp4", backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plan_runs_take_the_scales_of_each_run(backend):
+    rng = np.random.default_rng(16)
+    queries, codes, context_lens, block_tables, qsl = quantised_problem(rng, "fp8_e4m3")
+    plan = rpa.Context(backend).plan(queries, codes, context_lens, block_tables, qsl, 3, kv_dtype="fp8_e4m3")
+    for k_scale, v_scale in ((0.5, 2.0), (np.array([0.1, 0.3], np.float32), 0.25)):
+        got = plan.run(queries, codes, k_scale=k_scale, v_scale=v_scale)
+        expected = rpa.ragged_paged_attention(queries, codes, context_lens, block_tables, qsl, 3, kv_dtype="fp8_e4m3",
+                                              k_scale=k_scale, v_scale=v_scale, backend=backend)
+        assert np.array_equal(got, expected)
