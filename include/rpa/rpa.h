@@ -156,6 +156,8 @@ typedef struct rpa_merge_args {
   void* stream;           /**< GPU stream for device memory; NULL = default. */
   int32_t synchronize;    /**< Device memory: nonzero waits for the work to finish before returning. */
 } rpa_merge_args;
+
+/**
  * Arguments of rpa_write_kv(). Initialise with rpa_write_kv_args_init(). Token i's key and value go to
  * slot slot_mapping[i] = page * page_size + offset of the cache; -1 skips the token. When two tokens map to
  * the same slot, the later one (larger i) wins.
