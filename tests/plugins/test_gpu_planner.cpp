@@ -148,7 +148,7 @@ BOOST_AUTO_TEST_CASE(every_visible_row_key_pair_is_covered_exactly_once) {
     Metadata m = metadata(q_lens, contexts, kv_heads * group, kv_heads, window);
     for (bool decode : {false, true})
       for (int target : {1, 64, 4000}) {
-        const PlanLimits limits{decode, trial % 2 ? 64 : 32, trial % 3 ? 64 : 32, target};
+        const PlanLimits limits{decode, rpa_gpu::kDecodeMaxRows, trial % 2 ? 64 : 32, trial % 3 ? 64 : 32, target};
         BOOST_TEST_CONTEXT("trial " << trial << " decode " << decode << " target " << target)
         expect_exact_cover(m.problem, limits);
       }
@@ -158,9 +158,9 @@ BOOST_AUTO_TEST_CASE(every_visible_row_key_pair_is_covered_exactly_once) {
 BOOST_AUTO_TEST_CASE(key_ranges_near_the_int32_limit_split_without_wrapping) {
   const int32_t huge = 2147483647 - 5;
   Metadata m = metadata({1, 3}, {huge, huge}, 4, 4, 0);
-  const TilePlan plan = rpa_gpu::make_tile_plan(m.problem, PlanLimits{true, 64, 64, 4000});
+  const TilePlan plan = rpa_gpu::make_tile_plan(m.problem, PlanLimits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 4000});
   BOOST_TEST(plan.tiles.size() > plan.attention_tiles, "long ranges should split");
-  (void)coverage(m.problem, plan, PlanLimits{true, 64, 64, 4000}, false);
+  (void)coverage(m.problem, plan, PlanLimits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 4000}, false);
   for (const Tile& t : plan.tiles) BOOST_TEST(t.key_end <= huge);
 }
 
