@@ -185,7 +185,7 @@ def borrow_float(name, value, stream=None, writable=False):
             changed = (narrowed.astype(np.float64) != array) & ~np.isnan(array)
             if changed.any():
                 raise ValueError("%s: float64 value %r is not exactly a float32; convert it explicitly (e.g. "
-                                 "array.astype(np.float32)) if rounding is intended" % (name, array[changed].flat[0]))
+                                 "array.astype(np.float32)) if rounding is intended" % (name, float(array[changed].flat[0])))
             array = narrowed
         elif array.dtype not in _NP_FLOATS:
             raise ValueError("%s: dtype %s is not float32, float16 or bfloat16 (or float64 holding float32 values)"
