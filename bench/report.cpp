@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "bench/machine.h"
+#include "core/dtype.h"
 #include "rpa/rpa.h"
 
 #ifndef RPA_BENCH_PLOT_SCRIPTS
@@ -20,18 +21,6 @@
 
 namespace rpa::bench {
 namespace {
-
-const char* dtype_name(rpa_dtype dtype) {
-  switch (dtype) {
-    case RPA_DTYPE_F32: return "f32";
-    case RPA_DTYPE_F16: return "f16";
-    case RPA_DTYPE_BF16: return "bf16";
-    case RPA_DTYPE_FP8_E4M3: return "fp8_e4m3";
-    case RPA_DTYPE_FP8_E5M2: return "fp8_e5m2";
-    case RPA_DTYPE_INT8: return "int8";
-    default: return "?";
-  }
-}
 
 std::string cpu_model() {
   std::ifstream cpuinfo("/proc/cpuinfo");

@@ -220,6 +220,20 @@ RPA_HOST_DEVICE inline uint8_t float_to_code(rpa_dtype dtype, float x, float sca
                                        : float_to_int8(scaled);
 }
 
+// Short name of a dtype as messages and reports print it; an int so that unchecked enum values print too.
+inline const char* dtype_name(int32_t dtype) {
+  switch (dtype) {
+    case RPA_DTYPE_F32: return "f32";
+    case RPA_DTYPE_F16: return "f16";
+    case RPA_DTYPE_BF16: return "bf16";
+    case RPA_DTYPE_FP8_E4M3: return "fp8_e4m3";
+    case RPA_DTYPE_FP8_E5M2: return "fp8_e5m2";
+    case RPA_DTYPE_INT8: return "int8";
+    case RPA_DTYPE_I32: return "int32";
+  }
+  return "unknown";
+}
+
 // Size in bytes of one element, or 0 for a dtype rpa does not store.
 inline int dtype_size(rpa_dtype dtype) {
   switch (dtype) {

@@ -29,19 +29,6 @@ template <typename... Parts>
   reject(RPA_STATUS_INVALID_ARGUMENT, parts...);
 }
 
-const char* dtype_name(int32_t dtype) {
-  switch (dtype) {
-    case RPA_DTYPE_F32: return "f32";
-    case RPA_DTYPE_F16: return "f16";
-    case RPA_DTYPE_BF16: return "bf16";
-    case RPA_DTYPE_FP8_E4M3: return "fp8_e4m3";
-    case RPA_DTYPE_FP8_E5M2: return "fp8_e5m2";
-    case RPA_DTYPE_INT8: return "int8";
-    case RPA_DTYPE_I32: return "int32";
-  }
-  return "unknown";
-}
-
 bool is_float_dtype(int32_t dtype) {
   return dtype == RPA_DTYPE_F32 || dtype == RPA_DTYPE_F16 || dtype == RPA_DTYPE_BF16;
 }
