@@ -11,14 +11,12 @@
 #include "core/enums.h"
 #include "core/error.h"
 #include "core/plugins.h"
+#include "core/registry.h"
 #include "core/validate.h"
 
 struct rpa_context {
-  std::unique_ptr<rpa::Backend> backend;
-  // AUTO resolved to the GPU: host-memory calls the GPU cannot run go to a CPU backend, made on first need.
-  bool cpu_fallback = false;
-  std::mutex fallback_mutex;
-  std::unique_ptr<rpa::Backend> fallback;
+  explicit rpa_context(const rpa_context_options& options) : backends(options) {}
+  rpa::ContextBackends backends;
 };
 
 // A validated call (metadata copied) and its backend's plan. Runs only read it, so it may run from
@@ -61,29 +59,7 @@ void require(const void* pointer, const char* name) {
 
 Backend& backend_of(rpa_context* context) {
   require(context, "context");
-  return *context->backend;
-}
-
-std::unique_ptr<Backend> make_cpu_backend(int num_threads) {
-  if (simd_backend_available()) return make_simd_backend(num_threads);
-  return make_reference_backend();
-}
-
-std::unique_ptr<Backend> make_backend(const rpa_context_options& options) {
-  if (options.num_threads < 0)
-    invalid("argument 'options.num_threads': " + std::to_string(options.num_threads) + " must be >= 0");
-  if (options.device_ordinal < 0)
-    invalid("argument 'options.device_ordinal': " + std::to_string(options.device_ordinal) + " must be >= 0");
-  switch (const int32_t backend = enum_value(options.backend)) {
-    case RPA_BACKEND_REFERENCE: return make_reference_backend();
-    case RPA_BACKEND_SIMD: return make_simd_backend(options.num_threads);
-    case RPA_BACKEND_GPU: return make_gpu_backend(options.device_ordinal, options.num_threads);
-    case RPA_BACKEND_AUTO:
-      if (gpu_backend_available()) return make_gpu_backend(options.device_ordinal, options.num_threads);
-      return make_cpu_backend(options.num_threads);
-    default:
-      invalid("argument 'options.backend': " + std::to_string(backend) + " is not an rpa_backend");
-  }
+  return context->backends.primary();
 }
 
 // Copies a versioned struct: fields a caller's older struct lacks keep their defaults.
@@ -115,20 +91,6 @@ std::unique_ptr<PlannedCall> planned_call(const Backend& backend, const rpa_atte
   std::unique_ptr<PlannedCall> call = validate_plan_args(args);
   check_memory(backend, call->problem().memory);
   return call;
-}
-
-// The backend that runs `problem`: the context's, or for AUTO the CPU when the GPU answers unsupported.
-Backend& backend_for(rpa_context& context, const rpa_problem& problem) {
-  if (!context.cpu_fallback || problem.memory != RPA_MEMORY_HOST) return *context.backend;
-  try {
-    context.backend->check_supported(problem);
-    return *context.backend;
-  } catch (const Error& error) {
-    if (error.status() != RPA_STATUS_UNSUPPORTED) throw;
-  }
-  std::lock_guard<std::mutex> lock(context.fallback_mutex);
-  if (!context.fallback) context.fallback = make_cpu_backend(0);
-  return *context.fallback;
 }
 
 rpa_plan& plan_of(rpa_plan* plan) {
@@ -185,10 +147,7 @@ rpa_status rpa_context_create(const rpa_context_options* options, rpa_context** 
     rpa_context_options_init(&defaults);
     const rpa_context_options resolved =
         options ? read_versioned(options, "options", rpa_context_options_init) : defaults;
-    auto context = std::make_unique<rpa_context>();
-    context->backend = make_backend(resolved);
-    context->cpu_fallback = resolved.backend == RPA_BACKEND_AUTO && context->backend->kind() == RPA_BACKEND_GPU;
-    *out = context.release();
+    *out = new rpa_context(resolved);
   });
 }
 
@@ -198,7 +157,7 @@ rpa_status rpa_context_get_backend(const rpa_context* context, rpa_backend* out)
   return guarded([&] {
     require(context, "context");
     require(out, "out");
-    *out = context->backend->kind();
+    *out = context->backends.primary().kind();
   });
 }
 
@@ -206,7 +165,7 @@ rpa_status rpa_context_get_num_threads(const rpa_context* context, int32_t* out)
   return guarded([&] {
     require(context, "context");
     require(out, "out");
-    *out = context->backend->num_threads();
+    *out = context->backends.primary().num_threads();
   });
 }
 
@@ -222,7 +181,7 @@ rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args) {
     Backend& backend = backend_of(context);
     const rpa_attention_args resolved = args_of(args);
     const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
-    backend_for(*context, call->problem()).run_once(validate_run_args(*call, resolved));
+    context->backends.for_problem(call->problem()).run_once(validate_run_args(*call, resolved));
   });
 }
 
@@ -234,7 +193,7 @@ rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args,
     auto plan = std::make_unique<rpa_plan>();
     plan->context = context;
     plan->call = planned_call(backend, args_of(args));
-    plan->backend_plan = backend_for(*context, plan->call->problem()).plan(plan->call->problem());
+    plan->backend_plan = context->backends.for_problem(plan->call->problem()).plan(plan->call->problem());
     *out = plan.release();
   });
 }
@@ -283,7 +242,7 @@ rpa_status rpa_time_attention(rpa_context* context, const rpa_attention_args* ar
     require(milliseconds, "milliseconds");
     const rpa_attention_args resolved = args_of(args);
     const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
-    backend_for(*context, call->problem())
+    context->backends.for_problem(call->problem())
         .plan(call->problem())
         ->time_runs(validate_run_args(*call, resolved), iterations, milliseconds, false);
   });
@@ -307,9 +266,7 @@ rpa_status rpa_merge_states(rpa_context* context, const rpa_merge_args* args) {
   return guarded([&] {
     Backend& backend = backend_of(context);
     const rpa_merge_problem problem = validate_merge_args(read_versioned(args, "args", rpa_merge_args_init));
-    if (problem.memory == RPA_MEMORY_DEVICE && backend.kind() != RPA_BACKEND_GPU)
-      invalid(std::string("argument 'memory': device memory needs the gpu backend, but the context runs ") +
-              rpa_backend_string(backend.kind()));
+    check_memory(backend, problem.memory);
     backend.merge_states(problem);
   });
 }
@@ -344,15 +301,10 @@ rpa_status rpa_device_copy(rpa_context* context, void* dst, const void* src, siz
 
 int32_t rpa_backend_available(rpa_backend backend) {
   try {
-    switch (enum_value(backend)) {
-      case RPA_BACKEND_AUTO:
-      case RPA_BACKEND_REFERENCE: return 1;
-      case RPA_BACKEND_SIMD: return simd_backend_available() ? 1 : 0;
-      case RPA_BACKEND_GPU: return gpu_backend_available() ? 1 : 0;
-    }
+    return backend_available(enum_value(backend)) ? 1 : 0;
   } catch (...) {
+    return 0;
   }
-  return 0;
 }
 
 int32_t rpa_plugin_report_count(void) {

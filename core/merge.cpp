@@ -27,7 +27,7 @@ void merge_states_on_host(const rpa_merge_problem& p) {
         double value = 0.0;
         if (weight_a > 0) value += weight_a * load_float(p.out_a, p.out_a_dtype, a + d);
         if (weight_b > 0) value += weight_b * load_float(p.out_b, p.out_b_dtype, b + d);
-        store_float(p.out, p.out_dtype, o + d, static_cast<float>(max == -inf ? 0.0 : value / sum));
+        store_double(p.out, p.out_dtype, o + d, max == -inf ? 0.0 : value / sum);  // one rounding
       }
       if (p.lse)
         p.lse[t * p.lse_token_stride + h * p.lse_head_stride] = static_cast<float>(max == -inf ? -inf : max + std::log(sum));

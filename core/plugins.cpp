@@ -1,4 +1,4 @@
-// The GPU plugin loader and the gpu backend that forwards to a plugin (plugins/plugin_abi.h).
+// The GPU plugin loader (plugins/plugin_abi.h); the gpu backend that forwards to a plugin is plugins/gpu_backend.cpp.
 //
 // Plugins are files named librpa_*.so, searched in the directories of RPA_PLUGIN_PATH (colon-separated),
 // then the installed plugin directory (RPA_PLUGIN_DIR), then the directory holding librpa itself. The
@@ -15,7 +15,6 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
 #include "core/error.h"
 #include "core/plugins.h"
 #include "plugins/plugin_abi.h"
@@ -25,13 +24,13 @@
 #endif
 
 namespace rpa {
-namespace {
 
-struct UsablePlugin {
-  const rpa_plugin_api* api;
-  int32_t score;
-  int32_t device_count;
-};
+std::string last_error_of(const rpa_plugin_api* api) {
+  const char* text = api->last_error();
+  return text && *text ? text : "(the plugin gave no message)";
+}
+
+namespace {
 
 struct Registry {
   std::vector<std::string> searched;  // directories, in search order
@@ -78,11 +77,6 @@ std::vector<std::string> plugin_files_in(const std::string& directory) {
   }
   std::sort(names.begin(), names.end());
   return names;
-}
-
-std::string last_error_of(const rpa_plugin_api* api) {
-  const char* text = api->last_error();
-  return text && *text ? text : "(the plugin gave no message)";
 }
 
 // dlopen of a FIFO or device file blocks or reads forever: only regular files (links followed) open.
@@ -229,85 +223,15 @@ std::string unavailable_reason(const Registry& registry) {
   return message;
 }
 
-void check(const rpa_plugin_api* api, rpa_status status) {
-  if (status != RPA_STATUS_OK) fail(status, std::string(api->name) + " plugin: " + last_error_of(api));
-}
-
-class GpuBackend final : public Backend {
- public:
-  GpuBackend(const rpa_plugin_api* api, rpa_plugin_state* state) : api_(api), state_(state) {}
-  ~GpuBackend() override { api_->destroy(state_); }
-  GpuBackend(const GpuBackend&) = delete;
-  GpuBackend& operator=(const GpuBackend&) = delete;
-
-  rpa_backend kind() const override { return RPA_BACKEND_GPU; }
-  int num_threads() const override { return 1; }  // the calling thread drives the device
-  std::unique_ptr<BackendPlan> plan(const rpa_problem& problem) override {
-    rpa_plugin_plan* plan = nullptr;
-    check(api_, api_->plan_create(state_, &problem, &plan));
-    return std::make_unique<Plan>(api_, plan);
-  }
-  // Host memory is written on the host: staging the whole cache through the device would cost far more.
-  void write_kv(const rpa_write_problem& problem) override {
-    if (problem.memory == RPA_MEMORY_HOST) Backend::write_kv(problem);
-    else check(api_, api_->write_kv(state_, &problem));
-  }
-  // A single call plans into the context's scratch instead of allocating and uploading a plan's own.
-  void run_once(const rpa_problem& problem) override { check(api_, api_->run(state_, &problem)); }
-  void check_supported(const rpa_problem& problem) const override { check(api_, api_->supports(state_, &problem)); }
-  void merge_states(const rpa_merge_problem& problem) override {
-    if (problem.memory == RPA_MEMORY_HOST) return merge_states_on_host(problem);
-    check(api_, api_->merge_states(state_, &problem));
-  }
-  void* device_alloc(size_t bytes) override {
-    void* pointer = nullptr;
-    check(api_, api_->device_alloc(state_, bytes, &pointer));
-    return pointer;
-  }
-  void device_free(void* pointer) override { check(api_, api_->device_free(state_, pointer)); }
-  void device_copy(void* dst, const void* src, size_t bytes, rpa_copy_kind kind) override {
-    check(api_, api_->device_copy(state_, dst, src, bytes, kind));
-  }
-
- private:
-  class Plan final : public BackendPlan {
-   public:
-    Plan(const rpa_plugin_api* api, rpa_plugin_plan* plan) : api_(api), plan_(plan) {}
-    ~Plan() override { api_->plan_destroy(plan_); }
-    Plan(const Plan&) = delete;
-    Plan& operator=(const Plan&) = delete;
-    void run(const rpa_problem& problem) override { check(api_, api_->plan_run(plan_, &problem)); }
-    void time_runs(const rpa_problem& problem, int iterations, double* milliseconds, bool whole_runs) override {
-      check(api_, api_->plan_time(plan_, &problem, iterations, milliseconds, whole_runs ? 1 : 0));
-    }
-
-   private:
-    const rpa_plugin_api* api_;
-    rpa_plugin_plan* plan_;
-  };
-
-  const rpa_plugin_api* api_;
-  rpa_plugin_state* state_;
-};
-
 }  // namespace
 
 const std::vector<PluginReport>& plugin_reports() { return registry().reports; }
 
-bool gpu_backend_available() { return !registry().usable.empty(); }
-
-std::unique_ptr<Backend> make_gpu_backend(int device_ordinal, int) {
+const UsablePlugin* best_plugin() {
   const Registry& loaded = registry();
-  if (loaded.usable.empty()) fail(RPA_STATUS_UNAVAILABLE, unavailable_reason(loaded));
-  const UsablePlugin& plugin = loaded.usable.front();
-  if (device_ordinal >= plugin.device_count)
-    fail(RPA_STATUS_UNAVAILABLE, "no device: argument 'options.device_ordinal' is " + std::to_string(device_ordinal) +
-                                     " but the " + plugin.api->name + " plugin has " +
-                                     std::to_string(plugin.device_count) + " device(s)");
-  rpa_plugin_state* state = nullptr;
-  if (const rpa_status status = plugin.api->create(device_ordinal, &state); status != RPA_STATUS_OK)
-    fail(status, std::string(plugin.api->name) + " plugin: " + last_error_of(plugin.api));
-  return std::make_unique<GpuBackend>(plugin.api, state);
+  return loaded.usable.empty() ? nullptr : &loaded.usable.front();
 }
+
+std::string no_usable_plugin_reason() { return unavailable_reason(registry()); }
 
 }  // namespace rpa

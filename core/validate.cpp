@@ -568,9 +568,10 @@ rpa_merge_problem validate_merge_args(const rpa_merge_args& args) {
   state("out", args.out, out, p.out_dtype, p.out_token_stride, p.out_head_stride);
   p.out = const_cast<void*>(out);
   if (present(args.lse)) p.lse = lse("lse", args.lse, p.lse_token_stride, p.lse_head_stride);
-  if (args.memory != RPA_MEMORY_HOST && args.memory != RPA_MEMORY_DEVICE)
-    reject("argument 'memory': ", static_cast<int>(args.memory), " is not an rpa_memory_kind");
-  p.memory = args.memory;
+  const int32_t memory = enum_value(args.memory);
+  if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
+    reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
+  p.memory = static_cast<rpa_memory_kind>(memory);
   p.stream = args.stream;
   p.synchronize = args.synchronize;
   return p;

@@ -1,5 +1,7 @@
 /* Fake GPU plugins for the loader tests, compiled once per FAKE_* kind (tests/plugins/meson.build):
- * each breaks the plugin ABI in one way, and the core must reject it with the matching reason. */
+ * each breaks the plugin ABI in one way, and the core must reject it with the matching reason. One,
+ * FAKE_LIMITED, is usable: a "GPU" on host memory that runs only head_dim <= 64 (writing a marker, so a
+ * test can tell who ran a call), for the tests of rpa_context_supports and AUTO's CPU fallback. */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -33,6 +35,9 @@ __attribute__((constructor)) static void call_librpa_while_loaded(void) {
 }
 
 static const char* fake_last_error(void) { return nested_answer; }
+#elif defined(FAKE_LIMITED)
+static char limited_error[256];
+static const char* fake_last_error(void) { return limited_error; }
 #else
 static const char* fake_last_error(void) { return "fake plugin: initialisation refused on purpose"; }
 #endif
@@ -46,8 +51,10 @@ static rpa_status fake_init(void) {
 }
 
 static rpa_status fake_device_count(int32_t* count) {
-#ifdef FAKE_MANY_DEVICES
+#if defined(FAKE_MANY_DEVICES)
   *count = INT32_MAX;
+#elif defined(FAKE_LIMITED)
+  *count = 1;
 #else
   *count = 0; /* FAKE_NO_DEVICE; the other fakes are rejected before they are asked */
 #endif
@@ -56,8 +63,11 @@ static rpa_status fake_device_count(int32_t* count) {
 
 static rpa_status fake_describe_device(int32_t ordinal, char* text, size_t text_size) {
   (void)ordinal;
-#ifdef FAKE_MANY_DEVICES
+#if defined(FAKE_MANY_DEVICES)
   memset(text, 'x', text_size); /* no terminator: the core must bound what it reads */
+  return RPA_STATUS_OK;
+#elif defined(FAKE_LIMITED)
+  snprintf(text, text_size, "fake device with head_dim <= %d", FAKE_LIMITED_MAX_HEAD_DIM);
   return RPA_STATUS_OK;
 #else
   (void)text, (void)text_size;
@@ -65,13 +75,57 @@ static rpa_status fake_describe_device(int32_t ordinal, char* text, size_t text_
 #endif
 }
 
+#ifdef FAKE_LIMITED
+static int limited_state; /* the one context's state: nothing to hold */
+
+static rpa_status fake_create(int32_t ordinal, rpa_plugin_state** state) {
+  (void)ordinal;
+  *state = (rpa_plugin_state*)&limited_state;
+  return RPA_STATUS_OK;
+}
+
+static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* problem) {
+  (void)state;
+  if (problem->head_dim <= FAKE_LIMITED_MAX_HEAD_DIM) return RPA_STATUS_OK;
+  snprintf(limited_error, sizeof limited_error, "head_dim %lld is above this fake device's %d",
+           (long long)problem->head_dim, FAKE_LIMITED_MAX_HEAD_DIM);
+  return RPA_STATUS_UNSUPPORTED;
+}
+
+/* Every output element becomes FAKE_LIMITED_MARKER (f32 outputs only: enough for the tests). */
+static rpa_status fake_run(rpa_plugin_state* state, const rpa_problem* problem) {
+  const rpa_status supported = fake_supports(state, problem);
+  if (supported != RPA_STATUS_OK) return supported;
+  if (problem->out_dtype != RPA_DTYPE_F32 || problem->memory != RPA_MEMORY_HOST) {
+    snprintf(limited_error, sizeof limited_error, "the fake device writes f32 host outputs only");
+    return RPA_STATUS_UNSUPPORTED;
+  }
+  for (int64_t t = 0; t < problem->num_tokens; ++t)
+    for (int64_t h = 0; h < problem->num_q_heads; ++h)
+      for (int64_t d = 0; d < problem->head_dim; ++d)
+        ((float*)problem->out)[t * problem->out_token_stride + h * problem->out_head_stride + d] = FAKE_LIMITED_MARKER;
+  return RPA_STATUS_OK;
+}
+
+static rpa_status fake_plan_create(rpa_plugin_state* state, const rpa_problem* problem, rpa_plugin_plan** plan) {
+  *plan = (rpa_plugin_plan*)state;
+  return fake_supports(state, problem);
+}
+
+static rpa_status fake_plan_run(rpa_plugin_plan* plan, const rpa_problem* problem) {
+  return fake_run((rpa_plugin_state*)plan, problem);
+}
+#else
 static rpa_status fake_create(int32_t ordinal, rpa_plugin_state** state) {
   (void)ordinal;
   *state = NULL;
   return RPA_STATUS_UNAVAILABLE;
 }
 
-static void fake_destroy(rpa_plugin_state* state) { (void)state; }
+static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* problem) {
+  (void)state, (void)problem;
+  return RPA_STATUS_UNAVAILABLE;
+}
 
 static rpa_status fake_run(rpa_plugin_state* state, const rpa_problem* problem) {
   (void)state, (void)problem;
@@ -88,6 +142,9 @@ static rpa_status fake_plan_run(rpa_plugin_plan* plan, const rpa_problem* proble
   (void)plan, (void)problem;
   return RPA_STATUS_UNAVAILABLE;
 }
+#endif
+
+static void fake_destroy(rpa_plugin_state* state) { (void)state; }
 
 static rpa_status fake_plan_time(rpa_plugin_plan* plan, const rpa_problem* problem, int32_t iterations,
                                  double* milliseconds, int32_t whole_runs) {
@@ -115,11 +172,6 @@ static rpa_status fake_device_copy(rpa_plugin_state* state, void* dst, const voi
 }
 
 static rpa_status fake_write_kv(rpa_plugin_state* state, const rpa_write_problem* problem) {
-  (void)state, (void)problem;
-  return RPA_STATUS_UNAVAILABLE;
-}
-
-static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* problem) {
   (void)state, (void)problem;
   return RPA_STATUS_UNAVAILABLE;
 }

@@ -1,9 +1,9 @@
-// The Backend defaults and the reference backend (the other factories live in simd/ and core/plugins.cpp).
+// The Backend defaults (each backend's adapter lives in its own folder: reference/, simd/, plugins/).
 #include <chrono>
 
 #include "core/backend.h"
 #include "core/error.h"
-#include "reference/reference.h"
+#include "reference/reference.h"  // the default write_kv
 
 namespace rpa {
 
@@ -32,24 +32,5 @@ void Backend::write_kv(const rpa_write_problem& problem) { reference::write_kv(p
 void* Backend::device_alloc(size_t) { no_device_memory(kind()); }
 void Backend::device_free(void*) { no_device_memory(kind()); }
 void Backend::device_copy(void*, const void*, size_t, rpa_copy_kind) { no_device_memory(kind()); }
-
-namespace {
-
-class ReferenceBackend final : public Backend {
- public:
-  rpa_backend kind() const override { return RPA_BACKEND_REFERENCE; }
-  int num_threads() const override { return 1; }
-  std::unique_ptr<BackendPlan> plan(const rpa_problem&) override { return std::make_unique<Plan>(); }
-
- private:
-  // The reference plans nothing: it walks the contract row by row on every run.
-  struct Plan final : BackendPlan {
-    void run(const rpa_problem& problem) override { reference::attention(problem); }
-  };
-};
-
-}  // namespace
-
-std::unique_ptr<Backend> make_reference_backend() { return std::make_unique<ReferenceBackend>(); }
 
 }  // namespace rpa
