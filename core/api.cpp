@@ -93,6 +93,26 @@ std::unique_ptr<PlannedCall> planned_call(const Backend& backend, const rpa_atte
   return call;
 }
 
+// Device metadata: the record of `plan`'s runs as the message host validation gives for the metadata now.
+void report_device_error(Backend& backend, const rpa_problem& p, BackendPlan& plan) {
+  if (p.metadata_memory != RPA_MEMORY_DEVICE) return;
+  const int32_t seq = plan.take_device_error();
+  if (seq < 0) return;
+  const auto copy_back = [&](const int32_t* device, size_t count) {
+    std::vector<int32_t> host(count);
+    if (count) backend.device_copy(host.data(), device, count * sizeof(int32_t), RPA_COPY_DEVICE_TO_HOST);
+    return host;
+  };
+  const size_t seqs = static_cast<size_t>(p.num_seqs);
+  const std::vector<int32_t> lens = copy_back(p.context_lens, seqs);
+  const std::vector<int32_t> qsl = copy_back(p.query_start_loc, seqs + 1);
+  const std::vector<int32_t> tables =
+      copy_back(p.block_tables, seqs ? (seqs - 1) * p.block_table_stride + p.pages_per_seq : 0);
+  check_device_metadata(p, lens.data(), tables.data(), p.block_table_stride, qsl.data());
+  invalid("argument 'context_lens': a run found the metadata of sequence [" + std::to_string(seq) +
+          "] breaking a rule, but it follows every rule now (it was changed after that run)");
+}
+
 rpa_plan& plan_of(rpa_plan* plan) {
   require(plan, "plan");
   return *plan;
@@ -181,7 +201,15 @@ rpa_status rpa_attention(rpa_context* context, const rpa_attention_args* args) {
     Backend& backend = backend_of(context);
     const rpa_attention_args resolved = args_of(args);
     const std::unique_ptr<PlannedCall> call = planned_call(backend, resolved);
-    context->backends.for_problem(call->problem()).run_once(validate_run_args(*call, resolved));
+    const rpa_problem& problem = call->problem();
+    if (problem.metadata_memory == RPA_MEMORY_DEVICE) {
+      // One call cannot leave its device error record for later: run a plan and report before returning.
+      const std::unique_ptr<BackendPlan> plan = backend.plan(problem);
+      plan->run(validate_run_args(*call, resolved));
+      report_device_error(backend, problem, *plan);
+      return;
+    }
+    context->backends.for_problem(problem).run_once(validate_run_args(*call, resolved));
   });
 }
 
@@ -202,6 +230,13 @@ rpa_status rpa_plan_run(rpa_plan* plan, const rpa_attention_args* args) {
   return guarded([&] {
     rpa_plan& planned = plan_of(plan);
     planned.backend_plan->run(validate_run_args(*planned.call, args_of(args)));
+  });
+}
+
+rpa_status rpa_plan_get_error(rpa_plan* plan) {
+  return guarded([&] {
+    rpa_plan& planned = plan_of(plan);
+    report_device_error(backend_of(planned.context), planned.call->problem(), *planned.backend_plan);
   });
 }
 

@@ -20,6 +20,10 @@ class BackendPlan {
   // run() does), or with `whole_runs` false only the work a GPU plan enqueues (its kernels). The default
   // times run() with a steady clock; a GPU plan overrides it with device events.
   virtual void time_runs(const rpa_problem& problem, int iterations, double* milliseconds, bool whole_runs);
+
+  // Device metadata: waits for the plan's work and returns the lowest sequence a run since the last call
+  // found breaking a rule (clearing the record), or -1. Plans of host metadata have none.
+  virtual int32_t take_device_error() { return -1; }
 };
 
 class Backend {

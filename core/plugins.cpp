@@ -111,9 +111,9 @@ bool load_plugin(const std::string& path, PluginReport& report, UsablePlugin& us
                     ", this librpa needs " + std::to_string(RPA_PLUGIN_ABI_VERSION);
     return false;
   }
-  if (api->struct_size < sizeof(rpa_plugin_api)) {
+  if (api->struct_size < RPA_PLUGIN_API_REQUIRED_SIZE) {
     report.reason = "wrong ABI: the plugin's table has " + std::to_string(api->struct_size) +
-                    " bytes, this librpa needs at least " + std::to_string(sizeof(rpa_plugin_api));
+                    " bytes, this librpa needs at least " + std::to_string(RPA_PLUGIN_API_REQUIRED_SIZE);
     return false;
   }
   const bool complete = api->name && api->last_error && api->init && api->device_count && api->describe_device &&

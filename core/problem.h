@@ -85,6 +85,12 @@ typedef struct rpa_problem {
   int64_t k_scale_stride;
   const float* v_scale;
   int64_t v_scale_stride;
+  /* RPA_MEMORY_DEVICE: context_lens, block_tables and query_start_loc above are the caller's device arrays,
+     their values unvalidated but meant to respect num_seqs and these bounds (<= T and
+     <= W * page_size). RPA_MEMORY_HOST: validated host copies; the bounds are the exact maxima. */
+  rpa_memory_kind metadata_memory;
+  int32_t max_query_len;
+  int32_t max_context_len;
 } rpa_problem;
 
 /* rpa_merge_states(), validated: two partial states (out, lse) of the same rows merged into one. */

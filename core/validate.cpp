@@ -351,34 +351,9 @@ void expect_same_layout(TensorSlot slot, const TensorLayout& planned, const Tens
   }
 }
 
-}  // namespace
-
-std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) {
-  auto plan = std::make_unique<PlannedCall>();
-  rpa_problem& p = plan->problem_;
-  const FloatTensors tensors = check_float_tensors(args, false, p, plan->layouts_);
-
-  if (args.sliding_window < 0)
-    reject("argument 'sliding_window': ", args.sliding_window, " must be 0 (none) or > 0");
-  p.sliding_window = args.sliding_window;
-
-  // Metadata (host memory).
-  const Tensor context_lens = check_tensor("context_lens", args.context_lens, 1, "[S]", Kind::metadata);
-  const int64_t max_seqs = context_lens.dim(0);
-  const Tensor block_tables = check_tensor("block_tables", args.block_tables, 2, "[S, W]", Kind::metadata);
-  expect_dim(block_tables, 0, max_seqs, "S of context_lens");
-  const Tensor query_start_loc = check_tensor("query_start_loc", args.query_start_loc, 1, "[S+1]", Kind::metadata);
-  expect_dim(query_start_loc, 0, max_seqs + 1, "S+1");
-  p.pages_per_seq = block_tables.dim(1);
-  const auto* lens = static_cast<const int32_t*>(args.context_lens.data);
-  const auto* tables = static_cast<const int32_t*>(args.block_tables.data);
-  const int64_t table_stride = block_tables.stride(0);
-  const auto* qsl = static_cast<const int32_t*>(args.query_start_loc.data);
-
-  if (args.num_seqs < 0 || args.num_seqs > max_seqs)
-    reject("argument 'num_seqs': ", args.num_seqs, " is outside [0, S = ", max_seqs, "]");
-  p.num_seqs = args.num_seqs;
-
+// The metadata rules of the contract for sequences 0..num_seqs-1 (host memory); p holds the sizes.
+void check_metadata_values(const rpa_problem& p, const int32_t* lens, const int32_t* tables, int64_t table_stride,
+                           const int32_t* qsl) {
   if (qsl[0] < 0) reject("argument 'query_start_loc': element [0] is ", qsl[0], ", must be >= 0");
   for (int32_t s = 0; s < p.num_seqs; ++s)
     if (qsl[s + 1] < qsl[s])
@@ -409,6 +384,75 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) 
         reject("argument 'block_tables': element [", s, ", ", page, "] is ", entry, ", outside [0, P = ", p.num_pages,
                ")");
     }
+  }
+}
+
+}  // namespace
+
+void check_device_metadata(const rpa_problem& p, const int32_t* lens, const int32_t* tables, int64_t table_stride,
+                           const int32_t* qsl) {
+  check_metadata_values(p, lens, tables, table_stride, qsl);
+  for (int32_t s = 0; s < p.num_seqs; ++s) {
+    if (qsl[s + 1] - qsl[s] > p.max_query_len)
+      reject("argument 'query_start_loc': sequence [", s, "] has ", qsl[s + 1] - qsl[s],
+             " query tokens, more than max_query_len = ", p.max_query_len);
+    if (lens[s] > p.max_context_len)
+      reject("argument 'context_lens': element [", s, "] is ", lens[s], ", more than max_context_len = ",
+             p.max_context_len);
+  }
+}
+
+std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) {
+  auto plan = std::make_unique<PlannedCall>();
+  rpa_problem& p = plan->problem_;
+  const FloatTensors tensors = check_float_tensors(args, false, p, plan->layouts_);
+
+  if (args.sliding_window < 0)
+    reject("argument 'sliding_window': ", args.sliding_window, " must be 0 (none) or > 0");
+  p.sliding_window = args.sliding_window;
+
+  // Metadata (host memory).
+  const Tensor context_lens = check_tensor("context_lens", args.context_lens, 1, "[S]", Kind::metadata);
+  const int64_t max_seqs = context_lens.dim(0);
+  const Tensor block_tables = check_tensor("block_tables", args.block_tables, 2, "[S, W]", Kind::metadata);
+  expect_dim(block_tables, 0, max_seqs, "S of context_lens");
+  const Tensor query_start_loc = check_tensor("query_start_loc", args.query_start_loc, 1, "[S+1]", Kind::metadata);
+  expect_dim(query_start_loc, 0, max_seqs + 1, "S+1");
+  p.pages_per_seq = block_tables.dim(1);
+  const auto* lens = static_cast<const int32_t*>(args.context_lens.data);
+  const auto* tables = static_cast<const int32_t*>(args.block_tables.data);
+  const int64_t table_stride = block_tables.stride(0);
+  const auto* qsl = static_cast<const int32_t*>(args.query_start_loc.data);
+
+  if (args.num_seqs < 0 || args.num_seqs > max_seqs)
+    reject("argument 'num_seqs': ", args.num_seqs, " is outside [0, S = ", max_seqs, "]");
+  p.num_seqs = args.num_seqs;
+
+  const int32_t metadata_memory = enum_value(args.metadata_memory);
+  if (metadata_memory != RPA_MEMORY_HOST && metadata_memory != RPA_MEMORY_DEVICE)
+    reject("argument 'metadata_memory': ", metadata_memory, " is not an rpa_memory_kind");
+  p.metadata_memory = static_cast<rpa_memory_kind>(metadata_memory);
+  if (p.metadata_memory == RPA_MEMORY_DEVICE) {
+    if (p.memory != RPA_MEMORY_DEVICE)
+      reject("argument 'metadata_memory': device metadata needs the tensors in device memory too (memory)");
+    const auto bound = [](const char* name, int32_t given, int64_t limit, const char* limit_name) {
+      if (given < 0 || given > limit)
+        reject("argument '", name, "': ", given, " is outside [0, ", limit_name, " = ", limit, "] (0: the limit)");
+      return given == 0 ? static_cast<int32_t>(limit) : given;
+    };
+    p.max_query_len = bound("max_query_len", args.max_query_len, p.num_tokens, "T");
+    p.max_context_len = bound("max_context_len", args.max_context_len, p.pages_per_seq * p.page_size, "W * page_size");
+    // The caller's arrays, read on the device at each run.
+    p.context_lens = lens;
+    p.query_start_loc = qsl;
+    p.block_tables = tables;
+    p.block_table_stride = table_stride;
+    return plan;
+  }
+  check_metadata_values(p, lens, tables, table_stride, qsl);
+  for (int32_t s = 0; s < p.num_seqs; ++s) {
+    p.max_query_len = std::max(p.max_query_len, qsl[s + 1] - qsl[s]);
+    p.max_context_len = std::max(p.max_context_len, lens[s]);
   }
 
   // Outputs given already must not overlap the host metadata (the other overlaps are a run's rules).

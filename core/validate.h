@@ -2,8 +2,8 @@
 // shapes, dtypes, strides, memory kinds, num_seqs, the window) and returns a plan whose problem owns a
 // copy of the metadata; float tensors may lack data then. validate_run_args checks one run's tensors and
 // scalars against that plan. Both throw rpa::Error naming the argument and the offending index, with the
-// messages a one-call rpa_attention gives. Only host memory is read: the metadata always, the sinks
-// only when memory is host.
+// messages a one-call rpa_attention gives. Only host memory is read: the metadata when metadata_memory
+// is host (device metadata is bounded at plan time and checked on the device), the sinks when memory is.
 #pragma once
 
 #include <array>
@@ -47,6 +47,11 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args);
 
 // The plan's problem with this run's tensors, scalars, stream and synchronize filled in.
 rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args& args);
+
+// Device metadata copied back to the host (rpa_plan_get_error): the rules host metadata follows, then
+// the plan's bounds; throws the message host validation gives. `planned` is a device-metadata plan's problem.
+void check_device_metadata(const rpa_problem& planned, const int32_t* lens, const int32_t* tables,
+                           int64_t table_stride, const int32_t* qsl);
 
 // rpa_merge_states(): six tensors of one [T, H, D] / [T, H] shape, lse f32.
 rpa_merge_problem validate_merge_args(const rpa_merge_args& args);

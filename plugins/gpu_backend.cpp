@@ -23,6 +23,7 @@ class GpuBackend final : public Backend {
   rpa_backend kind() const override { return RPA_BACKEND_GPU; }
   int num_threads() const override { return 1; }  // the calling thread drives the device
   std::unique_ptr<BackendPlan> plan(const rpa_problem& problem) override {
+    if (problem.metadata_memory == RPA_MEMORY_DEVICE) check_supported(problem);
     rpa_plugin_plan* plan = nullptr;
     check(api_, api_->plan_create(state_, &problem, &plan));
     return std::make_unique<Plan>(api_, plan);
@@ -34,7 +35,12 @@ class GpuBackend final : public Backend {
   }
   // A single call plans into the context's scratch instead of allocating and uploading a plan's own.
   void run_once(const rpa_problem& problem) override { check(api_, api_->run(state_, &problem)); }
-  void check_supported(const rpa_problem& problem) const override { check(api_, api_->supports(state_, &problem)); }
+  void check_supported(const rpa_problem& problem) const override {
+    if (problem.metadata_memory == RPA_MEMORY_DEVICE && !RPA_PLUGIN_HAS(api_, plan_take_error))
+      fail(RPA_STATUS_UNSUPPORTED, std::string("argument 'metadata_memory': the ") + api_->name +
+                                       " plugin predates device metadata");
+    check(api_, api_->supports(state_, &problem));
+  }
   void merge_states(const rpa_merge_problem& problem) override {
     if (problem.memory == RPA_MEMORY_HOST) return merge_states_on_host(problem);
     check(api_, api_->merge_states(state_, &problem));
@@ -59,6 +65,11 @@ class GpuBackend final : public Backend {
     void run(const rpa_problem& problem) override { check(api_, api_->plan_run(plan_, &problem)); }
     void time_runs(const rpa_problem& problem, int iterations, double* milliseconds, bool whole_runs) override {
       check(api_, api_->plan_time(plan_, &problem, iterations, milliseconds, whole_runs ? 1 : 0));
+    }
+    int32_t take_device_error() override {
+      int32_t first_seq = -1;
+      if (RPA_PLUGIN_HAS(api_, plan_take_error)) check(api_, api_->plan_take_error(plan_, &first_seq));
+      return first_seq;
     }
 
    private:

@@ -10,7 +10,9 @@
  *     serves the gpu backend. A plugin without it scores 1.
  *
  * The table starts with its ABI version and its own size. Entries are only ever appended, so a core may
- * use a larger table than it knows; a table smaller than the core's rpa_plugin_api is rejected.
+ * use a larger table than it knows. The entries up to write_kv are required (a smaller table is
+ * rejected); the later ones are optional: absent from an older plugin's shorter table, or NULL, the core
+ * uses its default (see each entry).
  */
 #ifndef RPA_PLUGIN_ABI_H
 #define RPA_PLUGIN_ABI_H
@@ -83,7 +85,21 @@ typedef struct rpa_plugin_api {
   rpa_status (*merge_states)(rpa_plugin_state* state, const rpa_merge_problem* problem);
   /* One rpa_write_kv() call, validated by the core (slots on the host, each written at most once). */
   rpa_status (*write_kv)(rpa_plugin_state* state, const rpa_write_problem* problem);
+
+  /* Optional entries (RPA_PLUGIN_API_REQUIRED_SIZE). */
+
+  /* Device metadata (problem->metadata_memory): waits for the plan's enqueued work, stores in *first_seq
+   * the lowest sequence a run since the last call skipped for breaking a rule (or -1) and clears the
+   * record. Without it the core answers RPA_STATUS_UNSUPPORTED for device metadata. */
+  rpa_status (*plan_take_error)(rpa_plugin_plan* plan, int32_t* first_seq);
 } rpa_plugin_api;
+
+/** The size of the required part of the table: a plugin's struct_size must be at least this. */
+#define RPA_PLUGIN_API_REQUIRED_SIZE (offsetof(rpa_plugin_api, write_kv) + sizeof(void*))
+
+/** Whether `api` has optional entry `member` (its table reaches it, and it is not NULL). */
+#define RPA_PLUGIN_HAS(api, member)                                                        \
+  ((api)->struct_size >= offsetof(rpa_plugin_api, member) + sizeof((api)->member) && (api)->member != NULL)
 
 typedef const rpa_plugin_api* (*rpa_plugin_entry_fn)(void);
 typedef int32_t (*rpa_plugin_score_fn)(void);

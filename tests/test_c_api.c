@@ -90,6 +90,8 @@ int main(void) {
     args.out.shape[2] = 3;
     CHECK(rpa_plan_run(plan, &args) == RPA_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(rpa_last_error(), "'out'") != NULL);
+    CHECK(rpa_plan_get_error(plan) == RPA_STATUS_OK); /* host metadata: no device record */
+    CHECK(rpa_plan_get_error(NULL) == RPA_STATUS_INVALID_ARGUMENT);
     rpa_plan_destroy(plan);
     rpa_plan_destroy(NULL);
     args.out = tensor(out, RPA_DTYPE_F32, 3, q_shape);

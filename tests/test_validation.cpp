@@ -213,6 +213,47 @@ BOOST_AUTO_TEST_CASE(device_memory_needs_the_gpu_backend) {
   expect_rejected([](Prepared& p) { p.args.memory = RPA_MEMORY_DEVICE; }, {"'memory'", "gpu backend", "reference"});
 }
 
+// Device metadata: its own rules at plan time (the base case has T = 4, W * page_size = 16); the values
+// themselves are the GPU's to check (tests/plugins/test_gpu_graph.cpp).
+BOOST_AUTO_TEST_CASE(device_metadata_rules) {
+  const auto device = [](Prepared& p) {
+    p.args.memory = RPA_MEMORY_DEVICE;
+    p.args.metadata_memory = RPA_MEMORY_DEVICE;
+  };
+  expect_rejected([](Prepared& p) { p.args.metadata_memory = RPA_MEMORY_DEVICE; },
+                  {"'metadata_memory'", "device memory too"});
+  expect_rejected([](Prepared& p) { set_enum(p.args.metadata_memory, 3); }, {"'metadata_memory'", "3", "rpa_memory_kind"});
+  expect_rejected([&](Prepared& p) { device(p), p.args.max_query_len = 5; },
+                  {"argument 'max_query_len': 5 is outside [0, T = 4]"});
+  expect_rejected([&](Prepared& p) { device(p), p.args.max_query_len = -1; }, {"'max_query_len': -1"});
+  expect_rejected([&](Prepared& p) { device(p), p.args.max_context_len = 17; },
+                  {"argument 'max_context_len': 17 is outside [0, W * page_size = 16]"});
+  // Within the bounds, only the backend is wrong here: device memory needs the gpu backend.
+  expect_rejected([&](Prepared& p) { device(p), p.args.max_query_len = 3, p.args.max_context_len = 9; },
+                  {"'memory'", "gpu backend"});
+  // Metadata values are not read at plan time: garbage in them changes nothing of the above.
+  expect_rejected([&](Prepared& p) { device(p), p.context_lens[0] = -5, p.query_start_loc[1] = 99; },
+                  {"'memory'", "gpu backend"});
+}
+
+// A plan of host metadata has no device error record.
+BOOST_AUTO_TEST_CASE(plan_get_error_of_host_metadata_is_ok) {
+  Prepared p = valid();
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_REFERENCE;
+  rpa_context* context = nullptr;
+  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  rpa_plan* plan = nullptr;
+  BOOST_TEST_REQUIRE(rpa_plan_create(context, &p.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_run(plan, &p.args) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_get_error(nullptr) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(std::string(rpa_last_error()).find("'plan'") != std::string::npos);
+  rpa_plan_destroy(plan);
+  rpa_context_destroy(context);
+}
+
 // A quantised cache (the f32 bytes read as 8-bit codes: in bounds, and validation reads no KV) with scales
 // held by the Prepared.
 void quantise(Prepared& p, std::vector<float> k_scale, std::vector<float> v_scale) {

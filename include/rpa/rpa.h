@@ -137,6 +137,18 @@ typedef struct rpa_attention_args {
    */
   rpa_tensor k_scale;
   rpa_tensor v_scale; /**< As k_scale, for V. */
+  /**
+   * Where context_lens, block_tables and query_start_loc live. RPA_MEMORY_DEVICE (gpu backend, with
+   * `memory` RPA_MEMORY_DEVICE too): a plan keeps pointers to the caller's device arrays and reads their
+   * values on the device at every run, so an engine may rewrite them in place between runs (or between
+   * replays of a captured graph); they must stay allocated while the plan lives. Their values are bounded
+   * by num_seqs (fixed; pad with empty sequences, qsl[s+1] = qsl[s]), max_query_len and max_context_len,
+   * and are not validated on the host: the kernels skip a sequence that breaks a rule and record it for
+   * rpa_plan_get_error().
+   */
+  rpa_memory_kind metadata_memory;
+  int32_t max_query_len;   /**< Device metadata: the most query tokens of a sequence; 0 = T. */
+  int32_t max_context_len; /**< Device metadata: the longest context_lens value; 0 = W * page_size. */
 } rpa_attention_args;
 
 /**
@@ -239,7 +251,9 @@ RPA_EXPORT rpa_status rpa_attention(rpa_context* context, const rpa_attention_ar
  * Plans a call: validates the metadata, num_seqs, sliding_window, memory and every tensor's layout
  * (the rules of rpa_attention that do not depend on tensor data), copies the metadata it needs, and
  * decomposes the work. The float tensors' data may be NULL. The plan does not read `args` afterwards.
- * On the gpu backend the block tables and the work list are uploaded to the device here, once.
+ * On the gpu backend the block tables and the work list are uploaded to the device here, once. With
+ * device metadata (metadata_memory) the plan validates the metadata's shapes and the bounds and
+ * decomposes the work for any values within the bounds; the values are read at each run.
  * A plan must be destroyed before its context.
  * @param out receives the plan; set to NULL on failure.
  * @return RPA_STATUS_OK; RPA_STATUS_INVALID_ARGUMENT (NULL context, args or out; a broken rule);
@@ -261,6 +275,17 @@ RPA_EXPORT rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_
  *   RPA_STATUS_OUT_OF_MEMORY; RPA_STATUS_DEVICE_ERROR; RPA_STATUS_INTERNAL.
  */
 RPA_EXPORT rpa_status rpa_plan_run(rpa_plan* plan, const rpa_attention_args* args);
+
+/**
+ * Device metadata: turns what the runs since the last call found into a status. A sequence whose metadata
+ * breaks a rule (or a bound given at plan time) is skipped by the kernels, which never read or write
+ * outside the caller's buffers, and recorded on the device. This call waits for the plan's enqueued work,
+ * copies the metadata back and reports it with the message host validation gives (argument, index,
+ * value), then clears the record. Not capturable: call it outside a graph, e.g. once per step.
+ * @return RPA_STATUS_OK when no run broke a rule (always for host metadata); RPA_STATUS_INVALID_ARGUMENT
+ *   with the rule's message (a NULL plan, too); RPA_STATUS_DEVICE_ERROR; RPA_STATUS_INTERNAL.
+ */
+RPA_EXPORT rpa_status rpa_plan_get_error(rpa_plan* plan);
 
 /** Destroys a plan (waiting for the device work it enqueued); NULL is a no-op. */
 RPA_EXPORT void rpa_plan_destroy(rpa_plan* plan);

@@ -187,10 +187,12 @@ static rpa_status fake_merge_states(rpa_plugin_state* state, const rpa_merge_pro
 #define FAKE_ABI_VERSION RPA_PLUGIN_ABI_VERSION
 #endif
 
+/* A table without the optional entries, as a plugin built before they were appended has. */
 static const rpa_plugin_api fake_api = {
-    FAKE_ABI_VERSION, sizeof(rpa_plugin_api), FAKE_NAME, fake_last_error, fake_init, fake_device_count,
+    FAKE_ABI_VERSION, RPA_PLUGIN_API_REQUIRED_SIZE, FAKE_NAME, fake_last_error, fake_init, fake_device_count,
     fake_describe_device, fake_create, fake_destroy, fake_run, fake_plan_create, fake_plan_run, fake_plan_time,
-    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy, fake_supports, fake_merge_states, fake_write_kv};
+    fake_plan_destroy, fake_device_alloc, fake_device_free, fake_device_copy, fake_supports, fake_merge_states, fake_write_kv,
+    NULL};
 
 #ifdef FAKE_NO_ENTRY
 /* Exports something, but not the entry point. */

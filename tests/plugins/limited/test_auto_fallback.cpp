@@ -111,3 +111,17 @@ BOOST_AUTO_TEST_CASE(an_explicit_gpu_context_does_not_fall_back) {
   BOOST_TEST(result.status == RPA_STATUS_UNSUPPORTED);
   BOOST_TEST(result.message == "fake-limited plugin: head_dim 128 is above this fake device's 64", result.message);
 }
+
+// The fake's table ends before the optional entries (an older plugin): device metadata is refused cleanly.
+BOOST_AUTO_TEST_CASE(a_plugin_without_the_optional_entries_refuses_device_metadata) {
+  Prepared prepared = prepare(case_with_head_dim(16));
+  prepared.args.memory = RPA_MEMORY_DEVICE;  // validation reads no device data
+  prepared.args.metadata_memory = RPA_MEMORY_DEVICE;
+  const Context gpu(RPA_BACKEND_GPU);
+  BOOST_TEST(rpa_context_supports(gpu.context, &prepared.args) == RPA_STATUS_UNSUPPORTED);
+  BOOST_TEST(std::string(rpa_last_error()) == "argument 'metadata_memory': the fake-limited plugin predates device metadata",
+             rpa_last_error());
+  rpa_plan* plan = nullptr;
+  BOOST_TEST(rpa_plan_create(gpu.context, &prepared.args, &plan) == RPA_STATUS_UNSUPPORTED);
+  BOOST_TEST(plan == nullptr);
+}
