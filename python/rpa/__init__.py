@@ -45,7 +45,8 @@ class _Args(ctypes.Structure):
                 ("softmax_scale", ctypes.c_double), ("logits_soft_cap", ctypes.c_double),
                 ("sliding_window", ctypes.c_int32), ("softmax_aux", _Tensor), ("out", _Tensor),
                 ("lse", _Tensor), ("memory", ctypes.c_int), ("stream", ctypes.c_void_p),
-                ("synchronize", ctypes.c_int32), ("k_scale", _Tensor), ("v_scale", _Tensor)]
+                ("synchronize", ctypes.c_int32), ("k_scale", _Tensor), ("v_scale", _Tensor),
+                ("metadata_memory", ctypes.c_int), ("max_query_len", ctypes.c_int32), ("max_context_len", ctypes.c_int32)]
 
 
 class _WriteArgs(ctypes.Structure):
