@@ -12,6 +12,9 @@ constexpr int64_t kMaxRows = int64_t(1) << 30;
 
 int64_t align_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
+// A split covers at least this many keys: a shorter one costs more in its partial write and merge.
+constexpr int kMinSplitKeys = 256;
+
 }  // namespace
 
 std::string plan_limit_error(const rpa_problem& p) {
@@ -61,7 +64,6 @@ TilePlan make_tile_plan(const rpa_problem& p, const PlanLimits& limits) {
         }
   }
 
-  constexpr int kMinSplitKeys = 256;
   TilePlan plan;
   std::vector<Tile> merges;
   const auto add_split = [&](std::vector<Tile>& whole) {
@@ -100,6 +102,43 @@ TilePlan make_tile_plan(const rpa_problem& p, const PlanLimits& limits) {
   plan.attention_tiles = plan.tiles.size();
   plan.tiles.insert(plan.tiles.end(), merges.begin(), merges.end());
   return plan;
+}
+
+DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int64_t& partial_rows) {
+  DeviceGrid g{};
+  g.context_lens = p.context_lens;
+  g.query_start_loc = p.query_start_loc;
+  g.num_seqs = p.num_seqs;
+  g.kv_heads = static_cast<int32_t>(p.num_kv_heads);
+  g.group = static_cast<int32_t>(p.num_q_heads / p.num_kv_heads);
+  g.window = static_cast<int32_t>(p.sliding_window);
+  g.decode_eligible = limits.decode_eligible ? 1 : 0;
+  const auto shape = [&](GridPart& part, int max_heads, bool decode) {
+    part.heads = std::min(g.group, max_heads);
+    part.head_chunks = (g.group + part.heads - 1) / part.heads;
+    part.rows = decode ? 1 : std::max(1, limits.max_rows / part.heads);
+    // Without decode tiles every sequence takes this kind; with them, only those of two or more tokens.
+    const bool any = decode ? limits.decode_eligible : !(limits.decode_eligible && p.max_query_len <= 1);
+    part.row_chunks = !any ? 0 : decode ? 1 : (p.max_query_len + part.rows - 1) / part.rows;
+  };
+  shape(g.decode, limits.decode_max_rows, true);
+  shape(g.attention, limits.max_rows, false);
+  partial_rows = 0;
+  for (GridPart* part : {&g.decode, &g.attention}) {
+    // As make_tile_plan: split up to target_blocks, never below kMinSplitKeys keys, for the longest key
+    // range the bounds allow; the partial rows' offsets stay within int32.
+    const int64_t units = grid_units(g, *part), tile_rows = int64_t(part->heads) * part->rows;
+    const int64_t wanted = units ? (limits.target_blocks + units - 1) / units : 1;
+    int64_t splits = std::max<int64_t>(1, std::min<int64_t>(wanted, p.max_context_len / kMinSplitKeys));
+    if (splits > 1 && partial_rows + units * splits * tile_rows > kInt32Max) splits = 1;
+    part->splits = static_cast<int32_t>(splits);
+    part->chunk_keys = static_cast<int32_t>(
+        std::min<int64_t>(kInt32Max / limits.tile_keys * limits.tile_keys,
+                          align_up((std::max<int64_t>(p.max_context_len, 1) + splits - 1) / splits, limits.tile_keys)));
+    part->partial_base = partial_rows;
+    if (splits > 1) partial_rows += units * splits * tile_rows;
+  }
+  return g;
 }
 
 }  // namespace rpa_gpu

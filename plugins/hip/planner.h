@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/problem.h"
+#include "plugins/hip/device_grid.h"
 #include "plugins/hip/tile.h"
 
 namespace rpa_gpu {
@@ -35,5 +36,10 @@ std::string plan_limit_error(const rpa_problem& problem);
 // Every visible (row, key) pair of the problem's first num_seqs sequences belongs to exactly one tile
 // (split ranges of one row range follow each other in key order, merged in that order).
 TilePlan make_tile_plan(const rpa_problem& problem, const PlanLimits& limits);
+
+// The slot grid of a device-metadata problem (its bounds max_query_len and max_context_len), with the
+// same tile shapes as make_tile_plan and splits chosen for the bounds. Its metadata and seq_ok pointers
+// are the problem's and null; `partial_rows` receives the partial rows its splits need.
+DeviceGrid make_device_grid(const rpa_problem& problem, const PlanLimits& limits, int64_t& partial_rows);
 
 }  // namespace rpa_gpu

@@ -176,3 +176,106 @@ BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
   m.problem.pages_per_seq = int64_t{1} << 32;
   BOOST_TEST(rpa_gpu::plan_limit_error(m.problem).find("'block_tables'") != std::string::npos);
 }
+
+namespace {
+
+// Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges.
+TilePlan resolve_grid(const rpa_gpu::DeviceGrid& grid) {
+  TilePlan plan;
+  std::vector<Tile> merges;
+  for (rpa_gpu::GridKind kind : {rpa_gpu::kGridDecode, rpa_gpu::kGridAttention, rpa_gpu::kGridMergeDecode,
+                                 rpa_gpu::kGridMergeAttention}) {
+    for (int64_t block = 0; block < rpa_gpu::grid_blocks(grid, kind); ++block) {
+      Tile tile{};
+      if (!rpa_gpu::grid_tile(grid, kind, block, tile)) continue;
+      if (kind == rpa_gpu::kGridMergeDecode || kind == rpa_gpu::kGridMergeAttention) merges.push_back(tile);
+      else plan.tiles.push_back(tile);
+      if (tile.partial >= 0) plan.partial_rows = std::max<int64_t>(plan.partial_rows, tile.partial + tile.heads * tile.rows);
+    }
+    if (kind == rpa_gpu::kGridDecode) plan.decode_tiles = plan.tiles.size();
+  }
+  plan.attention_tiles = plan.tiles.size();
+  plan.tiles.insert(plan.tiles.end(), merges.begin(), merges.end());
+  return plan;
+}
+
+}  // namespace
+
+// Device metadata: the slots a grid made from bounds resolves to cover every visible pair exactly once,
+// for any metadata within the bounds, and a sequence marked broken gets no tile.
+BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 40; ++trial) {
+    std::vector<int32_t> q_lens, contexts;
+    const int seqs = 1 + static_cast<int>(rng() % 6);
+    for (int s = 0; s < seqs; ++s) {
+      const int32_t q = rng() % 3 == 0 ? 1 : static_cast<int32_t>(rng() % 80);
+      q_lens.push_back(q);
+      contexts.push_back(q + static_cast<int32_t>(rng() % 900));
+    }
+    const int64_t kv_heads = 1 + rng() % 2, group = 1 + rng() % 6;
+    const int64_t window = rng() % 2 ? 0 : 1 + rng() % 300;
+    Metadata m = metadata(q_lens, contexts, kv_heads * group, kv_heads, window);
+    // Bounds at or above the values.
+    m.problem.max_query_len = *std::max_element(q_lens.begin(), q_lens.end()) + static_cast<int32_t>(rng() % 20);
+    m.problem.max_context_len = *std::max_element(contexts.begin(), contexts.end()) + static_cast<int32_t>(rng() % 700);
+    std::vector<int32_t> seq_ok(q_lens.size(), 1);
+    for (bool decode : {false, true})
+      for (int target : {1, 64, 4000}) {
+        const PlanLimits limits{decode, rpa_gpu::kDecodeMaxRows, trial % 2 ? 64 : 32, trial % 3 ? 64 : 32, target};
+        BOOST_TEST_CONTEXT("trial " << trial << " decode " << decode << " target " << target) {
+          int64_t partial_rows = 0;
+          rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+          grid.seq_ok = seq_ok.data();
+          const TilePlan plan = resolve_grid(grid);
+          BOOST_TEST(plan.partial_rows <= partial_rows, "a split writes beyond the plan's partial rows");
+          Coverage count = coverage(m.problem, plan, limits);
+          size_t visible = 0, covered = 0;
+          for (int32_t s = 0; s < m.problem.num_seqs; ++s) {
+            const int32_t first_row = m.query_start_loc[s], q_len = m.query_start_loc[s + 1] - first_row;
+            for (int32_t i = 0; i < q_len; ++i) {
+              const int64_t pos = m.context_lens[s] - q_len + i;
+              const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+              for (int64_t h = 0; h < m.problem.num_q_heads; ++h)
+                for (int64_t j = first; j <= pos; ++j) {
+                  ++visible;
+                  if (count.at(h, first_row + i, j) != 1)
+                    BOOST_FAIL("seq " << s << " head " << h << " row " << first_row + i << " key " << j);
+                }
+            }
+          }
+          for (uint8_t c : count.count) covered += c;
+          BOOST_TEST(covered == visible);
+        }
+      }
+    // A broken sequence gets no tile, the others keep theirs.
+    seq_ok[0] = 0;
+    int64_t partial_rows = 0;
+    rpa_gpu::DeviceGrid grid =
+        rpa_gpu::make_device_grid(m.problem, PlanLimits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 64}, partial_rows);
+    grid.seq_ok = seq_ok.data();
+    for (const Tile& tile : resolve_grid(grid).tiles) BOOST_TEST(tile.seq != 0);
+  }
+}
+
+// The split slots of a long bound: a short sequence uses one split (written directly), a long one all.
+BOOST_AUTO_TEST_CASE(device_grid_splits_follow_each_sequences_keys) {
+  Metadata m = metadata({1, 1}, {100, 4000}, 8, 8, 0);
+  m.problem.max_query_len = 1;
+  m.problem.max_context_len = 4096;
+  int64_t partial_rows = 0;
+  rpa_gpu::DeviceGrid grid =
+      rpa_gpu::make_device_grid(m.problem, PlanLimits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 64}, partial_rows);
+  const std::vector<int32_t> seq_ok{1, 1};
+  grid.seq_ok = seq_ok.data();
+  BOOST_TEST(grid.attention.row_chunks == 0, "one-token bounds need no other tiles");
+  BOOST_TEST_REQUIRE(grid.decode.splits == 4);  // 64 blocks over 16 units
+  BOOST_TEST(grid.decode.chunk_keys == 1024);
+  const TilePlan plan = resolve_grid(grid);
+  int direct = 0, split = 0;
+  for (size_t i = 0; i < plan.attention_tiles; ++i) (plan.tiles[i].partial < 0 ? direct : split) += 1;
+  BOOST_TEST(direct == 8);      // sequence 0: 100 keys, one split per kv head
+  BOOST_TEST(split == 8 * 4);   // sequence 1: 4000 keys in four
+  BOOST_TEST(plan.tiles.size() - plan.attention_tiles == 8u);  // its merges
+  BOOST_TEST(partial_rows == 16 * 4);
+}

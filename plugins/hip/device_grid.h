@@ -1,0 +1,104 @@
+// Device metadata (rpa_problem::metadata_memory): a plan cannot see the metadata's values, so its work is
+// a grid of tile slots fixed by the plan's bounds, and each slot is resolved at run time, on the device,
+// into the tile the planner (planner.h) would make for its sequence, or into nothing when the sequence
+// has no such tile or broke a rule. Plain C++ for host and device: tests/plugins/test_gpu_planner.cpp
+// resolves every slot on the CPU and checks the cover.
+#pragma once
+
+#include <stdint.h>
+
+#include "core/dtype.h"  // RPA_HOST_DEVICE
+#include "plugins/hip/tile.h"
+
+namespace rpa_gpu {
+
+// Which slots a kernel launch resolves: the split tiles of decode or other sequences, or their merges.
+enum GridKind : int32_t { kGridDecode, kGridAttention, kGridMergeDecode, kGridMergeAttention };
+
+// One kind of tiles: unit = (sequence, kv head, head chunk, row chunk), each with `splits` split slots.
+struct GridPart {
+  int32_t heads, head_chunks;  // q heads per tile; tiles across a kv head's group
+  int32_t rows, row_chunks;    // query rows per tile; tiles along max_query_len (0: no unit)
+  int32_t splits;              // split slots per unit (1: the tile writes the output itself)
+  int32_t chunk_keys;          // keys of every split but a unit's last (a multiple of the key tile)
+  int64_t partial_base;        // first partial row of this kind's units
+};
+
+struct DeviceGrid {
+  const int32_t* context_lens;     // the caller's device metadata
+  const int32_t* query_start_loc;
+  const int32_t* seq_ok;           // per sequence: nonzero when it follows every rule (written on the device)
+  int32_t num_seqs, kv_heads, group, window;
+  int32_t decode_eligible;         // one-token sequences take the decode part
+  GridPart decode, attention;
+};
+
+RPA_HOST_DEVICE inline int64_t grid_units(const DeviceGrid& g, const GridPart& part) {
+  return int64_t(g.num_seqs) * g.kv_heads * part.head_chunks * part.row_chunks;
+}
+
+// Blocks of a launch of `kind`.
+RPA_HOST_DEVICE inline int64_t grid_blocks(const DeviceGrid& g, GridKind kind) {
+  const bool decode = kind == kGridDecode || kind == kGridMergeDecode;
+  const GridPart& part = decode ? g.decode : g.attention;
+  const bool merge = kind == kGridMergeDecode || kind == kGridMergeAttention;
+  if (merge && part.splits < 2) return 0;
+  return grid_units(g, part) * (merge ? 1 : part.splits);
+}
+
+// The whole (unsplit) tile of `unit`, as make_tile_plan makes it; false when there is none.
+RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part, bool decode, int64_t unit, Tile& tile) {
+  const int32_t row_chunk = int32_t(unit % part.row_chunks);
+  unit /= part.row_chunks;
+  const int32_t head_chunk = int32_t(unit % part.head_chunks);
+  unit /= part.head_chunks;
+  const int32_t kv_head = int32_t(unit % g.kv_heads);
+  const int32_t seq = int32_t(unit / g.kv_heads);
+  if (!g.seq_ok[seq]) return false;
+  const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;
+  if ((g.decode_eligible && q_len == 1) != decode) return false;
+  const int32_t row = row_chunk * part.rows, head = head_chunk * part.heads;
+  if (row >= q_len) return false;
+  tile.seq = seq;
+  tile.head_begin = kv_head * g.group + head;
+  tile.heads = part.heads < g.group - head ? part.heads : g.group - head;
+  tile.row_begin = first_row + row;
+  tile.rows = part.rows < q_len - row ? part.rows : q_len - row;
+  tile.first_pos = g.context_lens[seq] - q_len + row;
+  tile.key_begin = g.window > 0 && tile.first_pos - g.window + 1 > 0 ? tile.first_pos - g.window + 1 : 0;
+  tile.key_end = tile.first_pos + tile.rows;
+  tile.partial = -1;
+  tile.splits = 1;
+  return true;
+}
+
+// Slot `block` of a launch of `kind` as a tile; false when the slot has no work this run. A unit uses
+// as many splits as its keys need (at most part.splits; its last split takes the rest of the keys), and
+// a merge exists only for units split in two or more.
+RPA_HOST_DEVICE inline bool grid_tile(const DeviceGrid& g, GridKind kind, int64_t block, Tile& tile) {
+  const bool decode = kind == kGridDecode || kind == kGridMergeDecode;
+  const bool merge = kind == kGridMergeDecode || kind == kGridMergeAttention;
+  const GridPart& part = decode ? g.decode : g.attention;
+  const int64_t unit = merge ? block : block / part.splits;
+  if (!unit_tile(g, part, decode, unit, tile)) return false;
+  const int32_t keys = tile.key_end - tile.key_begin;
+  int32_t used = (keys + part.chunk_keys - 1) / part.chunk_keys;
+  used = used < 1 ? 1 : used > part.splits ? part.splits : used;
+  const int64_t unit_partial = part.partial_base + unit * part.splits * int64_t(part.heads) * part.rows;
+  if (merge) {
+    if (used < 2) return false;
+    tile.partial = int32_t(unit_partial);
+    tile.splits = used;
+    return true;
+  }
+  const int32_t split = int32_t(block % part.splits);
+  if (split >= used) return false;
+  if (used == 1) return true;
+  const int32_t begin = tile.key_begin + split * part.chunk_keys;
+  if (split + 1 < used) tile.key_end = begin + part.chunk_keys;
+  tile.key_begin = begin;
+  tile.partial = int32_t(unit_partial + int64_t(split) * tile.heads * tile.rows);
+  return true;
+}
+
+}  // namespace rpa_gpu
