@@ -3,10 +3,16 @@
 // bits is round-to-nearest-even; NaN stays NaN. The 8-bit codes (quantised KV) follow the 16-bit ones.
 #pragma once
 
+// hipRTC and NVRTC (the GPU plugin's kernels compiled at run time) have no C++ library: they see the
+// device code only.
+#if defined(__CUDACC_RTC__) || defined(__HIPCC_RTC__)
+#define RPA_DTYPE_DEVICE_ONLY 1
+#else
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#endif
 
 #include "rpa/rpa.h"
 
@@ -39,6 +45,7 @@ RPA_HOST_DEVICE inline uint32_t bits_from_float(float f) {
 #endif
 }
 
+#if !defined(RPA_DTYPE_DEVICE_ONLY)
 inline float bf16_to_float(uint16_t bits) { return float_from_bits(uint32_t{bits} << 16); }
 
 inline uint16_t float_to_bf16(float f) {
@@ -120,6 +127,8 @@ inline uint16_t double_to_f16(double d) {
   const double magnitude = round_to_format(std::fabs(d), 10, -14, 15);
   return float_to_f16(static_cast<float>(std::signbit(d) ? -magnitude : magnitude));
 }
+
+#endif  // !RPA_DTYPE_DEVICE_ONLY
 
 // ---- 8-bit codes of quantised KV: a code c with scale s stands for decode(c) * s ----
 //
@@ -220,6 +229,7 @@ RPA_HOST_DEVICE inline uint8_t float_to_code(rpa_dtype dtype, float x, float sca
                                        : float_to_int8(scaled);
 }
 
+#if !defined(RPA_DTYPE_DEVICE_ONLY)
 // Short name of a dtype as messages and reports print it; an int so that unchecked enum values print too.
 inline const char* dtype_name(int32_t dtype) {
   switch (dtype) {
@@ -287,5 +297,7 @@ inline void store_kv(void* data, rpa_dtype dtype, int64_t index, float value, fl
   if (is_quantised_dtype(dtype)) static_cast<uint8_t*>(data)[index] = float_to_code(dtype, value, scale);
   else store_float(data, dtype, index, value);
 }
+
+#endif  // !RPA_DTYPE_DEVICE_ONLY
 
 }  // namespace rpa

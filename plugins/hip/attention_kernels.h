@@ -66,6 +66,26 @@ struct Params {
   float v_scales[kMaxScaleHeads];
 };
 
+// rpa_write_kv: new keys and values [N, KVH, D] into their slots of the cache.
+struct WriteParams {
+  const void* keys;
+  int64_t key_token_stride, key_head_stride;
+  rpa_dtype key_dtype;
+  const void* values;
+  int64_t value_token_stride, value_head_stride;
+  rpa_dtype value_dtype;
+  const int32_t* slots;  // device copy, [N]: -1 skips (the core made every other slot unique)
+  void* k;
+  int64_t k_page_stride, k_slot_stride, k_head_stride;
+  void* v;
+  int64_t v_page_stride, v_slot_stride, v_head_stride;
+  rpa_dtype kv_dtype;
+  const float* k_scales;  // device copies, [KVH]
+  const float* v_scales;
+  int64_t num_tokens;
+  int32_t num_kv_heads, head_dim, page_size;
+};
+
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
 // limit of AMD GPUs, and rows are padded by 4 floats so float4 accesses of consecutive rows avoid bank
 // conflicts.
@@ -89,6 +109,9 @@ struct Geometry {
                     kRows % kValueGroups == 0 && kKeys % 4 == 0,
                 "thread mappings must tile exactly");
 };
+
+// The rest is device code; the AMD plugin's host code (RPA_GPU_AMD_HOST) needs only the layout above.
+#if !defined(RPA_GPU_AMD_HOST)
 
 // 16 bytes from global to shared memory, zero-filled when !valid. NVIDIA: cp.async, without registers,
 // completed by copy_async_wait<n> (all but the n most recent commit groups). AMD (HIP 5.2 has no
@@ -461,7 +484,7 @@ __device__ void tile_accumulate(int tile_rows, const float* probs, const float* 
 }
 
 template <typename Kv, int D_MAX>
-__global__ void __launch_bounds__(kThreads) attention_kernel(Params p) {
+__device__ __forceinline__ void attention_kernel(Params p) {
   using G = Geometry<D_MAX>;
   extern __shared__ float4 shared_raw[];
   float* q_rows = reinterpret_cast<float*>(shared_raw);  // [kRows][kStride]
@@ -631,7 +654,7 @@ struct DecodeCombine {
 };
 
 template <typename Kv, int D_MAX, int ROWS>
-__global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kMinBlocks)) decode_kernel(Params p) {
+__device__ __forceinline__ void decode_kernel(Params p) {
   using G = DecodeGeometry<Kv, D_MAX, ROWS>;
   // ring[stage * kWordsPerStep + word][thread]: a warp's words are consecutive, free of bank conflicts.
   __shared__ uint4 ring[G::kStages * G::kWordsPerStep][kThreads];
@@ -838,7 +861,7 @@ __global__ void __launch_bounds__(kThreads, (DecodeGeometry<Kv, D_MAX, ROWS>::kM
 
 // Combines the `splits` partial states of one merge tile (whose slots start at tile.partial) by
 // log-sum-exp, adds the sinks, and writes out and lse.
-__global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
+__device__ __forceinline__ void merge_kernel(Params p) {
   __shared__ float global_max[kMaxTileRows], scale[kMaxTileRows];
   const Tile tile = p.tiles[blockIdx.x];
   const int tile_rows = tile.heads * tile.rows;
@@ -877,7 +900,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
 // Rows [row_begin, row_end) that no processed sequence covers: out 0, lse -inf.
 // rpa_merge_states on device memory: one warp per (token, head) row, grid-stride. Every lane reads the
 // row's two lse values before lane 0 writes the merged one, so lse may alias lse_a or lse_b.
-__global__ void __launch_bounds__(kThreads) merge_states_kernel(rpa_merge_problem p) {
+__device__ __forceinline__ void merge_states_kernel(rpa_merge_problem p) {
   const int lane = threadIdx.x % warpSize, warps = blockDim.x / warpSize;
   const int64_t rows = p.num_tokens * p.num_heads;
   for (int64_t row = int64_t(blockIdx.x) * warps + threadIdx.x / warpSize; row < rows; row += int64_t(gridDim.x) * warps) {
@@ -903,7 +926,7 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(rpa_merge_proble
   }
 }
 
-__global__ void __launch_bounds__(kThreads) zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
+__device__ __forceinline__ void zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
   const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
   const int64_t total = (row_end - row_begin) * per_row;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
@@ -913,28 +936,8 @@ __global__ void __launch_bounds__(kThreads) zero_rows_kernel(Params p, int64_t r
   }
 }
 
-// rpa_write_kv: new keys and values [N, KVH, D] into their slots of the cache.
-struct WriteParams {
-  const void* keys;
-  int64_t key_token_stride, key_head_stride;
-  rpa_dtype key_dtype;
-  const void* values;
-  int64_t value_token_stride, value_head_stride;
-  rpa_dtype value_dtype;
-  const int32_t* slots;  // device copy, [N]: -1 skips (the core made every other slot unique)
-  void* k;
-  int64_t k_page_stride, k_slot_stride, k_head_stride;
-  void* v;
-  int64_t v_page_stride, v_slot_stride, v_head_stride;
-  rpa_dtype kv_dtype;
-  const float* k_scales;  // device copies, [KVH]
-  const float* v_scales;
-  int64_t num_tokens;
-  int32_t num_kv_heads, head_dim, page_size;
-};
-
 // One element of K and one of V per thread and step, converted as core/dtype.h's store_kv does.
-__global__ void __launch_bounds__(kThreads) write_kv_kernel(WriteParams w) {
+__device__ __forceinline__ void write_kv_kernel(WriteParams w) {
   const int64_t per_token = int64_t(w.num_kv_heads) * w.head_dim;
   const int64_t total = w.num_tokens * per_token;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
@@ -957,5 +960,7 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(WriteParams w) {
     }
   }
 }
+
+#endif  // !RPA_GPU_AMD_HOST
 
 }  // namespace rpa_gpu

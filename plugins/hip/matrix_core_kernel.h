@@ -95,7 +95,7 @@ __device__ inline void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo
 // rows 16w + l/4 and 16w + l/4 + 8, columns 2(l%4) and 2(l%4) + 1 of each 8-wide tile; the A fragment of
 // 16 keys is the S layout of two adjacent 8-key tiles.
 template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
-__global__ void __launch_bounds__(kMatrixThreads, 512 / kMatrixThreads) matrix_core_kernel(Params p) {  // 128 registers: 16 warps an SM beat 12 unspilled
+__device__ __forceinline__ void matrix_core_kernel(Params p) {
   using Mma = MatrixMma<Kv, D_MAX, MmaOf>;
   using Layout = typename Mma::Layout;
   using G = MatrixGeometry<D_MAX, Mma>;

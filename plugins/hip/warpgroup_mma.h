@@ -4,8 +4,6 @@
 // its body traps, and the host never launches it there.
 #pragma once
 
-#include <type_traits>
-
 #include "plugins/hip/attention_kernels.h"
 
 #if defined(RPA_GPU_CUDA)
@@ -98,15 +96,20 @@ __device__ inline void wgmma_commit_and_wait_all() {
   asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
-template <typename T, int R, int C>  // float accumulators or uint32_t fragments
-__device__ inline void keep(T (&x)[R][C]) {
+// (Two overloads rather than <type_traits>: the run-time compilers have no standard library.)
+template <int R, int C>  // f32 accumulators
+__device__ inline void keep(float (&x)[R][C]) {
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int c = 0; c < C; ++c) {
-      if constexpr (std::is_same_v<T, float>) asm volatile("" : "+f"(x[r][c])::"memory");
-      else asm volatile("" : "+r"(x[r][c])::"memory");
-    }
+    for (int c = 0; c < C; ++c) asm volatile("" : "+f"(x[r][c])::"memory");
+}
+template <int R, int C>  // 32-bit fragments
+__device__ inline void keep(uint32_t (&x)[R][C]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < C; ++c) asm volatile("" : "+r"(x[r][c])::"memory");
 }
 
 template <bool kBf16, int D_MAX, int kKeys>
