@@ -73,8 +73,8 @@ BOOST_AUTO_TEST_CASE(plugin_calling_librpa_while_loading_gets_an_error) {
                   "were being loaded");
 }
 
-// The real plugins load with dlopen wherever their runtime libraries are installed; without a GPU they
-// report "no device". librpa_hip.so links the ROCm runtime, which a machine without ROCm lacks.
+// The real plugins load with dlopen anywhere (they open their GPU runtime themselves); without a GPU, or
+// without its runtime, they report "no device" with the reason.
 BOOST_AUTO_TEST_CASE(real_plugins_load_and_report_cleanly) {
   const char* names = std::getenv("RPA_TEST_REAL_PLUGINS");
   BOOST_REQUIRE(names);
@@ -90,10 +90,7 @@ BOOST_AUTO_TEST_CASE(real_plugins_load_and_report_cleanly) {
       BOOST_TEST(report.device_count > 0);
       continue;
     }
-    const std::string reason = report.reason;
-    const bool rocm_missing = file == "librpa_hip.so" && starts_with(reason, "cannot be loaded") &&
-                              reason.find("libamdhip64") != std::string::npos;
-    BOOST_TEST((starts_with(reason, "no device: ") || rocm_missing), file << " reason: " << reason);
+    BOOST_TEST(starts_with(report.reason, "no device: "), file << " reason: " << report.reason);
   }
 }
 
