@@ -94,7 +94,9 @@ std::string cuda_arch(int device) {
 }
 
 std::vector<std::string> rtc_options(const std::string& arch, const CudaModuleApi& api) {
-  std::vector<std::string> options = {"--gpu-architecture=" + arch, "-std=c++17", "--include-path=" + api.include_dir};
+  // -default-device: rpa.h's C declarations, never called, count as device functions (NVRTC refuses host ones).
+  std::vector<std::string> options = {"--gpu-architecture=" + arch, "-std=c++17", "-default-device",
+                                      "--include-path=" + api.include_dir};
   if (arch == "sm_90a") options.push_back("-DRPA_GPU_WGMMA=1");
   return options;
 }
