@@ -4,7 +4,7 @@
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
 #   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
 # Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests
-# (also under compute-sanitizer's memcheck and racecheck),
+# (also with the run-time compiled kernels, and under compute-sanitizer's memcheck and racecheck),
 # the Python binding's tests (gpu included), and `rpa bench` on the gpu backend (each product path).
 set -u
 build=${1:-build-gpu}
@@ -34,6 +34,10 @@ step gpu_compare "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # (mma.sync in place of Hopper's wgmma) and =0 (FMA).
 step gpu_compare_mma env RPA_GPU_MATRIX_CORES=mma "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+# The kernels compiled at run time (NVRTC) and launched through the module API: the path of AMD devices
+# without an embedded code object. The first context compiles (about a minute), the others read the cache.
+export RPA_KERNEL_CACHE="$results/kernel_cache"
+step gpu_compare_rtc env RPA_GPU_KERNELS=rtc "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # Out-of-bounds accesses and shared-memory races in every kernel the comparison reaches (CUDA's
 # compute-sanitizer, where installed; about a minute each on an H100).
 if command -v compute-sanitizer > /dev/null 2>&1; then
@@ -45,4 +49,5 @@ step python env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 -m
 step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --goals bench/goals.json --json "$results/bench.json"
 step bench_mma env RPA_GPU_MATRIX_CORES=mma "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
+step bench_rtc env RPA_GPU_KERNELS=rtc "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 exit $status
