@@ -33,6 +33,7 @@
 #define hipSetDevice rpa_gpu::hip().hipSetDevice
 #define hipStreamCreateWithFlags rpa_gpu::hip().hipStreamCreateWithFlags
 #define hipStreamDestroy rpa_gpu::hip().hipStreamDestroy
+#define hipStreamIsCapturing rpa_gpu::hip().hipStreamIsCapturing
 #define hipStreamSynchronize rpa_gpu::hip().hipStreamSynchronize
 #define hipStreamWaitEvent rpa_gpu::hip().hipStreamWaitEvent
 

@@ -17,6 +17,7 @@
 
 // The HIP types and constants the plugin uses (values as in every HIP header from ROCm 5.0 to 7).
 enum hipError_t : int { hipSuccess = 0, hipErrorOutOfMemory = 2, hipErrorInsufficientDriver = 35, hipErrorNoDevice = 100 };
+enum hipStreamCaptureStatus : int { hipStreamCaptureStatusNone = 0 };
 enum hipMemcpyKind : int { hipMemcpyHostToDevice = 1, hipMemcpyDeviceToHost = 2, hipMemcpyDeviceToDevice = 3 };
 enum hipDeviceAttribute_t : int {
   hipDeviceAttributeComputeCapabilityMajor = 23,
@@ -53,6 +54,7 @@ typedef int hiprtcResult;  // 0: success
   X(hipError_t, hipStreamDestroy, (hipStream_t))                                                          \
   X(hipError_t, hipStreamSynchronize, (hipStream_t))                                                      \
   X(hipError_t, hipStreamWaitEvent, (hipStream_t, hipEvent_t, unsigned))                                  \
+  X(hipError_t, hipStreamIsCapturing, (hipStream_t, hipStreamCaptureStatus*))                             \
   X(hipError_t, hipEventCreate, (hipEvent_t*))                                                            \
   X(hipError_t, hipEventCreateWithFlags, (hipEvent_t*, unsigned))                                         \
   X(hipError_t, hipEventDestroy, (hipEvent_t))                                                            \

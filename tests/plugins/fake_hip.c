@@ -115,6 +115,11 @@ EXPORT hipError_t hipStreamWaitEvent(void* stream, void* event, unsigned flags) 
   (void)stream, (void)event, (void)flags;
   return hipSuccess;
 }
+EXPORT hipError_t hipStreamIsCapturing(void* stream, int* status) {
+  (void)stream;
+  *status = 0; /* hipStreamCaptureStatusNone */
+  return hipSuccess;
+}
 EXPORT hipError_t hipEventCreate(void** event) {
   *event = &token;
   return hipSuccess;
