@@ -32,7 +32,7 @@
   X(rpa_zero_rows, RPA_GPU_BOUNDS, rpa_gpu::zero_rows_kernel,                                              \
     (rpa_gpu::Params p, int64_t row_begin, int64_t row_end), (p, row_begin, row_end))                      \
   X(rpa_merge, RPA_GPU_BOUNDS, rpa_gpu::merge_kernel, RPA_GPU_PARAMS, RPA_GPU_ARGS)                        \
-  X(rpa_merge_states, RPA_GPU_BOUNDS, rpa_gpu::merge_states_kernel, (rpa_merge_problem p), (p))           \
+  X(rpa_merge_states_kernel, RPA_GPU_BOUNDS, rpa_gpu::merge_states_kernel, (rpa_merge_problem p), (p))    \
   X(rpa_write_kv_kernel, RPA_GPU_BOUNDS, rpa_gpu::write_kv_kernel, (rpa_gpu::WriteParams w), (w))         \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_ATTENTION_ENTRY, 0) RPA_GPU_CODE_KV(X, RPA_GPU_ATTENTION_ENTRY, 0)          \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 4) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 4)                \

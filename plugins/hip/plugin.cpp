@@ -789,7 +789,7 @@ rpa_status plugin_merge_states(rpa_plugin_state* state, const rpa_merge_problem*
     const hipStream_t stream = static_cast<hipStream_t>(problem->stream);
     const int64_t rows = problem->num_tokens * problem->num_heads;
     const int blocks = static_cast<int>(std::min<int64_t>((rows + 1) / 2, 65535));  // >= 2 rows a block
-    check(state->kernels.launch(Kernel::rpa_merge_states, blocks, rpa_gpu::kThreads, 0, stream, *problem));
+    check(state->kernels.launch(Kernel::rpa_merge_states_kernel, blocks, rpa_gpu::kThreads, 0, stream, *problem));
     if (problem->synchronize) check(hipStreamSynchronize(stream), "hipStreamSynchronize");
   });
 }
