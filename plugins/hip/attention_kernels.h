@@ -167,7 +167,7 @@ __device__ inline void store_element(void* data, rpa_dtype dtype, int64_t index,
 }
 
 // KV storage types: Kv::convert turns 16 bytes (kVector elements) into floats (a quantised type's codes
-// before their scale). A decode lane takes kLaneElements elements of a key, kWords 16-byte words.
+// before their scale, divided by kUnscale). A decode lane takes kLaneElements elements of a key, kWords 16-byte words.
 struct KvF32 {
   static constexpr rpa_dtype kDtype = RPA_DTYPE_F32;
   static constexpr bool kQuantised = false;
@@ -175,6 +175,7 @@ struct KvF32 {
   static constexpr int kBytes = 4;
   static constexpr int kLaneElements = 8;
   static constexpr int kWords = 2;
+  static constexpr float kUnscale = 1.0f;
   __device__ static void convert(const uint4& raw, float* out) {
     out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
     out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
@@ -189,6 +190,7 @@ struct Kv16 {
   static constexpr int kBytes = 2;
   static constexpr int kLaneElements = 8;
   static constexpr int kWords = 1;
+  static constexpr float kUnscale = 1.0f;
   __device__ static float one(uint32_t bits) {
     return kBf16 ? bf16_bits_to_float(uint16_t(bits)) : f16_bits_to_float(uint16_t(bits));
   }
@@ -201,9 +203,14 @@ struct Kv16 {
 using KvBf16 = Kv16<true>;
 using KvF16 = Kv16<false>;
 
-// 8-bit codes of a quantised cache, 16 to a word. The common codes take a few integer operations and one
-// multiply each (a code's bits placed in a float's, times the power of two that moves its exponent bias:
-// exact, subnormal codes included); a word holding a NaN or infinity code takes core/dtype.h's decoder.
+// 8-bit codes of a quantised cache, 16 to a word, widened through binary16 (Hopper's conversion
+// instructions are slow; f16 -> f32 is a full-rate add): a byte permute puts two codes into the halves of
+// a word, a binary16 holds every value of each format exactly, and the widening to f32 is exact. e5m2 is
+// the upper byte of a binary16 as it is (infinities and NaN included); int8 + 128 lands in the mantissa of
+// 1024 (0x64 high byte), and 1152 comes off in f32. e4m3's bits shifted into a binary16's read 2^-8 of
+// their value (exponent bias 7 where binary16 has 15, subnormals included): kUnscale = 256 goes into the
+// K scores and the V output instead, and a 16-byte word holding a NaN code (S.1111.111) takes
+// core/dtype.h's decoder.
 template <rpa_dtype kType>
 struct Kv8 {
   static constexpr rpa_dtype kDtype = kType;
@@ -212,31 +219,35 @@ struct Kv8 {
   static constexpr int kBytes = 1;
   static constexpr int kLaneElements = 16;
   static constexpr int kWords = 1;
+  static constexpr float kUnscale = kType == RPA_DTYPE_FP8_E4M3 ? 256.0f : 1.0f;  // decoded = value / kUnscale
+  // Codes 2i and 2i + 1 (i = 0, 1) of `word`, in the halves of a word as binary16 bits.
+  __device__ static uint32_t halves(uint32_t word, int i) {
+    if constexpr (kType == RPA_DTYPE_INT8)
+      return __byte_perm(word ^ 0x80808080u, 0x64646464u, i == 0 ? 0x4140 : 0x4342);  // 0x64, code + 128
+    const uint32_t high = __byte_perm(word, 0u, i == 0 ? 0x1404 : 0x3424);  // code in each half's high byte
+    if constexpr (kType == RPA_DTYPE_FP8_E5M2) return high;
+    return (high & 0x80008000u) | ((high >> 1) & 0x3f803f80u);  // sign stays, magnitude one bit down
+  }
   __device__ static void convert_word(uint32_t word, float* out) {
-    if constexpr (kType == RPA_DTYPE_INT8) {
-      const uint32_t biased = word ^ 0x80808080u;  // code + 128, as 2^23 + that: the float's low bits
+    constexpr float kOffset = kType == RPA_DTYPE_INT8 ? 1152.0f : 0.0f;
 #pragma unroll
-      for (int b = 0; b < 4; ++b) out[b] = __uint_as_float(0x4b000000u | ((biased >> (8 * b)) & 0xffu)) - 8388736.0f;
-    } else {
-      constexpr bool kE4m3 = kType == RPA_DTYPE_FP8_E4M3;
-      // NaN codes (e4m3: magnitude 0x7f) or exponent 31 (e5m2: magnitude >= 0x7c) carry into bit 7.
-      const uint32_t special = kE4m3 ? ((word & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u
-                                     : ((word & 0x7c7c7c7cu) + 0x04040404u) & 0x80808080u;
-      if (special) {
-#pragma unroll
-        for (int b = 0; b < 4; ++b) out[b] = rpa::code_to_float(kType, uint8_t(word >> (8 * b)));
-        return;
-      }
-      constexpr int kShift = kE4m3 ? 20 : 21;                   // the magnitude's bits under a float's sign
-      const float kRebias = kE4m3 ? 0x1p120f : 0x1p112f;        // 2^(127 - 7) or 2^(127 - 15)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const uint32_t code = (word >> (8 * b)) & 0xffu;
-        out[b] = __uint_as_float(((code & 0x80u) << 24) | ((code & 0x7fu) << kShift)) * kRebias;
-      }
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t h = halves(word, i);
+      out[2 * i] = f16_bits_to_float(uint16_t(h)) - kOffset;
+      out[2 * i + 1] = f16_bits_to_float(uint16_t(h >> 16)) - kOffset;
     }
   }
+  // A byte of `word` that is an e4m3 NaN code (magnitude 0x7f) carries into its bit 7.
+  __device__ static uint32_t nan_carries(uint32_t word) { return (word & 0x7f7f7f7fu) + 0x01010101u; }
   __device__ static void convert(const uint4& raw, float* out) {
+    if constexpr (kType == RPA_DTYPE_FP8_E4M3) {
+      if ((nan_carries(raw.x) | nan_carries(raw.y) | nan_carries(raw.z) | nan_carries(raw.w)) & 0x80808080u) {
+        const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int e = 0; e < kVector; ++e) out[e] = rpa::e4m3_to_float(uint8_t(words[e / 4] >> (8 * (e % 4)))) / kUnscale;
+        return;
+      }
+    }
     convert_word(raw.x, out), convert_word(raw.y, out + 4), convert_word(raw.z, out + 8), convert_word(raw.w, out + 12);
   }
 };
@@ -343,7 +354,7 @@ __device__ bool load_kv_tile(const Params& p, const KvView& view, const int64_t*
           Kv::convert(raw[u], values);
           if constexpr (Kv::kQuantised) {
 #pragma unroll
-            for (int e = 0; e < Kv::kVector; ++e) values[e] *= scale;
+            for (int e = 0; e < Kv::kVector; ++e) values[e] = values[e] * Kv::kUnscale * scale;
           }
           float4* row = reinterpret_cast<float4*>(rows + key * G::kStride + (chunk % chunks_per_key) * Kv::kVector);
 #pragma unroll
@@ -618,7 +629,9 @@ struct DecodeGeometry {
   static constexpr int kWordsPerStep = 2 * kUnroll * Kv::kWords;  // 16-byte words a thread copies per step
   static constexpr int kRingWords = 24;                           // per thread: 48 KiB per block
   static constexpr int kStages = kRingWords / kWordsPerStep;
-  static constexpr int kMinBlocks = ROWS <= 4 ? 4 : 2;  // resident blocks (AMD: waves per SIMD) to hide latency
+  // Resident blocks (AMD: waves per SIMD) to hide latency; 8-bit lanes hold 16 elements of each query and
+  // accumulator row, which need the registers of two blocks.
+  static constexpr int kMinBlocks = ROWS <= 4 && Kv::kLaneElements == 8 ? 4 : 2;
   static constexpr int kPairs = kUnroll * ROWS;                      // (key, row) pairs of a group's step
   // A lane owns kOwnPairs of them after the reduce-scatter of the dots (with fewer pairs than lanes,
   // kLanes / kPairs lanes share one): own_pair(lane, i) is its i-th, owner(pair) a lane holding it.
@@ -759,7 +772,7 @@ __device__ __forceinline__ void decode_kernel(Params p) {
     float own_score[G::kOwnPairs];
 #pragma unroll
     for (int i = 0; i < G::kOwnPairs; ++i) {
-      float s = p.softmax_scale * part[i];
+      float s = p.softmax_scale * (part[i] * Kv::kUnscale);
       if (p.soft_cap > 0.0f) s = p.soft_cap * tanhf(s / p.soft_cap);
       own_score[i] = key0 + G::own_pair(lane, i) / ROWS * G::kGroups + group < tile.key_end ? s : -INFINITY;
     }
@@ -779,10 +792,12 @@ __device__ __forceinline__ void decode_kernel(Params p) {
 #pragma unroll
       for (int u = 0; u < G::kUnroll; ++u) step_max = fmaxf(step_max, score[u][r]);
       const float new_max = fmaxf(row_max[r], step_max);
-      const float rescale = row_max[r] == new_max ? 1.0f : expf(row_max[r] - new_max);
-      row_max[r] = new_max, row_sum[r] *= rescale;
+      if (row_max[r] != new_max) {  // rarely, once the first keys are in
+        const float rescale = expf(row_max[r] - new_max);
+        row_max[r] = new_max, row_sum[r] *= rescale;
 #pragma unroll
-      for (int e = 0; e < G::kElements; ++e) acc[r][e] *= rescale;
+        for (int e = 0; e < G::kElements; ++e) acc[r][e] *= rescale;
+      }
     }
     // Each lane evaluates the exponentials of its own pairs once, and shuffles hand every lane all of them.
     float own_prob[G::kOwnPairs];
@@ -849,7 +864,7 @@ __device__ __forceinline__ void decode_kernel(Params p) {
     float value = 0.0f;
     for (int g = 0; g < G::kGroups; ++g)  // a group that saw no key has factor 0 and accumulator 0
       value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], combine.factor[g][r], value);
-    if constexpr (Kv::kQuantised) value *= v_scale;
+    if constexpr (Kv::kQuantised) value = value * Kv::kUnscale * v_scale;
     if (partial) {
       p.partial_acc[(int64_t(tile.partial) + r) * p.head_dim + d] = value;
     } else {
