@@ -316,7 +316,8 @@ RPA_EXPORT rpa_status rpa_write_kv(rpa_context* context, const rpa_write_kv_args
  * rpa_plan_create() reads (float tensor data may be NULL). An AUTO context that resolved to the GPU
  * answers for the GPU, and runs a host-memory call the GPU answers RPA_STATUS_UNSUPPORTED for on the CPU.
  * @return RPA_STATUS_OK when it can; RPA_STATUS_UNSUPPORTED with rpa_last_error() saying why (a reserved
- *   dtype; on the gpu backend a head_dim above 256 or counts beyond its int32 limits);
+ *   dtype; on the gpu backend a head_dim above 256, counts beyond its int32 limits, or more than 128
+ *   kv heads of an 8-bit cache);
  *   RPA_STATUS_INVALID_ARGUMENT when args break the contract (the message rpa_plan_create() gives).
  */
 RPA_EXPORT rpa_status rpa_context_supports(rpa_context* context, const rpa_attention_args* args);

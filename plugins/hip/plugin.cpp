@@ -413,6 +413,11 @@ void check_supported(const rpa_problem& p) {
     fail(RPA_STATUS_UNSUPPORTED, "argument 'queries': head_dim " + std::to_string(p.head_dim) +
                                      " exceeds 256, the largest the GPU kernels support");
   if (const std::string why = rpa_gpu::plan_limit_error(p); !why.empty()) fail(RPA_STATUS_UNSUPPORTED, why);
+  // A quantised cache's scales travel in the kernel parameters (a run uploads nothing: graph capture).
+  if (rpa::is_quantised_dtype(p.kv_dtype) && p.num_kv_heads > rpa_gpu::kMaxScaleHeads)
+    fail(RPA_STATUS_UNSUPPORTED, "argument 'kv_pages': a quantised cache with " + std::to_string(p.num_kv_heads) +
+                                     " kv heads; the GPU kernels take at most " +
+                                     std::to_string(rpa_gpu::kMaxScaleHeads));
 }
 
 Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool vector_kv) {
@@ -492,14 +497,9 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
       rows_vectorizable(p.queries, p.query_dtype, {p.query_token_stride, p.query_head_stride}, p.head_dim) ? 1 : 0;
   k.out_pairs = reinterpret_cast<uintptr_t>(p.out) % (2 * element_size(p.out_dtype)) == 0 &&
                 p.out_token_stride % 2 == 0 && p.out_head_stride % 2 == 0;
-  // A quantised cache's scales travel in the kernel parameters: a run uploads nothing (graph capture).
-  if (rpa::is_quantised_dtype(p.kv_dtype)) {
-    if (p.num_kv_heads > rpa_gpu::kMaxScaleHeads)
-      fail(RPA_STATUS_UNSUPPORTED, "argument 'kv_pages': a quantised cache with " + std::to_string(p.num_kv_heads) +
-                                       " kv heads; the GPU kernels take at most " +
-                                       std::to_string(rpa_gpu::kMaxScaleHeads));
+  // Scales of a quantised cache (at most kMaxScaleHeads: check_supported).
+  if (rpa::is_quantised_dtype(p.kv_dtype))
     put_scales(p.k_scale, p.k_scale_stride, p.v_scale, p.v_scale_stride, p.num_kv_heads, k.k_scales, k.v_scales);
-  }
 
   const rpa_gpu::TilePlan& tiles = schedule.tiles;
   launch.d_max = schedule.d_max;

@@ -289,6 +289,83 @@ BOOST_AUTO_TEST_CASE(quantised_kv_matches_reference_within_2e5) {
       }
 }
 
+// Every code of each 8-bit format through the decode kernel, written as raw bytes (so int8's -128 and every
+// NaN code are there): 8 one-token sequences of one key each, 32 q heads of one kv head. V rows holding all
+// 256 codes come out as their values times v_scale (exactly: the one key's weight is 1; NaN codes give NaN
+// in their column only), and q head h, one-hot at dimension h, reads K code 32 s + h of sequence s through
+// its lse (softmax_scale * k_scale * value). Then a NaN K code in a visible slot makes its rows NaN.
+BOOST_AUTO_TEST_CASE(decode_reads_every_8bit_code) {
+  for (rpa_dtype dtype : {RPA_DTYPE_FP8_E4M3, RPA_DTYPE_FP8_E5M2, RPA_DTYPE_INT8}) {
+    Case c;
+    c.num_tokens = c.num_seqs = 8, c.num_q_heads = 32, c.num_kv_heads = 1, c.head_dim = 128;
+    c.page_size = 16, c.num_pages = 9, c.pages_per_seq = 1;
+    c.queries.assign(c.num_tokens * c.num_q_heads * c.head_dim, 0.0f);
+    c.kv.assign(c.num_pages * c.page_size * 2 * c.head_dim, 0.0f);
+    for (int32_t s = 0; s < c.num_seqs; ++s) {
+      c.context_lens.push_back(1), c.block_tables.push_back(s + 1), c.query_start_loc.push_back(s);
+      for (int64_t h = 0; h < c.num_q_heads; ++h) c.q(s, h, h) = 1.0f;
+    }
+    c.query_start_loc.push_back(c.num_seqs);
+    c.kv_dtype = dtype;
+    c.k_scale = {dtype == RPA_DTYPE_FP8_E5M2 ? 0x1p-12f : 1.0f};  // lse stays small enough for 2e-5 in f32
+    c.v_scale = {0.75f};
+    Prepared prepared = prepare(c);
+    for (int32_t s = 0; s < c.num_seqs; ++s)
+      for (int64_t d = 0; d < c.head_dim; ++d) {
+        const uint8_t v_code = uint8_t(s * c.head_dim + d), k_code = uint8_t(s * 32 + d);
+        prepared.kv[c.kv_index(s + 1, 0, 1, d)] = v_code;
+        // A non-finite K code would make the whole row NaN (and its lse): checked below.
+        if (d < 32 && std::isfinite(rpa::code_to_float(dtype, k_code))) prepared.kv[c.kv_index(s + 1, 0, 0, d)] = k_code;
+      }
+    const std::string what = "every code, kv dtype " + std::to_string(dtype);
+    const Result expected = run_prepared(prepared, RPA_BACKEND_REFERENCE);
+    BOOST_REQUIRE_MESSAGE(expected.status == RPA_STATUS_OK, what << ": reference: " << expected.message);
+    expect_close(run_prepared(prepared, RPA_BACKEND_GPU), expected, c.out_dtype, what + " (host memory)");
+    expect_close(run_on_device(prepared), expected, c.out_dtype, what + " (device memory)");
+    if (dtype == RPA_DTYPE_INT8) continue;  // no NaN code
+    Prepared nan = prepare(c, false);
+    nan.kv[c.kv_index(1, 0, 0, 100)] = dtype == RPA_DTYPE_FP8_E4M3 ? 0xff : 0x7e;  // sequence 0, where q is 0
+    const Result nan_expected = run_prepared(nan, RPA_BACKEND_REFERENCE);
+    BOOST_REQUIRE(nan_expected.status == RPA_STATUS_OK);
+    BOOST_REQUIRE(std::isnan(nan_expected.out[0]) && !std::isnan(nan_expected.out[c.num_q_heads * c.head_dim]));
+    expect_close(run_prepared(nan, RPA_BACKEND_GPU), nan_expected, c.out_dtype, what + ", a NaN K code");
+  }
+}
+
+// The GPU takes at most 128 kv heads of a quantised cache (their scales are kernel parameters):
+// rpa_context_supports says so, the gpu backend refuses, and an AUTO context runs the host-memory call on the
+// CPU instead.
+BOOST_AUTO_TEST_CASE(quantised_cache_beyond_128_kv_heads_is_unsupported_on_the_gpu) {
+  for (int64_t heads : {128, 129}) {
+    RandomSpec spec;
+    spec.q_lens = {1, 3}, spec.context_lens = {5, 20};
+    spec.num_q_heads = spec.num_kv_heads = heads, spec.head_dim = 16, spec.page_size = 4;
+    Case c = random_case(spec, 5);
+    c.kv_dtype = RPA_DTYPE_INT8;
+    for (float& x : c.kv) x *= 30.0f;
+    c.round_to_dtypes();
+    Prepared prepared = prepare(c);
+    rpa_context_options options;
+    rpa_context_options_init(&options);
+    options.backend = RPA_BACKEND_GPU;
+    rpa_context* gpu = nullptr;
+    BOOST_REQUIRE(rpa_context_create(&options, &gpu) == RPA_STATUS_OK);
+    const rpa_status supported = rpa_context_supports(gpu, &prepared.args);
+    const std::string message = supported == RPA_STATUS_OK ? "" : rpa_last_error();
+    rpa_context_destroy(gpu);
+    const Result expected = run_case(c, RPA_BACKEND_REFERENCE);
+    if (heads == 128) {
+      BOOST_TEST(supported == RPA_STATUS_OK);
+      expect_close(run_case(c, RPA_BACKEND_GPU), expected, c.out_dtype, "128 kv heads on the gpu");
+      continue;
+    }
+    BOOST_TEST(supported == RPA_STATUS_UNSUPPORTED);
+    BOOST_TEST(message.find("129 kv heads; the GPU kernels take at most 128") != std::string::npos, message);
+    BOOST_TEST(run_case(c, RPA_BACKEND_GPU).status == RPA_STATUS_UNSUPPORTED);
+    expect_close(run_case(c, RPA_BACKEND_AUTO), expected, c.out_dtype, "129 kv heads on an AUTO context");
+  }
+}
+
 // rpa_write_kv with device memory (keys, values and the cache on the device, queued on the default
 // stream) writes the same bytes as the reference on the host: every cache dtype, combined and separate.
 BOOST_AUTO_TEST_CASE(write_kv_on_the_device_matches_the_reference) {
