@@ -130,10 +130,10 @@ void expect_distinct_elements(const Tensor& t, int ndim) {
 // Outputs share no byte with an input or another output: an overlap would read values the call has
 // already overwritten (or corrupt the cache). In-place out = queries is refused too, because the
 // backends write rows while other rows still read their queries.
-void expect_no_overlap(const Tensor& output, const Tensor& other) {
+void expect_no_overlap(const Tensor& output, const Tensor& other,
+                       const char* rule = "out and lse may not share memory with any input or with each other") {
   if (output.begin < other.end && other.begin < output.end)
-    reject("argument '", output.name, "': its bytes overlap those of '", other.name,
-           "'; out and lse may not share memory with any input or with each other");
+    reject("argument '", output.name, "': its bytes overlap those of '", other.name, "'; ", rule);
 }
 
 void expect_dim(const Tensor& t, int i, int64_t expected, const char* meaning) {
@@ -560,6 +560,11 @@ rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vec
 
   const Tensor mapping = check_tensor("slot_mapping", args.slot_mapping, 1, "[N]", Kind::metadata);
   expect_dim(mapping, 0, w.num_tokens, "N of keys");
+  // The cache is this call's output: a key or value read after a write into the same bytes would be wrong.
+  // (Checked before the slots are read: they may be the bytes in question.)
+  for (const Tensor& target : cache.tensors)
+    for (const Tensor* input : {&keys, &values, &mapping})
+      expect_no_overlap(target, *input, "the cache may not share memory with keys, values or slot_mapping");
   const auto* given = static_cast<const int32_t*>(args.slot_mapping.data);
   slots.resize(static_cast<size_t>(w.num_tokens));
   for (int64_t i = 0; i < w.num_tokens; ++i) {

@@ -434,6 +434,19 @@ BOOST_AUTO_TEST_CASE(write_kv_validation_names_the_argument) {
   w.args.slot_mapping.shape[0] = 9, w.args.memory = RPA_MEMORY_DEVICE;
   BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(message.find("'memory'") != std::string::npos, message);
+  // New keys or slots in the cache's own bytes: the write would read what it wrote.
+  w.args.memory = RPA_MEMORY_HOST;
+  const std::vector<uint8_t> before = w.kv;
+  for (rpa_tensor* input : {&w.args.keys, &w.args.slot_mapping}) {
+    void* const own = input->data;
+    input->data = w.kv.data() + 16;
+    BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
+    const std::string name = input == &w.args.keys ? "'keys'" : "'slot_mapping'";
+    BOOST_TEST(message.find("argument 'kv_pages': its bytes overlap those of " + name) != std::string::npos, message);
+    input->data = own;
+  }
+  BOOST_TEST((w.kv == before), "a rejected write changed the cache");
+  BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_OK, message);
 }
 
 // Scales are run-time arguments: one plan, runs with other scales, each equal to its one-call result.
