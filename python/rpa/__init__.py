@@ -260,14 +260,24 @@ def _real(name, value):
 
 
 def _quantised_kv(name, array, kv_dtype):
-    """(uint8 numpy array, rpa dtype) of a quantised cache on the host, or None for a float cache: kv_dtype,
-    else inferred from an int8 / ml_dtypes float8 array or a CPU torch float8 / int8 tensor."""
-    if type(array).__module__.split(".")[0] == "torch":  # a CPU torch tensor: its bytes, shared
+    """(codes, rpa dtype) of a quantised cache, or None for a float cache: kv_dtype, else inferred from an
+    int8 / ml_dtypes float8 array or a torch float8 / int8 tensor. The codes are a uint8 numpy array for
+    host memory, else the GPU tensor itself (borrowed through DLPack; torch's as uint8)."""
+    if type(array).__module__.split(".")[0] == "torch":  # its bytes, shared
         import torch
         kv_dtype = kv_dtype or _INFERRED_KV_DTYPES.get(str(array.dtype).replace("torch.", ""))
         if kv_dtype is None:
             return None
-        array = (array.view(torch.uint8) if array.dtype.itemsize == 1 else array).numpy()
+        if array.dtype.itemsize == 1:
+            array = array.view(torch.uint8)  # DLPack may not carry float8
+        if not _tensors.is_gpu(array):
+            array = array.numpy()
+    if _tensors.is_gpu(array):
+        if kv_dtype is None:
+            return None
+        if kv_dtype not in _KV_DTYPES:
+            raise ValueError("kv_dtype must be one of %s, got %r" % (", ".join(_KV_DTYPES), kv_dtype))
+        return array, _KV_DTYPES[kv_dtype]
     if kv_dtype is None and isinstance(array, np.ndarray):
         kv_dtype = _INFERRED_KV_DTYPES.get(array.dtype.name)
     if kv_dtype is None:
@@ -294,7 +304,8 @@ def _scale_input(name, scale):
 
 def _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, bind_float):
     """Sets the cache and scale fields shared by rpa_attention_args and rpa_write_kv_args; returns the
-    host arrays of a quantised cache (else [])."""
+    host arrays of a quantised cache (else []). bind_float(name, value, codes=None) binds a float tensor,
+    or with codes (an rpa dtype) a GPU tensor of 8-bit codes."""
     pair = isinstance(kv_pages, (tuple, list))
     if pair and len(kv_pages) != 2:
         raise ValueError("kv_pages: a sequence must be the pair (k_cache, v_cache)")
@@ -305,6 +316,8 @@ def _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, bind_float):
         quantised = _quantised_kv(name, value, kv_dtype)
         if quantised is None:
             setattr(args, name, bind_float(name, value))
+        elif not isinstance(quantised[0], np.ndarray):
+            setattr(args, name, bind_float(name, *quantised))
         else:
             keep.append(quantised[0])
             codes.append(quantised[0])
@@ -326,8 +339,9 @@ def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, k
     dl_stream, stream = _tensors.current_stream(queries) if gpu else (None, 0)
     bound = []
 
-    def bind(name, value, writable=False):
-        b = _tensors.borrow_float(name, value, dl_stream, writable)
+    def bind(name, value, codes=None, writable=False):
+        b = (_tensors.borrow_float(name, value, dl_stream, writable) if codes is None
+             else _tensors.borrow_codes(name, value, codes, dl_stream))
         if bound and (b.memory, b.device) != (bound[0].memory, bound[0].device):
             raise ValueError("%s: lives on %s, queries on %s: every tensor argument must share one device"
                              % (name, b.device or "the host", bound[0].device or "the host"))
@@ -536,9 +550,10 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     per q head; 2-D [H_s, n] with H_s in {1, KVH, QH}. Returns out [T, QH, D] in the queries' dtype (or
     writes into `out`), and with return_lse=True the pair (out, lse [T, QH] float32).
 
-    A quantised cache (host memory): kv_dtype "fp8_e4m3", "fp8_e5m2" or "int8" with uint8 codes (or int8
-    values), inferred for int8 and ml_dtypes float8 arrays and CPU torch float8 tensors; k_scale and v_scale
-    a float or a [KVH] array each (default 1.0): a stored x means x * scale.
+    A quantised cache: kv_dtype "fp8_e4m3", "fp8_e5m2" or "int8" with uint8 codes (or int8 values), inferred
+    for int8 and ml_dtypes float8 arrays and torch float8 / int8 tensors (CPU or GPU; other GPU tensors of
+    1-byte codes need kv_dtype); k_scale and v_scale a float or a [KVH] array each on the host (default
+    1.0): a stored x means x * scale.
 
     Every tensor may be a numpy array or any DLPack tensor (torch, CuPy, JAX, ...), borrowed without a
     copy: GPU tensors run on the GPU backend as device memory, on the framework's current stream, and the
@@ -577,8 +592,9 @@ def write_kv(keys, values, slot_mapping, kv_pages, *, kv_dtype=None, k_scale=Non
     args = _WriteArgs()
     lib.rpa_write_kv_args_init(ctypes.byref(args))
 
-    def bind(name, value, writable=False):
-        b = _tensors.borrow_float(name, value, None, writable)
+    def bind(name, value, codes=None, writable=False):
+        b = (_tensors.borrow_float(name, value, None, writable) if codes is None
+             else _tensors.borrow_codes(name, value, codes))
         if b.memory != 0:
             raise ValueError("%s: rpa.write_kv takes host memory" % name)
         keep.append(b)
@@ -593,7 +609,7 @@ def write_kv(keys, values, slot_mapping, kv_pages, *, kv_dtype=None, k_scale=Non
     keep.append(slots)
     args.slot_mapping = _tensors.descriptor(slots, _DTYPE_I32)
     given = list(kv_pages) if isinstance(kv_pages, (tuple, list)) else [kv_pages]
-    codes = _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, lambda n, v: bind(n, v, writable=True))
+    codes = _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, lambda n, v, codes=None: bind(n, v, codes, True))
     for array in codes:
         if not array.flags.writeable or not any(np.shares_memory(array, np.asarray(g)) for g in given
                                                 if type(g).__module__.split(".")[0] != "torch"):

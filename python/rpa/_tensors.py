@@ -192,11 +192,24 @@ def borrow_float(name, value, stream=None, writable=False):
                              % (name, array.dtype))
         return _from_numpy(name, array, _NP_FLOATS[array.dtype], writable)
 
+    return _borrow_dlpack(name, value, stream, lambda t: _DL_FLOATS.get((t.code, t.bits)),
+                          "float32, float16 or bfloat16")
+
+
+def borrow_codes(name, value, dtype, stream=None):
+    """A DLPack tensor of 1-byte elements (uint8 codes, int8, float8) as the quantised cache of rpa dtype
+    `dtype`, borrowed like borrow_float's DLPack tensors."""
+    return _borrow_dlpack(name, value, stream, lambda t: dtype if t.bits == 8 else None,
+                          "a 1-byte type (uint8 codes, int8 or float8)")
+
+
+def _borrow_dlpack(name, value, stream, dtype_of, expected):
+    """A DLPack tensor as a Borrowed descriptor of dtype dtype_of(DLPack dtype) (None: refused)."""
     capsule, dl = _dlpack(name, value, stream)
-    dtype = _DL_FLOATS.get((dl.dtype.code, dl.dtype.bits)) if dl.dtype.lanes == 1 else None
+    dtype = dtype_of(dl.dtype) if dl.dtype.lanes == 1 else None
     if dtype is None:
-        raise ValueError("%s: DLPack dtype (code %d, %d bits, %d lanes) is not float32, float16 or bfloat16"
-                         % (name, dl.dtype.code, dl.dtype.bits, dl.dtype.lanes))
+        raise ValueError("%s: DLPack dtype (code %d, %d bits, %d lanes) is not %s"
+                         % (name, dl.dtype.code, dl.dtype.bits, dl.dtype.lanes, expected))
     shape, strides = _dl_layout(dl)
     if any(s < 0 for s in strides) or (strides and strides[-1] != 1 and shape[-1] > 1):
         raise ValueError("%s: strides %s: rpa needs non-negative strides and a contiguous last dimension "

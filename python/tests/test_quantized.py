@@ -95,6 +95,29 @@ def test_torch_float8_tensors_are_inferred():
                           np.nan_to_num(decode(codes, "fp8_e5m2").astype(np.float32), nan=7.0))
 
 
+@pytest.mark.parametrize("kv_dtype", FORMATS)
+def test_torch_cuda_quantised_caches_are_borrowed(kv_dtype):
+    """CUDA tensors of codes (torch float8 / int8, kv_dtype inferred; uint8 with kv_dtype) run on the GPU in
+    place, combined or separate, and agree with the host reference."""
+    torch = pytest.importorskip("torch")
+    if not (torch.cuda.is_available() and rpa.backend_available("gpu")):
+        pytest.skip("needs torch with CUDA and the gpu backend")
+    rng = np.random.default_rng(15)
+    queries, codes, context_lens, block_tables, qsl = quantised_problem(rng, kv_dtype)
+    k_scale, v_scale = np.array([0.5, 2.0], np.float32), 0.75
+    expected = rpa.ragged_paged_attention(queries, codes, context_lens, block_tables, qsl, 3, kv_dtype=kv_dtype,
+                                          k_scale=k_scale, v_scale=v_scale, backend="reference")
+    typed = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "int8": torch.int8}[kv_dtype]
+    device_codes = torch.from_numpy(codes.copy()).cuda()
+    q = torch.from_numpy(queries).cuda()
+    for kv, given in ((device_codes.view(typed), None), (device_codes, kv_dtype),
+                      ((device_codes[:, :, 0::2].view(typed), device_codes[:, :, 1::2].view(typed)), None)):
+        out = rpa.ragged_paged_attention(q, kv, context_lens, block_tables, qsl, 3, kv_dtype=given,
+                                         k_scale=k_scale, v_scale=v_scale, backend="gpu")
+        assert out.is_cuda
+        np.testing.assert_allclose(out.cpu().numpy(), expected, rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kv_dtype", FORMATS)
 def test_write_kv_round_trips_codes(backend, kv_dtype):
