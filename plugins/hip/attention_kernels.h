@@ -125,12 +125,21 @@ __device__ inline void copy_async16(void* shared, const void* global, bool valid
                "r"(valid ? 16 : 0)
                : "memory");
 }
+// 8 bytes (an 8-bit decode lane's codes of one key; cp.async takes 8 only through L1).
+__device__ inline void copy_async8(void* shared, const void* global, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+               "r"(valid ? 8 : 0)
+               : "memory");
+}
 __device__ inline void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>
 __device__ inline void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
 #else
 __device__ inline void copy_async16(void* shared, const void* global, bool valid) {
   *static_cast<uint4*>(shared) = valid ? *static_cast<const uint4*>(global) : make_uint4(0, 0, 0, 0);
+}
+__device__ inline void copy_async8(void* shared, const void* global, bool valid) {
+  *static_cast<uint2*>(shared) = valid ? *static_cast<const uint2*>(global) : make_uint2(0, 0);
 }
 __device__ inline void copy_async_commit() {}
 template <int kPending>
@@ -167,7 +176,8 @@ __device__ inline void store_element(void* data, rpa_dtype dtype, int64_t index,
 }
 
 // KV storage types: Kv::convert turns 16 bytes (kVector elements) into floats (a quantised type's codes
-// before their scale, divided by kUnscale). A decode lane takes kLaneElements elements of a key, kWords 16-byte words.
+// before their scale, divided by kUnscale). A decode lane takes kLaneElements elements of a key, kWords 16-byte
+// words (8-bit: half a word, Kv8::convert_lane).
 struct KvF32 {
   static constexpr rpa_dtype kDtype = RPA_DTYPE_F32;
   static constexpr bool kQuantised = false;
@@ -217,7 +227,7 @@ struct Kv8 {
   static constexpr bool kQuantised = true;
   static constexpr int kVector = 16;
   static constexpr int kBytes = 1;
-  static constexpr int kLaneElements = 16;
+  static constexpr int kLaneElements = 8;
   static constexpr int kWords = 1;
   static constexpr float kUnscale = kType == RPA_DTYPE_FP8_E4M3 ? 256.0f : 1.0f;  // decoded = value / kUnscale
   // Codes 2i and 2i + 1 (i = 0, 1) of `word`, in the halves of a word as binary16 bits.
@@ -239,17 +249,23 @@ struct Kv8 {
   }
   // A byte of `word` that is an e4m3 NaN code (magnitude 0x7f) carries into its bit 7.
   __device__ static uint32_t nan_carries(uint32_t word) { return (word & 0x7f7f7f7fu) + 0x01010101u; }
-  __device__ static void convert(const uint4& raw, float* out) {
+  template <int N>
+  __device__ static void convert_words(const uint32_t (&words)[N], float* out) {
     if constexpr (kType == RPA_DTYPE_FP8_E4M3) {
-      if ((nan_carries(raw.x) | nan_carries(raw.y) | nan_carries(raw.z) | nan_carries(raw.w)) & 0x80808080u) {
-        const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+      uint32_t carries = 0;
 #pragma unroll
-        for (int e = 0; e < kVector; ++e) out[e] = rpa::e4m3_to_float(uint8_t(words[e / 4] >> (8 * (e % 4)))) / kUnscale;
+      for (int w = 0; w < N; ++w) carries |= nan_carries(words[w]);
+      if (carries & 0x80808080u) {
+#pragma unroll
+        for (int e = 0; e < 4 * N; ++e) out[e] = rpa::e4m3_to_float(uint8_t(words[e / 4] >> (8 * (e % 4)))) / kUnscale;
         return;
       }
     }
-    convert_word(raw.x, out), convert_word(raw.y, out + 4), convert_word(raw.z, out + 8), convert_word(raw.w, out + 12);
+#pragma unroll
+    for (int w = 0; w < N; ++w) convert_word(words[w], out + 4 * w);
   }
+  __device__ static void convert(const uint4& raw, float* out) { convert_words<4>({raw.x, raw.y, raw.z, raw.w}, out); }
+  __device__ static void convert_lane(const uint2& raw, float* out) { convert_words<2>({raw.x, raw.y}, out); }
 };
 using KvE4m3 = Kv8<RPA_DTYPE_FP8_E4M3>;
 using KvE5m2 = Kv8<RPA_DTYPE_FP8_E5M2>;
@@ -608,8 +624,8 @@ __device__ __forceinline__ void attention_kernel(Params p) {
 //
 // A tile holds up to ROWS q heads of one kv head for a single query, so every key of its range is
 // visible to every row: no masking beyond the range's end. A group of kLanes lanes scores one key at a
-// time, each lane holding 8 of its elements (one or two 16-byte words) and the same 8 elements of every
-// row's query in registers. A reduce-scatter of the partial dots leaves each lane the full scores of a
+// time, each lane holding 8 of its elements (one or two 16-byte words; 8-bit codes: half a word, K's and
+// V's of one key sharing a ring word) and the same 8 elements of every row's query in registers. A reduce-scatter of the partial dots leaves each lane the full scores of a
 // few (key, row) pairs of the step, whose scaling and exponentials it evaluates once for the group;
 // shuffles gather the results. Each group runs its own online softmax over its keys and the groups are
 // combined once at the end through shared memory.
@@ -620,18 +636,18 @@ __device__ __forceinline__ void attention_kernel(Params p) {
 // Used when K/V rows allow 16-byte loads and head_dim is a multiple of 8 (decode_eligible).
 template <typename Kv, int D_MAX, int ROWS>
 struct DecodeGeometry {
-  static constexpr int kElements = Kv::kLaneElements;  // per lane and key: 16 bytes of 8-bit codes
+  static constexpr int kElements = Kv::kLaneElements;  // per lane and key: 8 (16 or 32 bytes, 8-bit: 8)
+  // 8-bit codes: a key's 8 K bytes and 8 V bytes share one 16-byte ring word (two 8-byte copies).
+  static constexpr bool kPacked = Kv::kLaneElements * Kv::kBytes == 8;
   static constexpr int kLanes = D_MAX / kElements;   // lanes per key: 4 to 32, within one warp
   static constexpr int kGroups = kThreads / kLanes;  // keys a block scores at once
   // Keys per group and step: fewer at 8 rows (registers) and with f32 KV (two words per key).
   static constexpr int kUnroll = (ROWS <= 4 ? 4 : 2) / Kv::kWords;
   static constexpr int kStep = kGroups * kUnroll;
-  static constexpr int kWordsPerStep = 2 * kUnroll * Kv::kWords;  // 16-byte words a thread copies per step
+  static constexpr int kWordsPerStep = (kPacked ? 1 : 2) * kUnroll * Kv::kWords;  // 16-byte words a thread copies per step
   static constexpr int kRingWords = 24;                           // per thread: 48 KiB per block
   static constexpr int kStages = kRingWords / kWordsPerStep;
-  // Resident blocks (AMD: waves per SIMD) to hide latency; 8-bit lanes hold 16 elements of each query and
-  // accumulator row, which need the registers of two blocks.
-  static constexpr int kMinBlocks = ROWS <= 4 && Kv::kLaneElements == 8 ? 4 : 2;
+  static constexpr int kMinBlocks = ROWS <= 4 ? 4 : 2;  // resident blocks (AMD: waves per SIMD) to hide latency
   static constexpr int kPairs = kUnroll * ROWS;                      // (key, row) pairs of a group's step
   // A lane owns kOwnPairs of them after the reduce-scatter of the dots (with fewer pairs than lanes,
   // kLanes / kPairs lanes share one): own_pair(lane, i) is its i-th, owner(pair) a lane holding it.
@@ -702,10 +718,15 @@ __device__ __forceinline__ void decode_kernel(Params p) {
           k = reinterpret_cast<const uint4*>(k_head + (page * p.k.page_stride + slot * p.k.slot_stride) * Kv::kBytes);
           v = reinterpret_cast<const uint4*>(v_head + (page * p.v.page_stride + slot * p.v.slot_stride) * Kv::kBytes);
         }
+        if constexpr (G::kPacked) {
+          copy_async8(stage + u * kThreads, k, valid);
+          copy_async8(reinterpret_cast<uint2*>(stage + u * kThreads) + 1, v, valid);
+        } else {
 #pragma unroll
-        for (int w = 0; w < Kv::kWords; ++w) {
-          copy_async16(stage + (2 * u * Kv::kWords + w) * kThreads, k + w, valid);
-          copy_async16(stage + ((2 * u + 1) * Kv::kWords + w) * kThreads, v + w, valid);
+          for (int w = 0; w < Kv::kWords; ++w) {
+            copy_async16(stage + (2 * u * Kv::kWords + w) * kThreads, k + w, valid);
+            copy_async16(stage + ((2 * u + 1) * Kv::kWords + w) * kThreads, v + w, valid);
+          }
         }
       }
     }
@@ -739,7 +760,10 @@ __device__ __forceinline__ void decode_kernel(Params p) {
     for (int u = 0; u < G::kUnroll; ++u) {
       float k[G::kElements];
 #pragma unroll
-      for (int w = 0; w < Kv::kWords; ++w) Kv::convert(stage[(2 * u * Kv::kWords + w) * kThreads], k + w * Kv::kVector);
+      for (int w = 0; w < Kv::kWords; ++w) {
+        if constexpr (G::kPacked) Kv::convert_lane(reinterpret_cast<const uint2*>(stage + u * kThreads)[0], k);
+        else Kv::convert(stage[(2 * u * Kv::kWords + w) * kThreads], k + w * Kv::kVector);
+      }
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         float dot = 0.0f;
@@ -810,8 +834,10 @@ __device__ __forceinline__ void decode_kernel(Params p) {
     for (int u = 0; u < G::kUnroll; ++u) {
       float v[G::kElements];
 #pragma unroll
-      for (int w = 0; w < Kv::kWords; ++w)
-        Kv::convert(stage[((2 * u + 1) * Kv::kWords + w) * kThreads], v + w * Kv::kVector);
+      for (int w = 0; w < Kv::kWords; ++w) {
+        if constexpr (G::kPacked) Kv::convert_lane(reinterpret_cast<const uint2*>(stage + u * kThreads)[1], v);
+        else Kv::convert(stage[((2 * u + 1) * Kv::kWords + w) * kThreads], v + w * Kv::kVector);
+      }
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         const int pair = u * ROWS + r;

@@ -27,7 +27,6 @@
   RPA_GPU_HEAD_DIMS(X, ENTRY, e4m3, KvE4m3, rows) RPA_GPU_HEAD_DIMS(X, ENTRY, e5m2, KvE5m2, rows)      \
   RPA_GPU_HEAD_DIMS(X, ENTRY, int8, KvInt8, rows)
 
-// Decode of an 8-bit cache takes 4 rows only (16 elements a lane keep 8 rows' state out of registers).
 #define RPA_GPU_COMMON_KERNELS(X)                                                                          \
   X(rpa_zero_rows, RPA_GPU_BOUNDS, rpa_gpu::zero_rows_kernel,                                              \
     (rpa_gpu::Params p, int64_t row_begin, int64_t row_end), (p, row_begin, row_end))                      \
@@ -36,7 +35,7 @@
   X(rpa_write_kv_kernel, RPA_GPU_BOUNDS, rpa_gpu::write_kv_kernel, (rpa_gpu::WriteParams w), (w))         \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_ATTENTION_ENTRY, 0) RPA_GPU_CODE_KV(X, RPA_GPU_ATTENTION_ENTRY, 0)          \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 4) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 4)                \
-  RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 8)
+  RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 8) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 8)
 
 // NVIDIA only: the tensor-core variant of the attention kernel, for 16-bit inputs and head dims <= 128,
 // per product policy (kv f16, bf16; head dim 64, 128).

@@ -42,14 +42,14 @@ inline int head_dim_index(int d_max) { return d_max == 64 ? 0 : d_max == 128 ? 1
 inline Kernel attention_entry(rpa_dtype kv, int d_max) {
   return Kernel(int(Kernel::rpa_attention_f32_64) + 3 * dtype_index(kv) + head_dim_index(d_max));
 }
-// decode_kernel<Kv, D_MAX, rows>: 4 rows for every dtype, 8 for the 16/32-bit ones (by dtype, head dim).
+// decode_kernel<Kv, D_MAX, rows>: 4 or 8 rows (by rows, dtype, head dim).
 inline Kernel decode_entry(rpa_dtype kv, int d_max, int rows) {
   const Kernel first = rows == 8 ? Kernel::rpa_decode_f32_64_8 : Kernel::rpa_decode_f32_64_4;
   return Kernel(int(first) + 3 * dtype_index(kv) + head_dim_index(d_max));
 }
 static_assert(int(Kernel::rpa_attention_int8_256) == int(Kernel::rpa_attention_f32_64) + 17, "kernel_list.h order");
 static_assert(int(Kernel::rpa_decode_int8_256_4) == int(Kernel::rpa_decode_f32_64_4) + 17, "kernel_list.h order");
-static_assert(int(Kernel::rpa_decode_bf16_256_8) == int(Kernel::rpa_decode_f32_64_8) + 8, "kernel_list.h order");
+static_assert(int(Kernel::rpa_decode_int8_256_8) == int(Kernel::rpa_decode_f32_64_8) + 17, "kernel_list.h order");
 #if defined(RPA_GPU_CUDA)
 // matrix_core_kernel<Kv, D_MAX, WarpMma or WarpgroupMma> (ordered by policy, dtype, head dim).
 inline Kernel matrix_entry(bool warpgroup, rpa_dtype kv, int d_max) {

@@ -324,8 +324,7 @@ void launch_tiles(const Launch& launch) {
     check(hipStreamWaitEvent(launch.side_stream, launch.fork, 0), "hipStreamWaitEvent (fork)");
   }
   if (launch.decode_blocks > 0) {
-    // 8-bit KV: 16 elements a lane, so 4 rows at most (make_plan) keep queries and accumulators in registers.
-    const int rows = rpa::is_quantised_dtype(launch.kv_dtype) || launch.decode_rows <= 4 ? 4 : 8;
+    const int rows = launch.decode_rows <= 4 ? 4 : 8;
     check(launch.kernels->launch(rpa_gpu::decode_entry(launch.kv_dtype, launch.d_max, rows), launch.decode_blocks,
                                  rpa_gpu::kThreads, 0, decode_stream, params));
   }
@@ -430,11 +429,9 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
                             p.kv_dtype != RPA_DTYPE_F32 && schedule.d_max <= 128 && vector_kv;
   schedule.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
   rpa_gpu::PlanLimits limits{};
-  // decode_kernel reads 8 elements (16 of an 8-bit cache) with 16-byte loads, and takes at most 4 q heads
-  // of an 8-bit cache (twice the elements per lane in registers).
-  const bool quantised = rpa::is_quantised_dtype(p.kv_dtype);
-  limits.decode_eligible = vector_kv && p.head_dim % (quantised ? 16 : 8) == 0;
-  limits.decode_max_rows = quantised ? 4 : rpa_gpu::kDecodeMaxRows;
+  // decode_kernel reads 8 elements a lane (16 bytes; 8 of an 8-bit cache).
+  limits.decode_eligible = vector_kv && p.head_dim % 8 == 0;
+  limits.decode_max_rows = rpa_gpu::kDecodeMaxRows;
   limits.max_rows = matrix_cores ? rpa_gpu::kMatrixRows : rows_per_block(schedule.d_max);
   limits.tile_keys = keys_per_tile(schedule.d_max);
   // Split long key ranges only up to one wave of resident blocks: each split costs a partial write and a
