@@ -624,8 +624,9 @@ __device__ __forceinline__ void attention_kernel(Params p) {
 //
 // A tile holds up to ROWS q heads of one kv head for a single query, so every key of its range is
 // visible to every row: no masking beyond the range's end. A group of kLanes lanes scores one key at a
-// time, each lane holding 8 of its elements (one or two 16-byte words; 8-bit codes: half a word, K's and
-// V's of one key sharing a ring word) and the same 8 elements of every row's query in registers. A reduce-scatter of the partial dots leaves each lane the full scores of a
+// time, each lane holding 8 of its elements (one or two 16-byte words; 8-bit codes: 16 with 4 rows, else 8
+// in half a word, K's and V's of one key sharing a ring word) and the same elements of every row's query
+// in registers. A reduce-scatter of the partial dots leaves each lane the full scores of a
 // few (key, row) pairs of the step, whose scaling and exponentials it evaluates once for the group;
 // shuffles gather the results. Each group runs its own online softmax over its keys and the groups are
 // combined once at the end through shared memory.
@@ -636,9 +637,12 @@ __device__ __forceinline__ void attention_kernel(Params p) {
 // Used when K/V rows allow 16-byte loads and head_dim is a multiple of 8 (decode_eligible).
 template <typename Kv, int D_MAX, int ROWS>
 struct DecodeGeometry {
-  static constexpr int kElements = Kv::kLaneElements;  // per lane and key: 8 (16 or 32 bytes, 8-bit: 8)
-  // 8-bit codes: a key's 8 K bytes and 8 V bytes share one 16-byte ring word (two 8-byte copies).
-  static constexpr bool kPacked = Kv::kLaneElements * Kv::kBytes == 8;
+  // Elements per lane and key: 8 (16 or 32 bytes); 8-bit codes with 4 rows a whole 16-byte word (fewer
+  // lanes a key share each key's page lookup, reductions and softmax: measured faster on an H100 than 8
+  // codes a lane with twice the resident blocks), with 8 rows 8 (registers).
+  static constexpr int kElements = Kv::kQuantised && ROWS <= 4 ? 16 : Kv::kLaneElements;
+  // 8 codes a lane: a key's 8 K bytes and 8 V bytes share one 16-byte ring word (two 8-byte copies).
+  static constexpr bool kPacked = kElements * Kv::kBytes == 8;
   static constexpr int kLanes = D_MAX / kElements;   // lanes per key: 4 to 32, within one warp
   static constexpr int kGroups = kThreads / kLanes;  // keys a block scores at once
   // Keys per group and step: fewer at 8 rows (registers) and with f32 KV (two words per key).
@@ -647,7 +651,8 @@ struct DecodeGeometry {
   static constexpr int kWordsPerStep = (kPacked ? 1 : 2) * kUnroll * Kv::kWords;  // 16-byte words a thread copies per step
   static constexpr int kRingWords = 24;                           // per thread: 48 KiB per block
   static constexpr int kStages = kRingWords / kWordsPerStep;
-  static constexpr int kMinBlocks = ROWS <= 4 ? 4 : 2;  // resident blocks (AMD: waves per SIMD) to hide latency
+  // Resident blocks (AMD: waves per SIMD) to hide latency, as registers allow.
+  static constexpr int kMinBlocks = ROWS <= 4 && kElements == 8 ? 4 : 2;
   static constexpr int kPairs = kUnroll * ROWS;                      // (key, row) pairs of a group's step
   // A lane owns kOwnPairs of them after the reduce-scatter of the dots (with fewer pairs than lanes,
   // kLanes / kPairs lanes share one): own_pair(lane, i) is its i-th, owner(pair) a lane holding it.

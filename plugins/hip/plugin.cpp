@@ -429,8 +429,8 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
                             p.kv_dtype != RPA_DTYPE_F32 && schedule.d_max <= 128 && vector_kv;
   schedule.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
   rpa_gpu::PlanLimits limits{};
-  // decode_kernel reads 8 elements a lane (16 bytes; 8 of an 8-bit cache).
-  limits.decode_eligible = vector_kv && p.head_dim % 8 == 0;
+  // decode_kernel reads 8 elements a lane (16 bytes; an 8-bit cache 16 or 8).
+  limits.decode_eligible = vector_kv && p.head_dim % (rpa::is_quantised_dtype(p.kv_dtype) ? 16 : 8) == 0;
   limits.decode_max_rows = rpa_gpu::kDecodeMaxRows;
   limits.max_rows = matrix_cores ? rpa_gpu::kMatrixRows : rows_per_block(schedule.d_max);
   limits.tile_keys = keys_per_tile(schedule.d_max);

@@ -263,9 +263,9 @@ BOOST_AUTO_TEST_CASE(nan_reaches_only_the_rows_that_see_it) {
 }
 
 // Quantised caches (fp8 e4m3, fp8 e5m2, int8) with absent, per-tensor and per-head scales over every shape:
-// decode (8-bit pages read with 16-byte loads, 4 q heads a tile), prefill (tiles dequantised into shared
-// memory), split contexts, the element-wise path (head dims not a multiple of 16); NaN and infinity codes in
-// every invisible slot; host and device memory.
+// decode (8-bit pages read in place, 8 codes a lane, up to 8 q heads a tile), prefill (tiles dequantised
+// into shared memory), split contexts, the element-wise path (head dims not a multiple of 16); NaN and
+// infinity codes in every invisible slot; host and device memory.
 BOOST_AUTO_TEST_CASE(quantised_kv_matches_reference_within_2e5) {
   std::mt19937_64 rng(99);
   const std::vector<RandomSpec> specs = shapes();
