@@ -237,6 +237,24 @@ struct DeviceProblem {
   ~DeviceProblem() {
     rpa_device_free(engine.context, queries);
     rpa_device_free(engine.context, out);
+    for (void* device : metadata) rpa_device_free(engine.context, device);
+  }
+  std::vector<void*> metadata;
+  // Moves the metadata to the device too (rpa_attention_args.metadata_memory), bounded by its exact maxima.
+  void put_metadata(const Problem& p) {
+    for (auto [tensor, host] : {std::pair{&args.context_lens, &p.context_lens}, std::pair{&args.block_tables, &p.block_tables},
+                                std::pair{&args.query_start_loc, &p.query_start_loc}}) {
+      const size_t bytes = host->size() * sizeof(int32_t);
+      void* device = nullptr;
+      check(rpa_device_alloc(engine.context, bytes, &device), "allocating device metadata");
+      check(rpa_device_copy(engine.context, device, host->data(), bytes, RPA_COPY_HOST_TO_DEVICE), "copying metadata");
+      metadata.push_back(tensor->data = device);
+    }
+    args.metadata_memory = RPA_MEMORY_DEVICE;
+    for (size_t s = 0; s + 1 < p.query_start_loc.size(); ++s) {
+      args.max_query_len = std::max(args.max_query_len, p.query_start_loc[s + 1] - p.query_start_loc[s]);
+      args.max_context_len = std::max(args.max_context_len, p.context_lens[s]);
+    }
   }
   void read_out(std::vector<uint8_t>& host) {
     check(rpa_device_copy(engine.context, host.data(), out, host.size(), RPA_COPY_DEVICE_TO_HOST),
@@ -449,6 +467,29 @@ Measurements run(const Options& options) {
       row.sample_rows = static_cast<int64_t>(sample.rows.size());
       row.total_rows = problem.query_start_loc.back();
       std::vector<double> ms(static_cast<size_t>(options.repeats));
+      // Checks the sample rows of problem.out against the reference (row.valid stays false on any error).
+      const auto check_sample = [&](bool& valid) {
+        valid = true;
+        const int64_t n = problem.row_elements();
+        for (size_t r = 0; r < sample.rows.size(); ++r)
+          for (int64_t i = 0; i < n; ++i) {
+            const float got = load_float(problem.out.data(), config.out_dtype, sample.rows[r] * n + i);
+            const float want = load_float(reference.out.data(), config.out_dtype, static_cast<int64_t>(r) * n + i);
+            const double error = std::isnan(got) ? INFINITY : std::abs(double(got) - want);
+            row.max_error = std::max(row.max_error, error);
+            if (error > allowed_error(config.out_dtype, want)) valid = false;
+          }
+      };
+      bool device_metadata_valid = true;
+      if (engine.on_device()) {
+        DeviceProblem with_metadata(engine, problem, pool);
+        with_metadata.put_metadata(problem);
+        std::fill(problem.out.begin(), problem.out.end(), uint8_t{0xff});
+        check(rpa_attention(engine.context, &with_metadata.args), "gpu run with device metadata");
+        with_metadata.read_out(problem.out);
+        check_sample(device_metadata_valid);
+        row.device_metadata_ms = planned(engine, with_metadata.args);
+      }
       std::fill(problem.out.begin(), problem.out.end(), uint8_t{0xff});  // NaN: every row must be written
       if (engine.on_device()) {
         DeviceProblem device(engine, problem, pool);
@@ -471,16 +512,8 @@ Measurements run(const Options& options) {
         row.bandwidth = host_bandwidth[shape.name];
       }
       row.ms = median(ms);
-      row.valid = true;
-      const int64_t n = problem.row_elements();
-      for (size_t r = 0; r < sample.rows.size(); ++r)
-        for (int64_t i = 0; i < n; ++i) {
-          const float got = load_float(problem.out.data(), config.out_dtype, sample.rows[r] * n + i);
-          const float want = load_float(reference.out.data(), config.out_dtype, static_cast<int64_t>(r) * n + i);
-          const double error = std::isnan(got) ? INFINITY : std::abs(double(got) - want);
-          row.max_error = std::max(row.max_error, error);
-          if (error > allowed_error(config.out_dtype, want)) row.valid = false;
-        }
+      check_sample(row.valid);
+      row.valid = row.valid && device_metadata_valid;
       return row;
     };
 

@@ -20,6 +20,7 @@
 #include "plugins/hip/gpu_vendor.h"  // first: core/dtype.h's device code uses the runtime's intrinsics
 #include "core/dtype.h"
 #include "core/problem.h"
+#include "plugins/hip/device_grid.h"
 #include "plugins/hip/tile.h"
 #include "rpa/rpa.h"
 
@@ -52,9 +53,11 @@ struct Params {
   int32_t num_q_heads, num_kv_heads, group, head_dim, page_size;
   uint32_t page_multiplier;  // j / page_size = (umulhi(j, page_multiplier) + j) >> page_shift (page_of)
   int32_t page_shift;
-  const int32_t* block_tables;  // device copy, [num_seqs, block_table_stride]
-  int32_t block_table_stride;
-  const Tile* tiles;
+  const int32_t* block_tables;  // [num_seqs, block_table_stride]: the plan's device copy, or device metadata
+  int64_t block_table_stride;
+  const Tile* tiles;     // this launch's tiles; null: device metadata, the slots of grid_kind in grid
+  DeviceGrid grid;
+  GridKind grid_kind;
   // Splits of a long key range: each split tile writes its tile rows from row `partial` on.
   float* partial_acc;    // [partial row][head_dim]
   float* partial_stats;  // [partial row][2]: running max, running sum
@@ -85,6 +88,15 @@ struct WriteParams {
   int64_t num_tokens;
   int32_t num_kv_heads, head_dim, page_size;
 };
+
+// This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
+__device__ inline bool fetch_tile(const Params& p, Tile& tile) {
+  if (p.tiles) {
+    tile = p.tiles[blockIdx.x];
+    return true;
+  }
+  return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+}
 
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
 // limit of AMD GPUs, and rows are padded by 4 floats so float4 accesses of consecutive rows avoid bank
@@ -523,7 +535,8 @@ __device__ __forceinline__ void attention_kernel(Params p) {
   int64_t* k_offsets = reinterpret_cast<int64_t*>(row_rescale + G::kRows);
   int64_t* v_offsets = k_offsets + G::kKeys;
 
-  const Tile tile = p.tiles[blockIdx.x];
+  Tile tile;
+  if (!fetch_tile(p, tile)) return;
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
 
@@ -695,7 +708,8 @@ __device__ __forceinline__ void decode_kernel(Params p) {
   using Combine = DecodeCombine<D_MAX, ROWS, G::kGroups>;
   static_assert(sizeof(Combine) <= sizeof(ring), "the combination reuses the ring");
 
-  const Tile tile = p.tiles[blockIdx.x];
+  Tile tile;
+  if (!fetch_tile(p, tile)) return;
   const int tile_rows = tile.heads;  // one query row
   const int kv_head = tile.head_begin / p.group;
   const int lane = threadIdx.x % G::kLanes, group = threadIdx.x / G::kLanes;
@@ -909,7 +923,8 @@ __device__ __forceinline__ void decode_kernel(Params p) {
 // log-sum-exp, adds the sinks, and writes out and lse.
 __device__ __forceinline__ void merge_kernel(Params p) {
   __shared__ float global_max[kMaxTileRows], scale[kMaxTileRows];
-  const Tile tile = p.tiles[blockIdx.x];
+  Tile tile;
+  if (!fetch_tile(p, tile)) return;
   const int tile_rows = tile.heads * tile.rows;
   const auto stats = [&](int split, int row, int which) {
     return p.partial_stats[(int64_t(tile.partial) + int64_t(split) * tile_rows + row) * 2 + which];
@@ -940,6 +955,91 @@ __device__ __forceinline__ void merge_kernel(Params p) {
     const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
                          int64_t(tile.head_begin + row % tile.heads) * p.out_head_stride;
     store_element(p.out, p.out_dtype, base + d, value * scale[row]);
+  }
+}
+
+// Device metadata: what check_metadata_kernel reads and writes.
+struct MetadataCheck {
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+  const int32_t* block_tables;
+  int64_t block_table_stride;
+  int32_t* seq_ok;       // [num_seqs]
+  int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
+  int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
+  int32_t num_seqs, max_query_len, max_context_len, window;
+};
+
+// Device metadata, one block per sequence: the rules host validation applies to it (and the plan's bounds).
+// A sequence that breaks one is marked in seq_ok, so no tile reads or writes for it, and recorded.
+__device__ __forceinline__ void check_metadata_kernel(MetadataCheck c) {
+  __shared__ int ok;
+  const int32_t seq = blockIdx.x;
+  const int64_t row_begin = c.query_start_loc[seq], row_end = c.query_start_loc[seq + 1];
+  const int64_t context = c.context_lens[seq], q_len = row_end - row_begin;
+  if (threadIdx.x == 0)
+    ok = row_begin >= 0 && q_len >= 0 && row_end <= c.num_tokens && q_len <= c.max_query_len && context >= q_len &&
+         context <= c.table_keys && context <= c.max_context_len;
+  __syncthreads();
+  if (ok && q_len > 0) {
+    // The pages of the keys the sequence can see, as host validation checks them.
+    const int64_t first_pos = context - q_len;
+    const int64_t first_key = c.window > 0 && first_pos - c.window + 1 > 0 ? first_pos - c.window + 1 : 0;
+    const int32_t* table = c.block_tables + seq * c.block_table_stride;
+    for (int64_t page = first_key / c.page_size + threadIdx.x; page <= (context - 1) / c.page_size; page += kThreads)
+      if (table[page] < 0 || table[page] >= c.num_pages) ok = 0;  // every writer stores 0: no race on the value
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    c.seq_ok[seq] = ok;
+    if (!ok) atomicMin(c.first_error, seq);
+  }
+}
+
+// Device metadata, one block after check_metadata_kernel: numbers the non-decode row chunks of all
+// sequences (DeviceGrid::chunk_offsets), so those tiles' slots are as many as the batch's tokens need.
+__device__ __forceinline__ void chunk_offsets_kernel(DeviceGrid g, int32_t* offsets) {
+  __shared__ int32_t sums[kThreads];
+  const int32_t per_thread = (g.num_seqs + kThreads - 1) / kThreads;
+  const int32_t begin = threadIdx.x * per_thread;
+  const int32_t end = begin + per_thread < g.num_seqs ? begin + per_thread : g.num_seqs;
+  int32_t sum = 0;
+  for (int32_t s = begin; s < end; ++s) sum += attention_chunks(g, s);
+  sums[threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {  // exclusive scan of kThreads sums
+    int32_t running = 0;
+    for (int i = 0; i < kThreads; ++i) {
+      const int32_t own = sums[i];
+      sums[i] = running;
+      running += own;
+    }
+    offsets[g.num_seqs] = running;
+  }
+  __syncthreads();
+  int32_t running = sums[threadIdx.x];
+  for (int32_t s = begin; s < end; ++s) {
+    offsets[s] = running;
+    running += attention_chunks(g, s);
+  }
+}
+
+// Device metadata: rows before query_start_loc[0] and from query_start_loc[num_seqs] on (clamped to
+// [0, T]) get out 0 and lse -inf. kZeroRows rows a block; a block of covered rows returns at once.
+constexpr int kZeroRows = 16;
+__device__ __forceinline__ void zero_uncovered_rows_kernel(Params p, const int32_t* query_start_loc,
+                                                              int32_t num_seqs, int64_t num_tokens) {
+  const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > num_tokens ? num_tokens : row; };
+  const int64_t covered_begin = clamp_row(query_start_loc[0]), covered_end = clamp_row(query_start_loc[num_seqs]);
+  const int64_t row_begin = int64_t(blockIdx.x) * kZeroRows;
+  const int64_t row_end = row_begin + kZeroRows < num_tokens ? row_begin + kZeroRows : num_tokens;
+  if (row_begin >= covered_begin && row_end <= covered_end) return;
+  const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
+  for (int64_t e = threadIdx.x; e < (row_end - row_begin) * per_row; e += kThreads) {
+    const int64_t row = row_begin + e / per_row, head = (e % per_row) / p.head_dim, d = e % p.head_dim;
+    if (row >= covered_begin && row < covered_end) continue;
+    store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
+    if (d == 0) store_lse(p, row, int(head), -INFINITY);
   }
 }
 

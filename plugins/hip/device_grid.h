@@ -15,10 +15,13 @@ namespace rpa_gpu {
 // Which slots a kernel launch resolves: the split tiles of decode or other sequences, or their merges.
 enum GridKind : int32_t { kGridDecode, kGridAttention, kGridMergeDecode, kGridMergeAttention };
 
-// One kind of tiles: unit = (sequence, kv head, head chunk, row chunk), each with `splits` split slots.
+// One kind of tiles: unit = (row chunk, kv head, head chunk), each with `splits` split slots. A decode
+// sequence is one row chunk (chunk = sequence); the other kind's chunks are numbered across sequences
+// by DeviceGrid::chunk_offsets, so its slots follow the batch's tokens, not num_seqs * max_query_len.
 struct GridPart {
   int32_t heads, head_chunks;  // q heads per tile; tiles across a kv head's group
-  int32_t rows, row_chunks;    // query rows per tile; tiles along max_query_len (0: no unit)
+  int32_t rows, row_chunks;    // query rows per tile; the most row chunks of one sequence (0: no unit)
+  int32_t chunks;              // row chunks of all sequences at most
   int32_t splits;              // split slots per unit (1: the tile writes the output itself)
   int32_t chunk_keys;          // keys of every split but a unit's last (a multiple of the key tile)
   int64_t partial_base;        // first partial row of this kind's units
@@ -28,13 +31,22 @@ struct DeviceGrid {
   const int32_t* context_lens;     // the caller's device metadata
   const int32_t* query_start_loc;
   const int32_t* seq_ok;           // per sequence: nonzero when it follows every rule (written on the device)
+  const int32_t* chunk_offsets;    // [num_seqs + 1]: the first attention row chunk of each sequence (device)
   int32_t num_seqs, kv_heads, group, window;
   int32_t decode_eligible;         // one-token sequences take the decode part
   GridPart decode, attention;
 };
 
 RPA_HOST_DEVICE inline int64_t grid_units(const DeviceGrid& g, const GridPart& part) {
-  return int64_t(g.num_seqs) * g.kv_heads * part.head_chunks * part.row_chunks;
+  return int64_t(part.chunks) * g.kv_heads * part.head_chunks;
+}
+
+// Row chunks of the non-decode kind that sequence `seq` has this run (0 when it broke a rule).
+RPA_HOST_DEVICE inline int32_t attention_chunks(const DeviceGrid& g, int32_t seq) {
+  if (!g.seq_ok[seq]) return 0;
+  const int32_t q_len = g.query_start_loc[seq + 1] - g.query_start_loc[seq];
+  if (g.decode_eligible && q_len == 1) return 0;
+  return (q_len + g.attention.rows - 1) / g.attention.rows;
 }
 
 // Blocks of a launch of `kind`.
@@ -48,12 +60,22 @@ RPA_HOST_DEVICE inline int64_t grid_blocks(const DeviceGrid& g, GridKind kind) {
 
 // The whole (unsplit) tile of `unit`, as make_tile_plan makes it; false when there is none.
 RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part, bool decode, int64_t unit, Tile& tile) {
-  const int32_t row_chunk = int32_t(unit % part.row_chunks);
-  unit /= part.row_chunks;
   const int32_t head_chunk = int32_t(unit % part.head_chunks);
   unit /= part.head_chunks;
   const int32_t kv_head = int32_t(unit % g.kv_heads);
-  const int32_t seq = int32_t(unit / g.kv_heads);
+  const int32_t chunk = int32_t(unit / g.kv_heads);
+  int32_t seq = chunk, row_chunk = 0;
+  if (!decode) {  // the sequence whose chunks hold `chunk`: offsets[seq] <= chunk < offsets[seq + 1]
+    if (chunk >= g.chunk_offsets[g.num_seqs]) return false;
+    int32_t low = 0, high = g.num_seqs - 1;
+    while (low < high) {
+      const int32_t middle = (low + high + 1) / 2;
+      if (g.chunk_offsets[middle] <= chunk) low = middle;
+      else high = middle - 1;
+    }
+    seq = low;
+    row_chunk = chunk - g.chunk_offsets[seq];
+  }
   if (!g.seq_ok[seq]) return false;
   const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;
   if ((g.decode_eligible && q_len == 1) != decode) return false;

@@ -105,7 +105,8 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   uint16_t* q_rows = reinterpret_cast<uint16_t*>(shared_raw) + (-shared_address(shared_raw) % G::kAlignment) / 2;
   uint16_t* stages = q_rows + G::kQueryElements;  // two stages of K then V
 
-  const Tile tile = p.tiles[blockIdx.x];
+  Tile tile;
+  if (!fetch_tile(p, tile)) return;
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

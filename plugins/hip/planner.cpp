@@ -120,6 +120,10 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
     // Without decode tiles every sequence takes this kind; with them, only those of two or more tokens.
     const bool any = decode ? limits.decode_eligible : !(limits.decode_eligible && p.max_query_len <= 1);
     part.row_chunks = !any ? 0 : decode ? 1 : (p.max_query_len + part.rows - 1) / part.rows;
+    // A sequence of q tokens has ceil(q / rows) <= (q + rows - 1) / rows chunks, and the tokens sum to <= T.
+    part.chunks = decode ? (any ? g.num_seqs : 0)
+                         : static_cast<int32_t>(std::min<int64_t>(int64_t(g.num_seqs) * part.row_chunks,
+                                                                  (p.num_tokens + int64_t(g.num_seqs) * (part.rows - 1)) / part.rows));
   };
   shape(g.decode, limits.decode_max_rows, true);
   shape(g.attention, limits.max_rows, false);

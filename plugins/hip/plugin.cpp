@@ -269,6 +269,10 @@ struct Launch {
   rpa_dtype kv_dtype;
   int decode_blocks, decode_rows, attention_blocks, merge_blocks;
   MatrixPath matrix_path;  // none: the attention tiles take attention_kernel, else matrix_core_kernel
+  // Device metadata: its slot grid replaces the tiles (merge_blocks then counts the attention merges).
+  bool device_metadata;
+  int merge_decode_blocks;
+  rpa_gpu::MetadataCheck metadata_check;
   int64_t covered_begin, covered_end, num_tokens;
   hipStream_t stream, side_stream;
   hipEvent_t fork, join;
@@ -325,16 +329,23 @@ void launch_tiles(const Launch& launch) {
   }
   if (launch.decode_blocks > 0) {
     const int rows = launch.decode_rows <= 4 ? 4 : 8;
+    params.grid_kind = rpa_gpu::kGridDecode;
     check(launch.kernels->launch(rpa_gpu::decode_entry(launch.kv_dtype, launch.d_max, rows), launch.decode_blocks,
                                  rpa_gpu::kThreads, 0, decode_stream, params));
   }
-  params.tiles += launch.decode_blocks;
+  if (params.tiles) params.tiles += launch.decode_blocks;
+  params.grid_kind = rpa_gpu::kGridAttention;
   if (launch.attention_blocks > 0) launch_attention(launch, params);
-  params.tiles += launch.attention_blocks;
+  if (params.tiles) params.tiles += launch.attention_blocks;
   if (beside) {
     check(hipEventRecord(launch.join, launch.side_stream), "hipEventRecord (join)");
     check(hipStreamWaitEvent(launch.stream, launch.join, 0), "hipStreamWaitEvent (join)");
   }
+  if (launch.merge_decode_blocks > 0) {
+    params.grid_kind = rpa_gpu::kGridMergeDecode;
+    check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_decode_blocks, rpa_gpu::kThreads, 0, launch.stream, params));
+  }
+  params.grid_kind = rpa_gpu::kGridMergeAttention;
   if (launch.merge_blocks > 0)
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_blocks, rpa_gpu::kThreads, 0, launch.stream, params));
 }
@@ -347,8 +358,21 @@ void launch_zero_rows(const Launch& launch, int64_t begin, int64_t end) {
 }
 
 void enqueue(const Launch& launch) {
-  launch_zero_rows(launch, 0, launch.covered_begin);
-  launch_zero_rows(launch, launch.covered_end, launch.num_tokens);
+  if (launch.device_metadata) {
+    // The metadata's rules first (the tiles skip broken sequences), then the rows no sequence covers.
+    const rpa_gpu::MetadataCheck& c = launch.metadata_check;
+    if (c.num_seqs > 0)
+      check(launch.kernels->launch(Kernel::rpa_check_metadata, c.num_seqs, rpa_gpu::kThreads, 0, launch.stream, c));
+    if (launch.params.grid.attention.chunks > 0)
+      check(launch.kernels->launch(Kernel::rpa_chunk_offsets, 1, rpa_gpu::kThreads, 0, launch.stream, launch.params.grid,
+                                   const_cast<int32_t*>(launch.params.grid.chunk_offsets)));
+    const int64_t blocks = (launch.num_tokens + rpa_gpu::kZeroRows - 1) / rpa_gpu::kZeroRows;
+    check(launch.kernels->launch(Kernel::rpa_zero_uncovered_rows, static_cast<unsigned>(blocks), rpa_gpu::kThreads, 0,
+                                 launch.stream, launch.params, c.query_start_loc, c.num_seqs, launch.num_tokens));
+  } else {
+    launch_zero_rows(launch, 0, launch.covered_begin);
+    launch_zero_rows(launch, launch.covered_end, launch.num_tokens);
+  }
   launch_tiles(launch);
 }
 
@@ -404,6 +428,11 @@ struct Schedule {
   bool vector_kv;
   MatrixPath matrix_path;  // none: the attention tiles take attention_kernel, else matrix_core_kernel
   size_t tiles_offset, metadata_bytes, partial_bytes;  // device metadata: block tables, then tiles
+  // Device metadata (problem.metadata_memory): the slot grid, and the plan's device words: the error
+  // record (the lowest broken sequence, INT32_MAX for none) at 0, then seq_ok [num_seqs] at tiles_offset,
+  // then chunk_offsets [num_seqs + 1].
+  bool device_metadata;
+  rpa_gpu::DeviceGrid grid;
 };
 
 // Throws RPA_STATUS_UNSUPPORTED for a problem the kernels cannot run.
@@ -417,6 +446,13 @@ void check_supported(const rpa_problem& p) {
     fail(RPA_STATUS_UNSUPPORTED, "argument 'kv_pages': a quantised cache with " + std::to_string(p.num_kv_heads) +
                                      " kv heads; the GPU kernels take at most " +
                                      std::to_string(rpa_gpu::kMaxScaleHeads));
+  // Device metadata: a slot per (row chunk, q head) of the batch's tokens and of each sequence's last
+  // partial chunk, and a launch holds < 2^31 blocks.
+  const int64_t slots = (p.num_tokens + int64_t(p.num_seqs) * rpa_gpu::kMaxTileRows) * p.num_q_heads;
+  if (p.metadata_memory == RPA_MEMORY_DEVICE && slots > (int64_t(1) << 30))
+    fail(RPA_STATUS_UNSUPPORTED, "argument 'num_seqs': (T + num_seqs * " + std::to_string(rpa_gpu::kMaxTileRows) +
+                                     ") * QH = " + std::to_string(slots) +
+                                     " exceeds the GPU backend's limit of 2^30 for device metadata");
 }
 
 Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool vector_kv) {
@@ -438,17 +474,31 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
   // merge, which measured slower on an H100 than a last wave the splits would fill (W1: 0.29 ms unsplit,
   // 0.32 ms with four waves).
   limits.target_blocks = int64_t(state.multiprocessors) * state.resident_blocks[schedule.d_max / 128];
-  schedule.tiles = rpa_gpu::make_tile_plan(p, limits);
-  const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
-  schedule.tiles_offset = align_up(table_bytes, 256);
-  schedule.metadata_bytes = std::max<size_t>(schedule.tiles_offset + schedule.tiles.tiles.size() * sizeof(Tile), 1);
+  if (p.metadata_memory == RPA_MEMORY_DEVICE) {
+    schedule.device_metadata = true;
+    schedule.grid = rpa_gpu::make_device_grid(p, limits, schedule.tiles.partial_rows);
+    schedule.tiles.decode_rows = schedule.grid.decode.heads;
+    schedule.tiles_offset = 256;
+    schedule.metadata_bytes = schedule.tiles_offset + (2 * static_cast<size_t>(p.num_seqs) + 1) * sizeof(int32_t);
+  } else {
+    schedule.tiles = rpa_gpu::make_tile_plan(p, limits);
+    const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
+    schedule.tiles_offset = align_up(table_bytes, 256);
+    schedule.metadata_bytes = std::max<size_t>(schedule.tiles_offset + schedule.tiles.tiles.size() * sizeof(Tile), 1);
+  }
   schedule.partial_bytes =
       std::max<size_t>(static_cast<size_t>(schedule.tiles.partial_rows) * (p.head_dim + 2) * sizeof(float), 1);
   return schedule;
 }
 
-// The schedule's device metadata as it is uploaded: block tables of its sequences, then its tiles.
+// The schedule's device metadata as it is uploaded: block tables of its sequences, then its tiles; with
+// device metadata an empty error record.
 void write_metadata(char* host, const rpa_problem& p, const Schedule& schedule) {
+  if (schedule.device_metadata) {
+    const int32_t none = INT32_MAX;
+    std::memcpy(host, &none, sizeof none);
+    return;
+  }
   for (int32_t s = 0; s < p.num_seqs; ++s)
     std::memcpy(host + s * p.pages_per_seq * sizeof(int32_t), p.block_tables + s * p.block_table_stride,
                 p.pages_per_seq * sizeof(int32_t));
@@ -484,9 +534,23 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
   while ((int64_t(1) << k.page_shift) < p.page_size) ++k.page_shift;
   k.page_multiplier = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << k.page_shift) - p.page_size)) /
                                                 p.page_size + 1);
-  k.block_tables = reinterpret_cast<const int32_t*>(metadata);
-  k.block_table_stride = static_cast<int32_t>(p.pages_per_seq);
-  k.tiles = reinterpret_cast<const Tile*>(metadata + schedule.tiles_offset);
+  if (schedule.device_metadata) {
+    k.block_tables = p.block_tables;
+    k.block_table_stride = p.block_table_stride;
+    k.grid = schedule.grid;
+    k.grid.seq_ok = reinterpret_cast<const int32_t*>(metadata + schedule.tiles_offset);
+    k.grid.chunk_offsets = k.grid.seq_ok + p.num_seqs;
+    launch.metadata_check = rpa_gpu::MetadataCheck{
+        p.context_lens, p.query_start_loc, p.block_tables, p.block_table_stride,
+        reinterpret_cast<int32_t*>(const_cast<char*>(metadata + schedule.tiles_offset)),
+        reinterpret_cast<int32_t*>(const_cast<char*>(metadata)), p.num_tokens, p.num_pages, p.page_size,
+        p.pages_per_seq * p.page_size, p.num_seqs, p.max_query_len, p.max_context_len,
+        static_cast<int32_t>(p.sliding_window)};
+  } else {
+    k.block_tables = reinterpret_cast<const int32_t*>(metadata);
+    k.block_table_stride = p.pages_per_seq;
+    k.tiles = reinterpret_cast<const Tile*>(metadata + schedule.tiles_offset);
+  }
   k.partial_acc = partials;
   k.partial_stats = partials + static_cast<size_t>(schedule.tiles.partial_rows) * p.head_dim;
   k.vector_kv = schedule.vector_kv ? 1 : 0;
@@ -502,12 +566,23 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
   launch.d_max = schedule.d_max;
   launch.kv_dtype = p.kv_dtype;
   launch.matrix_path = schedule.matrix_path;
-  launch.decode_blocks = static_cast<int>(tiles.decode_tiles);
   launch.decode_rows = tiles.decode_rows;
-  launch.attention_blocks = static_cast<int>(tiles.attention_tiles - tiles.decode_tiles);
-  launch.merge_blocks = static_cast<int>(tiles.tiles.size() - tiles.attention_tiles);
-  launch.covered_begin = p.num_seqs > 0 ? p.query_start_loc[0] : p.num_tokens;
-  launch.covered_end = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : p.num_tokens;
+  launch.device_metadata = schedule.device_metadata;
+  if (schedule.device_metadata) {
+    // check_supported bounds the slots of each kind below 2^31.
+    launch.decode_blocks = static_cast<int>(rpa_gpu::grid_blocks(schedule.grid, rpa_gpu::kGridDecode));
+    launch.attention_blocks = static_cast<int>(rpa_gpu::grid_blocks(schedule.grid, rpa_gpu::kGridAttention));
+    launch.merge_decode_blocks = static_cast<int>(rpa_gpu::grid_blocks(schedule.grid, rpa_gpu::kGridMergeDecode));
+    launch.merge_blocks = static_cast<int>(rpa_gpu::grid_blocks(schedule.grid, rpa_gpu::kGridMergeAttention));
+  } else {
+    launch.decode_blocks = static_cast<int>(tiles.decode_tiles);
+    launch.attention_blocks = static_cast<int>(tiles.attention_tiles - tiles.decode_tiles);
+    launch.merge_blocks = static_cast<int>(tiles.tiles.size() - tiles.attention_tiles);
+  }
+  if (!schedule.device_metadata) {  // device metadata: zero_uncovered_rows_kernel reads these on the device
+    launch.covered_begin = p.num_seqs > 0 ? p.query_start_loc[0] : p.num_tokens;
+    launch.covered_end = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : p.num_tokens;
+  }
   launch.num_tokens = p.num_tokens;
   launch.stream = stream;
   launch.side_stream = state.side_stream;
@@ -726,7 +801,11 @@ rpa_status plugin_create(int32_t ordinal, rpa_plugin_state** out) {
 void plugin_destroy(rpa_plugin_state* state) { delete state; }
 
 rpa_status plugin_run(rpa_plugin_state* state, const rpa_problem* problem) {
-  return guarded([&] { with_single_call(*state, *problem, [](const Launch& launch) { enqueue(launch); }); });
+  return guarded([&] {
+    if (problem->metadata_memory == RPA_MEMORY_DEVICE)
+      fail(RPA_STATUS_INTERNAL, "plugin run: device metadata reached the single-call path (the core plans it)");
+    with_single_call(*state, *problem, [](const Launch& launch) { enqueue(launch); });
+  });
 }
 
 rpa_status plugin_plan_create(rpa_plugin_state* state, const rpa_problem* problem, rpa_plugin_plan** out) {
@@ -775,6 +854,27 @@ rpa_status plugin_plan_time(rpa_plugin_plan* plan, const rpa_problem* problem, i
 }
 
 void plugin_plan_destroy(rpa_plugin_plan* plan) { delete plan; }
+
+// Device metadata: the lowest sequence any run since the last call recorded as broken, record cleared.
+rpa_status plugin_plan_take_error(rpa_plugin_plan* plan, int32_t* first_seq) {
+  *first_seq = -1;
+  return guarded([&] {
+    if (plan->problem.metadata_memory != RPA_MEMORY_DEVICE) return;
+    rpa_plugin_state& state = *plan->state;
+    check(hipSetDevice(state.device), "hipSetDevice");
+    std::lock_guard<std::mutex> lock(state.mutex);
+    check(hipDeviceSynchronize(), "hipDeviceSynchronize");  // the runs may be on any stream, or in a graph
+    const int32_t none = INT32_MAX;
+    for (const std::unique_ptr<PlannedSchedule>& planned : plan->schedules) {
+      if (!planned) continue;
+      int32_t recorded = none;
+      check(hipMemcpy(&recorded, planned->metadata.data(), sizeof recorded, hipMemcpyDeviceToHost), "hipMemcpy (record)");
+      if (recorded == none) continue;
+      *first_seq = *first_seq < 0 ? recorded : std::min(*first_seq, recorded);
+      check(hipMemcpy(planned->metadata.data(), &none, sizeof none, hipMemcpyHostToDevice), "hipMemcpy (record)");
+    }
+  });
+}
 
 rpa_status plugin_supports(rpa_plugin_state*, const rpa_problem* problem) {
   return guarded([&] { check_supported(*problem); });
@@ -874,7 +974,7 @@ const rpa_plugin_api plugin_api = {
     RPA_PLUGIN_ABI_VERSION, sizeof(rpa_plugin_api), RPA_GPU_PLUGIN_NAME, plugin_last_error, plugin_init,
     plugin_device_count, plugin_describe_device, plugin_create, plugin_destroy, plugin_run, plugin_plan_create,
     plugin_plan_run, plugin_plan_time, plugin_plan_destroy, plugin_device_alloc, plugin_device_free, plugin_device_copy,
-    plugin_supports, plugin_merge_states, plugin_write_kv};
+    plugin_supports, plugin_merge_states, plugin_write_kv, plugin_plan_take_error};
 
 }  // namespace
 

@@ -177,6 +177,7 @@ def _library():
             lib.rpa_plan_create.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args), ctypes.POINTER(ctypes.c_void_p)]
             lib.rpa_plan_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Args)]
             lib.rpa_plan_destroy.argtypes = [ctypes.c_void_p]
+            lib.rpa_plan_get_error.argtypes = [ctypes.c_void_p]
             lib.rpa_context_destroy.argtypes = [ctypes.c_void_p]
             lib.rpa_merge_args_init.argtypes = [ctypes.POINTER(_MergeArgs)]
             lib.rpa_merge_states.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MergeArgs)]
@@ -485,11 +486,18 @@ class Context:
         return result, lse
 
     def plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
-             sliding_window=None, softmax_aux=None, return_lse=False, out=None, kv_dtype=None):
+             sliding_window=None, softmax_aux=None, return_lse=False, out=None, kv_dtype=None,
+             device_metadata=False, max_query_len=0, max_context_len=0):
         """Plans calls with this metadata and these tensors' shapes, dtypes and layouts (their values are
-        not read, except the metadata, which the plan copies). Returns a Plan."""
+        not read, except the metadata, which the plan copies). Returns a Plan.
+
+        device_metadata=True (gpu backend, GPU tensors): the int32 metadata tensors stay on the device and
+        every run reads them, so they may be rewritten in place between runs or graph replays (keep them
+        alive while the plan lives); max_query_len and max_context_len bound their values (0: T and
+        W * page_size), and Plan.check() reports a run that found them breaking a rule."""
         return Plan(self, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
-                    sliding_window, softmax_aux, return_lse, out, kv_dtype)
+                    sliding_window, softmax_aux, return_lse, out, kv_dtype,
+                    (max_query_len, max_context_len) if device_metadata else None)
 
 
 class Plan:
@@ -497,7 +505,7 @@ class Plan:
     layouts. Runs of one plan may come from several threads at once."""
 
     def __init__(self, context, queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
-                 sliding_window, softmax_aux, return_lse, out, kv_dtype=None):
+                 sliding_window, softmax_aux, return_lse, out, kv_dtype=None, device_bounds=None):
         self._context = context  # a plan must be destroyed before its context
         self._return_lse = return_lse
         self._kv_dtype = kv_dtype
@@ -505,7 +513,22 @@ class Plan:
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
         _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, kv_dtype)
-        _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
+        if device_bounds is None:
+            _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
+        else:
+            # Host validation of num_seqs and the window, without the metadata values.
+            _bind_metadata(args, keep, [0], [[0]], [0, 0], num_seqs, sliding_window)
+            for name, value in (("context_lens", context_lens), ("block_tables", block_tables),
+                                ("query_start_loc", query_start_loc)):
+                borrowed = _tensors.borrow_device_int32(name, value)
+                keep.append(borrowed)
+                setattr(args, name, borrowed.tensor)
+            args.metadata_memory = _tensors.MEMORY_DEVICE
+            for name, bound in zip(("max_query_len", "max_context_len"), device_bounds):
+                if isinstance(bound, bool) or not isinstance(bound, (int, np.integer)) or not 0 <= bound < 2**31:
+                    raise ValueError("%s: expected an integer in [0, 2**31), got %r" % (name, bound))
+                setattr(args, name, int(bound))
+            self._metadata = keep[-3:]  # the plan reads these tensors at every run
         handle = ctypes.c_void_p()
         _check(_lib.rpa_plan_create(context._handle, ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
@@ -527,6 +550,11 @@ class Plan:
         _bind_scalars(args, softmax_scale, logits_soft_cap)
         _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
         return (result, lse) if self._return_lse else result
+
+    def check(self):
+        """Device metadata: raises InvalidArgumentError (with host validation's message) when a run since the
+        last check skipped a sequence whose metadata broke a rule. Waits for the plan's work."""
+        _check(_lib.rpa_plan_get_error(self._handle))
 
 
 def merge_state(out_a, lse_a, out_b, lse_b, *, out=None, backend="auto"):

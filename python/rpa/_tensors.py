@@ -228,6 +228,19 @@ def _borrow_dlpack(name, value, stream, dtype_of, expected):
     return Borrowed(tensor, MEMORY_DEVICE, (device_type, dl.device.device_id), (value, capsule))
 
 
+def borrow_device_int32(name, value):
+    """A GPU int32 metadata tensor as a Borrowed descriptor of its own memory (device metadata: no copy,
+    the plan reads it at every run)."""
+    if not is_gpu(value):
+        raise ValueError("%s: device metadata needs a GPU tensor (CUDA or ROCm), got %s" % (name, type(value).__name__))
+    capsule, dl = _dlpack(name, value, _default_stream(value))
+    if (dl.dtype.code, dl.dtype.bits, dl.dtype.lanes) != (_KDL_INT, 32, 1):
+        raise ValueError("%s: device metadata must be int32 (DLPack code %d, %d bits)" % (name, dl.dtype.code, dl.dtype.bits))
+    shape, strides = _dl_layout(dl)
+    tensor = _descriptor(dl.data + dl.byte_offset, _DTYPE_I32, shape, strides)
+    return Borrowed(tensor, MEMORY_DEVICE, (dl.device.device_type, dl.device.device_id), (value, capsule))
+
+
 def borrow_int32(name, value, device_copy=None):
     """A metadata argument as a contiguous host int32 numpy array (a copy when needed: metadata is small).
 

@@ -79,13 +79,16 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
 
 
 def plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *, sliding_window=None,
-         softmax_aux=None, return_lse=False, out=None, backend="auto"):
+         softmax_aux=None, return_lse=False, out=None, backend="auto", device_metadata=False, max_query_len=0,
+         max_context_len=0):
     """An rpa.Plan for these torch tensors' metadata and layouts, on a context of the queries' device.
 
     Make it outside a CUDA graph capture (it reads the metadata and, on the GPU, uploads them once);
     ``plan.run(queries, kv_pages, out=out)`` then reads only the tensors and enqueues the kernels on the
     current stream without allocating, copying or synchronising, so a graph can capture it (pass out= and
     keep the tensors static, as for any captured work). One plan serves every layer of a step.
+    With device_metadata=True (CUDA int32 metadata tensors) the plan reads the metadata on the device at
+    every run instead: rewrite it in place between replays; see rpa.Context.plan and Plan.check().
     """
     ordinal = queries.device.index or 0 if queries.device.type == "cuda" else 0
     key = (backend, ordinal)
@@ -93,4 +96,5 @@ def plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seq
         _contexts[key] = rpa.Context(backend=backend, device=ordinal)
     return _contexts[key].plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs,
                                sliding_window=sliding_window, softmax_aux=softmax_aux, return_lse=return_lse,
-                               out=out)
+                               out=out, device_metadata=device_metadata, max_query_len=max_query_len,
+                               max_context_len=max_context_len)

@@ -113,3 +113,42 @@ def test_a_plan_replays_in_a_captured_cuda_graph_without_copies():
         plan.run(static_q, kv, out=out)
         torch.cuda.synchronize()
     assert not [e.name for e in prof.events() if "memcpy" in e.name.lower()]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device and rpa's gpu plugin")
+def test_device_metadata_is_read_at_every_graph_replay():
+    (q, kv, *meta), expected, _, rows = problem("cuda", seed=26)
+    context_lens, block_tables, qsl = [m.to("cuda", torch.int32) for m in meta]
+    out = torch.empty_like(q)
+    plan = rpa.torch.plan(q, kv, context_lens, block_tables, qsl, 5, out=out, device_metadata=True,
+                          max_query_len=12, max_context_len=0)
+    plan.run(q, kv, out=out)
+    torch.cuda.synchronize()
+    assert np.abs(out.cpu().numpy()[rows] - expected[rows]).max() <= TOLERANCE
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        plan.run(q, kv, out=out)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        plan.run(q, kv, out=out)
+    # Other metadata of the same shapes, written in place (the same contexts: their slots hold keys, the
+    # rest NaN): sequence 1 now has 3 query tokens, sequence 3 four, rows from 9 on are padding.
+    new_lens = torch.tensor([33, 9, 5, 40, 70], dtype=torch.int32)
+    new_qsl = torch.tensor([0, 1, 4, 4, 8, 9], dtype=torch.int32)
+    context_lens.copy_(new_lens)
+    qsl.copy_(new_qsl)
+    graph.replay()
+    torch.cuda.synchronize()
+    want, _ = attention(q.cpu().numpy(), kv.cpu().numpy(), new_lens.numpy(), block_tables.cpu().numpy(),
+                        new_qsl.numpy(), 5)
+    assert np.abs(out.cpu().numpy()[:9] - want[:9]).max() <= TOLERANCE
+    assert torch.all(out[9:] == 0)
+    plan.check()
+    # A page outside the pool: the run skips that sequence and check() names the entry.
+    block_tables[3, 0] = kv.shape[0]
+    graph.replay()
+    with pytest.raises(rpa.InvalidArgumentError, match=r"argument 'block_tables': element \[3, 0\] is %d" % kv.shape[0]):
+        plan.check()
+    plan.check()  # cleared

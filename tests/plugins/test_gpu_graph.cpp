@@ -2,6 +2,8 @@
 // graph (thread-local capture mode, so an allocation, a synchronous copy or a synchronisation inside a
 // run fails the capture), the graph is replayed, the layers' queries and KV are rewritten in place and it
 // is replayed again; every replay must equal the uncaptured runs bitwise and the reference within 2e-5.
+// Device metadata: a graph replayed after the metadata is rewritten in place follows it, and a broken rule
+// skips its sequence and comes back from rpa_plan_get_error with host validation's message.
 // Also checks rpa_merge_states with device memory against the host merge. The CUDA driver API is
 // loaded with dlopen, so the test builds without CUDA headers; it skips without an NVIDIA GPU.
 #define BOOST_TEST_MODULE gpu_graph
@@ -13,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
@@ -231,6 +234,166 @@ BOOST_AUTO_TEST_CASE(merge_states_on_the_device_equals_the_host_merge) {
     if (i != 2) BOOST_TEST(std::abs(lse[i] - host_lse[i]) <= 2e-6);
   for (int64_t d = 0; d < D; ++d) BOOST_TEST(reinterpret_cast<const float*>(got_out.data())[2 * D + d] == 0.0f);
   for (void* p : {d_out_a, d_out_b, d_lse_a, d_lse_b}) rpa_device_free(gpu.context, p);
+}
+
+namespace {
+
+// Device metadata: one layer of layer_case whose metadata also lives on the device, planned with bounds.
+struct DeviceMetadataLayer {
+  Context& gpu;
+  Case c;
+  Prepared host;
+  rpa_attention_args args;
+  void *context_lens, *block_tables, *query_start_loc;
+  std::vector<void*> owned;
+
+  DeviceMetadataLayer(Context& gpu, uint64_t seed) : gpu(gpu), c(layer_case(seed)), host(prepare(c)) {
+    args = host.args;
+    for (rpa_tensor* t : {&args.queries, &args.kv_pages, &args.out})
+      owned.push_back(t->data = gpu.upload(t->data, bytes(*t)));
+    owned.push_back(args.lse.data = gpu.upload(args.lse.data, bytes(args.lse)));
+    owned.push_back(context_lens = args.context_lens.data = gpu.upload(args.context_lens.data, bytes(args.context_lens)));
+    owned.push_back(block_tables = args.block_tables.data = gpu.upload(args.block_tables.data, bytes(args.block_tables)));
+    owned.push_back(query_start_loc = args.query_start_loc.data =
+                        gpu.upload(args.query_start_loc.data, bytes(args.query_start_loc)));
+    args.memory = RPA_MEMORY_DEVICE;
+    args.metadata_memory = RPA_MEMORY_DEVICE;
+    args.max_query_len = 12;  // case_with's sequences have at most 9 (and later 8) query tokens
+    args.synchronize = 1;
+  }
+  ~DeviceMetadataLayer() {
+    for (void* p : owned) rpa_device_free(gpu.context, p);
+  }
+  static size_t bytes(const rpa_tensor& t) {
+    size_t count = 1;
+    for (int i = 0; i < t.ndim; ++i) count *= static_cast<size_t>(t.shape[i]);
+    return count * (t.dtype == RPA_DTYPE_BF16 ? 2 : 4);
+  }
+  // Writes the metadata of `m` (same shapes) over the device metadata, in place.
+  void write_metadata(const Case& m) {
+    for (auto [device, host, count] : {std::tuple{context_lens, m.context_lens.data(), m.context_lens.size()},
+                                      std::tuple{block_tables, m.block_tables.data(), m.block_tables.size()},
+                                      std::tuple{query_start_loc, m.query_start_loc.data(), m.query_start_loc.size()}})
+      BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, device, host, count * 4, RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+  }
+  std::vector<uint8_t> out() { return gpu.download(args.out.data, bytes(args.out)); }
+};
+
+// The layer's case with other metadata of the same shapes: sequences of 2, 1, 1 and 8 tokens over contexts
+// of 1500, 64, 1 and 300 keys, pages drawn from the whole pool, rows 12 and 13 padding.
+Case other_metadata(Case c) {
+  std::mt19937 rng(9);
+  c.context_lens = {1500, 64, 1, 300};
+  c.query_start_loc = {0, 2, 3, 4, 12};
+  for (int32_t& entry : c.block_tables) entry = static_cast<int32_t>(rng() % c.num_pages);
+  return c;
+}
+
+}  // namespace
+
+// Metadata in device memory: a captured graph of planned runs is replayed after the metadata is rewritten
+// in place, and each replay follows the metadata of its time.
+BOOST_AUTO_TEST_CASE(device_metadata_is_read_at_every_replay) {
+  Context gpu;
+  DeviceMetadataLayer layer(gpu, 31);
+  void* stream = nullptr;
+  BOOST_TEST_REQUIRE(driver.stream_create(&stream, 1) == 0);
+  layer.args.stream = stream;
+  rpa_plan* plan = nullptr;
+  BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+  const std::vector<uint8_t> first = layer.out();
+  expect_matches_reference(layer.c, first, "device metadata, uncaptured");
+
+  // The one-call path reads the same device metadata.
+  BOOST_TEST_REQUIRE(rpa_attention(gpu.context, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST((layer.out() == first), "rpa_attention with device metadata differs from the plan's run");
+
+  layer.args.synchronize = 0;
+  void* graph = nullptr;
+  void* exec = nullptr;
+  BOOST_TEST_REQUIRE(driver.begin_capture(stream, kThreadLocalCapture) == 0);
+  rpa_status status = RPA_STATUS_OK;
+  for (int l = 0; l < kLayers && status == RPA_STATUS_OK; ++l) status = rpa_plan_run(plan, &layer.args);
+  const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
+  BOOST_TEST_REQUIRE(driver.end_capture(stream, &graph) == 0);
+  BOOST_TEST_REQUIRE(status == RPA_STATUS_OK, "a run failed while capturing: " << message);
+  BOOST_TEST_REQUIRE(driver.instantiate(&exec, graph, 0) == 0);
+  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  BOOST_TEST((layer.out() == first), "the replay differs from the uncaptured run");
+
+  const Case updated = other_metadata(layer.c);
+  layer.write_metadata(updated);
+  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  expect_matches_reference(updated, layer.out(), "replay after the metadata was rewritten");
+  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+
+  driver.exec_destroy(exec);
+  driver.graph_destroy(graph);
+  rpa_plan_destroy(plan);
+  driver.stream_destroy(stream);
+}
+
+// A run over device metadata that breaks a rule skips the broken sequence (the others' rows are as before,
+// bitwise) and rpa_plan_get_error reports it with host validation's message, once.
+BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) {
+  Context gpu;
+  DeviceMetadataLayer layer(gpu, 32);
+  layer.args.max_context_len = 1800;  // the longest context of layer_case
+  rpa_plan* plan = nullptr;
+  BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+  const std::vector<uint8_t> valid_out = layer.out();
+  const int64_t row_bytes = layer.c.num_q_heads * layer.c.head_dim * 2;
+
+  struct Broken {
+    const char* what;
+    int32_t seq;  // the sequence the kernels skip
+    void (*breaks)(Case&);
+    std::string message;  // "" : the message host validation gives
+  };
+  std::vector<Broken> rules = {
+      {"negative context", 1, [](Case& m) { m.context_lens[1] = -1; }, ""},
+      {"context beyond W * page_size", 3, [](Case& m) { m.context_lens[3] = int32_t(m.pages_per_seq * m.page_size) + 1; }, ""},
+      {"fewer keys than queries", 2, [](Case& m) { m.context_lens[2] = 8; }, ""},
+      {"page outside the pool", 3, [](Case& m) { m.block_tables[3 * m.pages_per_seq + 2] = int32_t(m.num_pages); }, ""},
+      {"negative page", 0, [](Case& m) { m.block_tables[0] = -3; }, ""},
+      {"context above max_context_len", 1, [](Case& m) { m.context_lens[1] = 1801; },  // its pages cover 1808
+       "argument 'context_lens': element [1] is 1801, more than max_context_len = 1800"},
+  };
+  for (const Broken& rule : rules) {
+    BOOST_TEST_CONTEXT(rule.what) {
+      Case broken = layer.c;
+      rule.breaks(broken);
+      std::string expected = rule.message;
+      if (expected.empty()) {  // what host metadata gives
+        Prepared host = prepare(broken);
+        rpa_plan* host_plan = nullptr;
+        BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &host.args, &host_plan) == RPA_STATUS_INVALID_ARGUMENT);
+        expected = rpa_last_error();
+      }
+      layer.write_metadata(broken);
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_INVALID_ARGUMENT);
+      BOOST_TEST(std::string(rpa_last_error()) == expected);
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, "the record was not cleared");
+      const std::vector<uint8_t> out = layer.out();
+      for (int32_t s = 0; s < 4; ++s) {
+        if (s == rule.seq) continue;
+        const size_t begin = size_t(layer.c.query_start_loc[s] * row_bytes), end = size_t(layer.c.query_start_loc[s + 1] * row_bytes);
+        BOOST_TEST(std::equal(out.begin() + begin, out.begin() + end, valid_out.begin() + begin),
+                   "sequence " << s << " changed");
+      }
+      // One call reports it before returning.
+      BOOST_TEST(rpa_attention(gpu.context, &layer.args) == RPA_STATUS_INVALID_ARGUMENT);
+      BOOST_TEST(std::string(rpa_last_error()) == expected);
+      layer.write_metadata(layer.c);
+    }
+  }
+  rpa_plan_destroy(plan);
 }
 
 // Meson counts exit status 77 as a skipped test.

@@ -179,8 +179,13 @@ BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
 
 namespace {
 
-// Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges.
-TilePlan resolve_grid(const rpa_gpu::DeviceGrid& grid) {
+// Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges;
+// chunk_offsets as chunk_offsets_kernel writes them.
+TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
+  std::vector<int32_t> offsets(static_cast<size_t>(grid.num_seqs) + 1, 0);
+  for (int32_t s = 0; s < grid.num_seqs; ++s) offsets[s + 1] = offsets[s] + rpa_gpu::attention_chunks(grid, s);
+  BOOST_TEST_REQUIRE(offsets.back() <= grid.attention.chunks, "more row chunks than the grid's bound");
+  grid.chunk_offsets = offsets.data();
   TilePlan plan;
   std::vector<Tile> merges;
   for (rpa_gpu::GridKind kind : {rpa_gpu::kGridDecode, rpa_gpu::kGridAttention, rpa_gpu::kGridMergeDecode,
@@ -278,4 +283,23 @@ BOOST_AUTO_TEST_CASE(device_grid_splits_follow_each_sequences_keys) {
   BOOST_TEST(split == 8 * 4);   // sequence 1: 4000 keys in four
   BOOST_TEST(plan.tiles.size() - plan.attention_tiles == 8u);  // its merges
   BOOST_TEST(partial_rows == 16 * 4);
+}
+
+// A mixed batch (W3's shape): the non-decode slots follow its tokens, not num_seqs * max_query_len.
+BOOST_AUTO_TEST_CASE(device_grid_slots_follow_the_tokens) {
+  std::vector<int32_t> q_lens(32, 1), contexts(32, 2048);
+  q_lens.push_back(512), q_lens.push_back(512), contexts.push_back(1024), contexts.push_back(1024);
+  Metadata m = metadata(q_lens, contexts, 32, 8, 0);
+  m.problem.max_query_len = 512;
+  m.problem.max_context_len = 2048;
+  int64_t partial_rows = 0;
+  const PlanLimits limits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 264};
+  rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+  // rows 16 a tile (64 rows over 4 heads): 2 * 32 chunks hold the tokens, plus one partial chunk per sequence.
+  BOOST_TEST(grid.attention.chunks == (m.problem.num_tokens + 34 * 15) / 16);
+  const std::vector<int32_t> seq_ok(34, 1);
+  grid.seq_ok = seq_ok.data();
+  const TilePlan plan = resolve_grid(grid);
+  BOOST_TEST(plan.attention_tiles - plan.decode_tiles >= 2u * 32 * 8);
+  expect_exact_cover(m.problem, limits);  // the host planner on the same problem, for comparison
 }
