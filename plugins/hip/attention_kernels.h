@@ -89,15 +89,6 @@ struct WriteParams {
   int32_t num_kv_heads, head_dim, page_size;
 };
 
-// This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
-__device__ inline bool fetch_tile(const Params& p, Tile& tile) {
-  if (p.tiles) {
-    tile = p.tiles[blockIdx.x];
-    return true;
-  }
-  return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
-}
-
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
 // limit of AMD GPUs, and rows are padded by 4 floats so float4 accesses of consecutive rows avoid bank
 // conflicts.
@@ -122,8 +113,32 @@ struct Geometry {
                 "thread mappings must tile exactly");
 };
 
+// Device metadata: what check_metadata_kernel reads and writes.
+struct MetadataCheck {
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+  const int32_t* block_tables;
+  int64_t block_table_stride;
+  int32_t* seq_ok;       // [num_seqs]
+  int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
+  int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
+  int32_t num_seqs, max_query_len, max_context_len, window;
+};
+
+// Rows a block of zero_uncovered_rows_kernel covers.
+constexpr int kZeroRows = 16;
+
 // The rest is device code; the AMD plugin's host code (RPA_GPU_AMD_HOST) needs only the layout above.
 #if !defined(RPA_GPU_AMD_HOST)
+
+// This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
+__device__ inline bool fetch_tile(const Params& p, Tile& tile) {
+  if (p.tiles) {
+    tile = p.tiles[blockIdx.x];
+    return true;
+  }
+  return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+}
 
 // 16 bytes from global to shared memory, zero-filled when !valid. NVIDIA: cp.async, without registers,
 // completed by copy_async_wait<n> (all but the n most recent commit groups). AMD (HIP 5.2 has no
@@ -969,17 +984,6 @@ __device__ __forceinline__ void merge_kernel(Params p) {
   }
 }
 
-// Device metadata: what check_metadata_kernel reads and writes.
-struct MetadataCheck {
-  const int32_t* context_lens;
-  const int32_t* query_start_loc;
-  const int32_t* block_tables;
-  int64_t block_table_stride;
-  int32_t* seq_ok;       // [num_seqs]
-  int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
-  int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
-  int32_t num_seqs, max_query_len, max_context_len, window;
-};
 
 // Device metadata, one block per sequence: the rules host validation applies to it (and the plan's bounds).
 // A sequence that breaks one is marked in seq_ok, so no tile reads or writes for it, and recorded.
@@ -1037,7 +1041,6 @@ __device__ __forceinline__ void chunk_offsets_kernel(DeviceGrid g, int32_t* offs
 
 // Device metadata: rows before query_start_loc[0] and from query_start_loc[num_seqs] on (clamped to
 // [0, T]) get out 0 and lse -inf. kZeroRows rows a block; a block of covered rows returns at once.
-constexpr int kZeroRows = 16;
 __device__ __forceinline__ void zero_uncovered_rows_kernel(Params p, const int32_t* query_start_loc,
                                                               int32_t num_seqs, int64_t num_tokens) {
   const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > num_tokens ? num_tokens : row; };
