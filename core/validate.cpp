@@ -58,7 +58,8 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
   if (need_data && !t.data) reject("argument '", name, "': data is NULL");
   if (t.ndim != ndim) reject("argument '", name, "': ndim is ", t.ndim, ", expected ", ndim, " (", layout, ")");
   const int32_t dtype = enum_value(t.dtype);
-  const bool quantised = is_quantised_dtype(static_cast<rpa_dtype>(dtype));
+  // Compared as integers: a value outside the enumerators may not be cast to rpa_dtype.
+  const bool quantised = dtype == RPA_DTYPE_FP8_E4M3 || dtype == RPA_DTYPE_FP8_E5M2 || dtype == RPA_DTYPE_INT8;
   if (kind == Kind::metadata && dtype != RPA_DTYPE_I32)
     reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected int32");
   if (kind == Kind::kv && !is_float_dtype(dtype) && !quantised)
@@ -141,9 +142,11 @@ void expect_dim(const Tensor& t, int i, int64_t expected, const char* meaning) {
     reject("argument '", t.name, "': shape[", i, "] is ", t.dim(i), ", expected ", expected, " (", meaning, ")");
 }
 
+// A plan's KV data may be NULL: the offset is added as an integer (pointer arithmetic on NULL is undefined),
+// so the view keeps the alignment a plan reads from it.
 rpa_kv_view kv_view(const Tensor& t, int64_t head_stride, int64_t offset) {
-  const auto elements = static_cast<const char*>(t.raw->data) + offset * dtype_size(t.dtype);
-  return rpa_kv_view{elements, t.stride(0), t.stride(1), head_stride};
+  const uintptr_t elements = reinterpret_cast<uintptr_t>(t.raw->data) + static_cast<uintptr_t>(offset * dtype_size(t.dtype));
+  return rpa_kv_view{reinterpret_cast<const void*>(elements), t.stride(0), t.stride(1), head_stride};
 }
 
 // A checked KV cache, combined or separate, as two views.
@@ -177,32 +180,26 @@ Cache check_cache(const rpa_tensor& kv_pages, const rpa_tensor& k_cache, const r
                kv_view(k, k.stride(2), 0), kv_view(v, v.stride(2), 0), {k, v}};
 }
 
-// One scale per tensor or per kv head, host f32; absent means 1.
+// One scale per tensor or per kv head, host f32; absent means 1. `checked` receives the view (for the
+// overlap rules; an absent scale spans no bytes).
 struct Scale {
   const float* data;
   int64_t stride;
 };
 
-Scale check_scale(const char* name, const rpa_tensor& t, const Cache& cache) {
+Scale check_scale(const char* name, const rpa_tensor& t, const Cache& cache, Tensor& checked) {
   static const float kOne = 1.0f;
-  if (!t.data) {
-    if (t.ndim != 0) reject("argument '", name, "': data is NULL but ndim is ", t.ndim, " (absent means ndim 0)");
-    return Scale{&kOne, 0};
-  }
+  if (!present(t)) return Scale{&kOne, 0};
   if (!is_quantised_dtype(cache.dtype))
     reject("argument '", name, "': given, but the KV cache's dtype ", dtype_name(cache.dtype),
            " is not quantised (scales are for fp8_e4m3, fp8_e5m2 and int8)");
-  if (enum_value(t.dtype) != RPA_DTYPE_F32)
-    reject("argument '", name, "': dtype is ", dtype_name(enum_value(t.dtype)), ", expected f32");
-  if (t.ndim != 1) reject("argument '", name, "': ndim is ", t.ndim, ", expected 1 ([1] or [KVH])");
+  // Every tensor's rules (data, alignment, strides, extent), then the scales' own.
+  checked = check_tensor(name, t, 1, "[1] or [KVH]", Kind::floating);
+  if (checked.dtype != RPA_DTYPE_F32) reject("argument '", name, "': dtype is ", dtype_name(checked.dtype), ", expected f32");
   if (t.shape[0] != 1 && t.shape[0] != cache.num_kv_heads)
     reject("argument '", name, "': shape[0] is ", t.shape[0], ", expected 1 (per tensor) or KVH = ", cache.num_kv_heads,
            " (per kv head)");
-  if (t.strides[0] < 0) reject("argument '", name, "': strides[0] is ", t.strides[0], ", must be >= 0");
-  const int64_t stride = t.shape[0] == 1 ? 0 : (t.strides[0] == 0 ? 1 : t.strides[0]);
-  int64_t extent;
-  if (__builtin_mul_overflow(t.shape[0] - 1, stride, &extent) || extent > (INT64_MAX / 4))
-    reject("argument '", name, "': the byte extent overflows");
+  const int64_t stride = t.shape[0] == 1 ? 0 : checked.stride(0);
   const float* scales = static_cast<const float*>(t.data);
   for (int64_t h = 0; h < t.shape[0]; ++h) {
     const float scale = scales[h * stride];
@@ -502,8 +499,9 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
 
   // A quantised cache's scales (host memory, run-time values).
   const Cache cache{"", p.num_kv_heads, p.num_pages, p.page_size, p.head_dim, p.kv_dtype, p.k, p.v, {}};
-  const Scale k_scale = check_scale("k_scale", args.k_scale, cache);
-  const Scale v_scale = check_scale("v_scale", args.v_scale, cache);
+  Tensor k_scale_view{}, v_scale_view{};
+  const Scale k_scale = check_scale("k_scale", args.k_scale, cache, k_scale_view);
+  const Scale v_scale = check_scale("v_scale", args.v_scale, cache, v_scale_view);
   p.k_scale = k_scale.data, p.k_scale_stride = k_scale.stride;
   p.v_scale = v_scale.data, p.v_scale_stride = v_scale.stride;
 
@@ -516,10 +514,15 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
       }
   }
 
-  // Outputs share no byte with an input or each other (absent tensors span none).
+  // Outputs share no byte with an input or each other (absent tensors span none; the scales are host
+  // memory, compared with host outputs only).
   for (const Tensor* output : std::array<const Tensor*, 2>{&t.out, &t.lse})
     for (const Tensor* input : std::array<const Tensor*, 5>{&t.queries, &t.sinks, &t.kv, &t.k, &t.v})
       expect_no_overlap(*output, *input);
+  if (p.memory == RPA_MEMORY_HOST)
+    for (const Tensor* output : std::array<const Tensor*, 2>{&t.out, &t.lse})
+      for (const Tensor* input : std::array<const Tensor*, 2>{&k_scale_view, &v_scale_view})
+        expect_no_overlap(*output, *input);
   expect_no_overlap(t.out, t.lse);
   return p;
 }
@@ -546,8 +549,9 @@ rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vec
   w.k = rpa_kv_target{const_cast<void*>(cache.k.data), cache.k.page_stride, cache.k.slot_stride, cache.k.head_stride};
   w.v = rpa_kv_target{const_cast<void*>(cache.v.data), cache.v.page_stride, cache.v.slot_stride, cache.v.head_stride};
   w.kv_dtype = cache.dtype;
-  const Scale k_scale = check_scale("k_scale", args.k_scale, cache);
-  const Scale v_scale = check_scale("v_scale", args.v_scale, cache);
+  Tensor k_scale_view{}, v_scale_view{};
+  const Scale k_scale = check_scale("k_scale", args.k_scale, cache, k_scale_view);
+  const Scale v_scale = check_scale("v_scale", args.v_scale, cache, v_scale_view);
   w.k_scale = k_scale.data, w.k_scale_stride = k_scale.stride;
   w.v_scale = v_scale.data, w.v_scale_stride = v_scale.stride;
 
@@ -599,11 +603,11 @@ rpa_merge_problem validate_merge_args(const rpa_merge_args& args) {
     expect_dim(t, 0, p.num_tokens, "T of out_a");
     expect_dim(t, 1, p.num_heads, "H of out_a");
     expect_dim(t, 2, p.head_dim, "D of out_a");
-    data = raw.data, dtype = raw.dtype, token_stride = t.stride(0), head_stride = t.stride(1);
+    data = raw.data, dtype = t.dtype, token_stride = t.stride(0), head_stride = t.stride(1);
   };
   const auto lse = [&](const char* name, const rpa_tensor& raw, int64_t& token_stride, int64_t& head_stride) {
     const Tensor t = check_tensor(name, raw, 2, "[T, H]", Kind::floating);
-    if (raw.dtype != RPA_DTYPE_F32) reject("argument '", name, "': dtype is ", dtype_name(raw.dtype), ", expected f32");
+    if (t.dtype != RPA_DTYPE_F32) reject("argument '", name, "': dtype is ", dtype_name(t.dtype), ", expected f32");
     expect_dim(t, 0, p.num_tokens, "T of out_a");
     expect_dim(t, 1, p.num_heads, "H of out_a");
     token_stride = t.stride(0), head_stride = t.stride(1);

@@ -135,26 +135,28 @@ int64_t Case::kv_heads() const { return combined() ? kv_pages.shape[2] / 2 : k_c
 int64_t Case::num_pages() const { return combined() ? kv_pages.shape[0] : k_cache.shape[0]; }
 int64_t Case::page_size() const { return combined() ? kv_pages.shape[1] : k_cache.shape[1]; }
 
+// KV elements through load_kv/store_kv: a quantised cache (case files carry no scales: scale 1) holds
+// one-byte codes, not floats.
 float Case::k(int64_t page, int64_t slot, int64_t head, int64_t d) const {
   const int64_t D = head_dim(), KVH = kv_heads(), ps = page_size();
-  if (combined()) return kv_pages.at(((page * ps + slot) * 2 * KVH + 2 * head) * D + d);
-  return k_cache.at(((page * ps + slot) * KVH + head) * D + d);
+  if (combined()) return load_kv(kv_pages.bytes.data(), kv_pages.dtype, ((page * ps + slot) * 2 * KVH + 2 * head) * D + d, 1.0f);
+  return load_kv(k_cache.bytes.data(), k_cache.dtype, ((page * ps + slot) * KVH + head) * D + d, 1.0f);
 }
 
 float Case::v(int64_t page, int64_t slot, int64_t head, int64_t d) const {
   const int64_t D = head_dim(), KVH = kv_heads(), ps = page_size();
-  if (combined()) return kv_pages.at(((page * ps + slot) * 2 * KVH + 2 * head + 1) * D + d);
-  return v_cache.at(((page * ps + slot) * KVH + head) * D + d);
+  if (combined()) return load_kv(kv_pages.bytes.data(), kv_pages.dtype, ((page * ps + slot) * 2 * KVH + 2 * head + 1) * D + d, 1.0f);
+  return load_kv(v_cache.bytes.data(), v_cache.dtype, ((page * ps + slot) * KVH + head) * D + d, 1.0f);
 }
 
 void Case::set_kv(int64_t page, int64_t slot, int64_t head, int64_t d, float k_value, float v_value) {
   const int64_t D = head_dim(), KVH = kv_heads(), ps = page_size();
   if (combined()) {
-    kv_pages.set(((page * ps + slot) * 2 * KVH + 2 * head) * D + d, k_value);
-    kv_pages.set(((page * ps + slot) * 2 * KVH + 2 * head + 1) * D + d, v_value);
+    store_kv(kv_pages.bytes.data(), kv_pages.dtype, ((page * ps + slot) * 2 * KVH + 2 * head) * D + d, k_value, 1.0f);
+    store_kv(kv_pages.bytes.data(), kv_pages.dtype, ((page * ps + slot) * 2 * KVH + 2 * head + 1) * D + d, v_value, 1.0f);
   } else {
-    k_cache.set(((page * ps + slot) * KVH + head) * D + d, k_value);
-    v_cache.set(((page * ps + slot) * KVH + head) * D + d, v_value);
+    store_kv(k_cache.bytes.data(), k_cache.dtype, ((page * ps + slot) * KVH + head) * D + d, k_value, 1.0f);
+    store_kv(v_cache.bytes.data(), v_cache.dtype, ((page * ps + slot) * KVH + head) * D + d, v_value, 1.0f);
   }
 }
 

@@ -1,6 +1,8 @@
 // libFuzzer harness over valid calls whose every invisible slot holds NaN or an infinity: KV slots no
 // query can see (unused pages, slots past context_len, keys outside the window, the gaps of strided
 // layouts), the queries of rows no sequence covers, and stale block-table entries pointing anywhere.
+// Quantised caches (fp8 e4m3/e5m2, int8, with per-tensor or per-head scales) hold the codes of NaN and
+// infinities there (int8 has none: its largest codes).
 // It requires
 //   - the reference: no NaN in out or lse (invisible values never matter), padding rows 0 and -inf;
 //   - simd at 1 thread: out within a tolerance of the reference (one rounding of the output dtype plus
@@ -52,6 +54,12 @@ struct Store {
     for (int64_t i = 0; i < elements; ++i) set(i, poison);
   }
   void set(int64_t i, float x) { rpa::store_float(bytes.data(), dtype, i, x); }
+  void set_kv(int64_t i, float x, float scale) { rpa::store_kv(bytes.data(), dtype, i, x, scale); }
+  void init_kv(rpa_dtype type, int64_t elements, float poison) {
+    dtype = type;
+    bytes.resize(static_cast<size_t>(elements) * rpa::dtype_size(type));
+    for (int64_t i = 0; i < elements; ++i) set_kv(i, poison, 1.0f / 1024);
+  }
 };
 
 }  // namespace
@@ -86,7 +94,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int32_t window = byte() < 160 ? 0 : 1 + byte() % 40;
   const double scale = byte() < 128 ? 0 : 0.05 + byte() / 256.0;  // scores stay below ~130
   const double cap = byte() < 192 ? 0 : 1 + byte() % 50;
-  const rpa_dtype q_dtype = types[byte() % 3], kv_dtype = types[byte() % 3], out_dtype = types[byte() % 3];
+  const rpa_dtype kv_types[] = {RPA_DTYPE_F32, RPA_DTYPE_F16, RPA_DTYPE_BF16, RPA_DTYPE_FP8_E4M3,
+                                RPA_DTYPE_FP8_E5M2, RPA_DTYPE_INT8};
+  const rpa_dtype q_dtype = types[byte() % 3], kv_dtype = kv_types[byte() % 6], out_dtype = types[byte() % 3];
+  const bool quantised = rpa::is_quantised_dtype(kv_dtype);
   const bool separate = byte() & 1;
   const int64_t gap = byte() % 3;  // padding elements between rows, poisoned
   const uint64_t seed = in.ConsumeIntegral<uint64_t>();
@@ -109,7 +120,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (int64_t c = 0; c < W; ++c) tables[s * W + c] = pages[s * W + c];
   }
   const int64_t T = starts[S] + padding_tokens;
-  if (T == 0 || T * QH * D > (1 << 18) || P * page_size * 2 * KVH * D > (1 << 20)) return 0;
+  // Small enough for many runs a second: the reference's work (rows times keys times D) and the cache.
+  int64_t work = 0;
+  for (int32_t s = 0; s < S; ++s) work += int64_t{q_lens[s]} * lens[s] * QH * D;
+  if (T == 0 || work > (1 << 17) || P * page_size * 2 * KVH * D > (1 << 16)) return 0;
   std::vector<bool> visible(static_cast<size_t>(P * page_size), false);  // (page, slot)
   for (int32_t s = 0; s < num_seqs; ++s) {
     if (q_lens[s] == 0) continue;
@@ -121,20 +135,37 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int32_t s = num_seqs; s < S; ++s)
     for (int64_t c = 0; c < W; ++c) tables[s * W + c] = -1 - c;
 
+  // A quantised cache's scales, [1] or [KVH] for K and for V: values in [-1, 1] are stored as codes of
+  // x / scale (int8: up to 100; fp8: their own grid), and read back as code * scale.
+  std::vector<float> k_scales, v_scales;
+  if (quantised) {
+    const float unit = kv_dtype == RPA_DTYPE_INT8 ? 0.01f : 1.0f;
+    for (std::vector<float>* scales : {&k_scales, &v_scales}) {
+      scales->resize(byte() % 2 ? static_cast<size_t>(KVH) : 1);
+      for (float& scale : *scales) scale = unit * (0.25f + static_cast<float>(byte() % 4) / 4);
+    }
+  }
   // KV: combined [P, page, 2 KVH, D] or separate [P, page, KVH, D] caches, rows padded by `gap`.
   const int64_t row = D + gap, heads = separate ? KVH : 2 * KVH, slot_stride = heads * row + gap;
   const int64_t page_stride = page_size * slot_stride + gap;
   Store kv, k, v;
   for (Store* store : separate ? std::vector<Store*>{&k, &v} : std::vector<Store*>{&kv})
-    store->init(kv_dtype, P * page_stride, poison());
+    store->init_kv(kv_dtype, P * page_stride, poison());
+  auto scale_of = [&](const std::vector<float>& scales, int64_t kv_head) {
+    return scales.empty() ? 1.0f : scales[scales.size() == 1 ? 0 : static_cast<size_t>(kv_head)];
+  };
   for (int64_t page = 0; page < P; ++page)
     for (int64_t slot = 0; slot < page_size; ++slot) {
       const bool seen = visible[page * page_size + slot];
       for (int64_t h = 0; h < heads; ++h)
         for (int64_t d = 0; d < D; ++d) {
           const int64_t at = page * page_stride + slot * slot_stride + h * row + d;
-          for (Store* store : separate ? std::vector<Store*>{&k, &v} : std::vector<Store*>{&kv})
-            store->set(at, seen ? value(kv_dtype) : poison());
+          if (separate) {
+            k.set_kv(at, seen ? value(kv_dtype) : poison(), scale_of(k_scales, h));
+            v.set_kv(at, seen ? value(kv_dtype) : poison(), scale_of(v_scales, h));
+          } else {
+            kv.set_kv(at, seen ? value(kv_dtype) : poison(), scale_of(h % 2 ? v_scales : k_scales, h / 2));
+          }
         }
     }
 
@@ -184,6 +215,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   args.sliding_window = window;
   if (sink_heads)
     args.softmax_aux = tensor(sinks.bytes.data(), sinks.dtype, {sink_heads, sinks_per_head}, {sinks_per_head, 1});
+  if (quantised) {
+    args.k_scale = tensor(k_scales.data(), RPA_DTYPE_F32, {static_cast<int64_t>(k_scales.size())}, {1});
+    args.v_scale = tensor(v_scales.data(), RPA_DTYPE_F32, {static_cast<int64_t>(v_scales.size())}, {1});
+  }
 
   struct Output {
     std::vector<uint8_t> out;
