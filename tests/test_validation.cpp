@@ -302,6 +302,31 @@ BOOST_AUTO_TEST_CASE(scale_rules) {
   }, {"'v_scale'", "not quantised"});
 }
 
+// The scales are tensors like any other (found by fuzz_args: they were read misaligned, through any
+// stride, and outputs could overlap them).
+BOOST_AUTO_TEST_CASE(scales_follow_every_tensor_rule) {
+  expect_rejected([](Prepared& p) {
+    quantise(p, {1.0f, 2.0f, 4.0f}, {});
+    p.args.k_scale.shape[0] = 2;
+    p.args.k_scale.data = reinterpret_cast<char*>(p.k_scale.data()) + 1;
+  }, {"'k_scale'", "not aligned"});
+  expect_rejected([](Prepared& p) {
+    quantise(p, {}, {1.0f, 9.0f, 2.0f});
+    p.args.v_scale.shape[0] = 2, p.args.v_scale.strides[0] = 2;
+  }, {"'v_scale'", "strides[0] is 2", "contiguous"});
+  expect_rejected([](Prepared& p) {
+    quantise(p, {}, {});
+    p.args.k_scale = rpa_tensor{nullptr, RPA_DTYPE_F32, 1, {1}, {1}};
+  }, {"'k_scale'", "data is NULL"});
+  // An output sharing bytes with a scale (its first element holds a valid scale, 1).
+  expect_rejected([](Prepared& p) {
+    quantise(p, {}, {});
+    const float one = 1.0f;
+    std::memcpy(p.out.data(), &one, sizeof one);
+    p.args.v_scale = rpa_tensor{p.out.data(), RPA_DTYPE_F32, 1, {1}, {1}};
+  }, {"'out'", "overlap", "'v_scale'"});
+}
+
 BOOST_AUTO_TEST_CASE(struct_size_must_be_plausible) {
   expect_rejected([](Prepared& p) { p.args.struct_size = 0; }, {"'args'", "struct_size"});
 }

@@ -7,8 +7,8 @@
 #                                      build-asan/tests/fuzz/NAME/corpus, failing ones beside it
 #   sh tools/sanitize.sh tsan          the concurrency tests under ThreadSanitizer on Highway's SSE4 target
 #                                      (build-tsan; TSan cannot see accesses wider than 16 bytes)
-#   sh tools/sanitize.sh ci            what `sh tools/quickstart.sh test` adds: the asan unit tests and a 45 s
-#                                      smoke run of each harness (meson tests of build-asan), then tsan
+#   sh tools/sanitize.sh ci            what `sh tools/quickstart.sh test` adds: the asan unit tests (but plan)
+#                                      and a 45 s smoke run of each harness (meson tests of build-asan), then tsan
 #   sh tools/sanitize.sh all           asan, fuzz 60, tsan
 set -eu
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ seconds=${2:-60}
 export CC=clang CXX=clang++
 no_gpu="-Dcuda=disabled -Dhip=disabled -Djax=disabled"
 # The Python suite runs an uninstrumented interpreter and the gpu tests need a GPU: both left out.
-unit_tests="contract validation plan quantized dtype c_api exports simd plugin_loading plugin_none golden info
+unit_tests="contract validation plan quantized merge dtype c_api exports simd plugin_loading plugin_none golden info
   example_c example_cpp"
 
 asan_build() {
@@ -64,9 +64,11 @@ tsan() {
 
 ci() {
   asan_build
+  # `plan` is left out here: its long contexts on the reference take minutes under ASan (fuzz_args runs
+  # plans and runs instead); `asan` runs it.
   # shellcheck disable=SC2086
-  meson test -C build-asan --no-rebuild --print-errorlogs --timeout-multiplier 4 $unit_tests \
-    fuzz_args fuzz_nan fuzz_case
+  meson test -C build-asan --no-rebuild --print-errorlogs --timeout-multiplier 4 \
+    $(echo $unit_tests | sed 's/\bplan\b//') fuzz_args fuzz_nan fuzz_case
   tsan
 }
 

@@ -245,6 +245,7 @@ Prediction predict(const rpa_attention_args* given, Phase phase, bool backed) {
   }
   const int32_t memory = int_of(&a.memory);
   if (memory != 0) m.breaks();  // not host: invalid, or device memory on a CPU backend
+  if (int_of(&a.metadata_memory) != 0) m.breaks();  // not host: invalid, or device metadata without device memory
 
   View sinks;
   if (present(a.softmax_aux)) {
@@ -872,6 +873,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint8_t memory_byte = draw.byte();
   const int32_t memory = memory_byte < 240 ? 0 : memory_byte < 248 ? 1 : memory_byte % 2 ? -1 : 7;
   std::memcpy(&args.memory, &memory, sizeof memory);
+  // Device metadata needs device memory: host metadata (the default) only, on a CPU backend. The bounds
+  // are read for device metadata only.
+  const uint8_t metadata_byte = draw.byte();
+  const int32_t metadata_memory = metadata_byte < 244 ? 0 : metadata_byte < 250 ? 1 : metadata_byte % 2 ? 2 : -1;
+  std::memcpy(&args.metadata_memory, &metadata_memory, sizeof metadata_memory);
+  if (draw.byte() >= 224) args.max_query_len = draw.int32(), args.max_context_len = draw.int32();
   const uint8_t size_byte = draw.byte();
   if (size_byte >= 248) {
     static const size_t sizes[] = {0, 4, size_t{1} << 21, 8, 16, 100, sizeof(size_t) + sizeof(rpa_tensor), 300};

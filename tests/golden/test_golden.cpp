@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 
+#include "core/dtype.h"
 #include "golden/check.h"
 #include "golden/generate.h"
 #include "golden/safetensors.h"
@@ -234,6 +235,36 @@ BOOST_AUTO_TEST_CASE(the_unaltered_variant_is_the_reference) {
     }
     BOOST_TEST_INFO(sc.name);
     BOOST_TEST(worst < 1e-6);
+  }
+}
+
+// An 8-bit cache (case files carry no scales: scale 1) is read as its codes' values by the case and the
+// diagnostic reference too (found by fuzz_case: they read the one-byte codes as floats, past the cache).
+BOOST_AUTO_TEST_CASE(an_8_bit_cache_reads_as_its_codes) {
+  for (rpa_dtype dtype : {RPA_DTYPE_FP8_E4M3, RPA_DTYPE_FP8_E5M2, RPA_DTYPE_INT8}) {
+    BOOST_TEST_CONTEXT(st_dtype_name(dtype)) {
+      Case c = make_case(preset("mixed"));
+      BOOST_REQUIRE(c.combined());
+      Array codes = Array::zeros(dtype, c.kv_pages.shape);
+      for (int64_t i = 0; i < codes.size(); ++i)
+        codes.bytes[static_cast<size_t>(i)] = rpa::float_to_code(dtype, c.kv_pages.at(i) * 8, 1.0f);
+      c.kv_pages = codes;
+      const int64_t KVH = c.kv_heads(), D = c.head_dim(), ps = c.page_size();
+      bool same = true;
+      for (int64_t page = 0; page < c.num_pages(); ++page)
+        for (int64_t slot = 0; slot < ps; ++slot)
+          for (int64_t h = 0; h < KVH; ++h)
+            for (int64_t d = 0; d < D; ++d) {
+              const int64_t k = ((page * ps + slot) * 2 * KVH + 2 * h) * D + d;
+              same = same && c.k(page, slot, h, d) == rpa::code_to_float(dtype, codes.bytes[k]) &&
+                     c.v(page, slot, h, d) == rpa::code_to_float(dtype, codes.bytes[k + D]);
+            }
+      BOOST_TEST(same);
+      Candidate candidate = run_case(c, RPA_BACKEND_REFERENCE, RPA_DTYPE_F32, true);
+      BOOST_TEST(check(c, candidate).pass);  // the diagnostic reference agrees with the reference
+      candidate.output.set(3 * c.q_heads() * D + 1, 9.0f);
+      BOOST_TEST(check(c, candidate).wrong_rows == std::vector<int64_t>{3});
+    }
   }
 }
 
