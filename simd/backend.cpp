@@ -21,9 +21,37 @@
 #include "simd/attention.h"
 #include "simd/plan.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define RPA_THREAD_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RPA_THREAD_SANITIZER 1
+#endif
+#endif
+
+#ifdef RPA_THREAD_SANITIZER
+extern "C" void __tsan_acquire(void* address);
+extern "C" void __tsan_release(void* address);
+#endif
+
 namespace rpa {
 
 namespace {
+
+// ThreadSanitizer cannot see oneTBB's synchronisation (Debian's libtbb is not instrumented), so the
+// order TBB guarantees is stated to it: the caller's writes before a parallel_for happen before its tasks,
+// each task's writes before the caller goes on, and a scratch slot's use by one task before the next
+// holder's. Without ThreadSanitizer these are empty.
+inline void handoff_release([[maybe_unused]] const void* address) {
+#ifdef RPA_THREAD_SANITIZER
+  __tsan_release(const_cast<void*>(address));
+#endif
+}
+inline void handoff_acquire([[maybe_unused]] const void* address) {
+#ifdef RPA_THREAD_SANITIZER
+  __tsan_acquire(const_cast<void*>(address));
+#endif
+}
 
 // Rows no processed sequence covers are 0 with lse -inf. Sequences cover [qsl[0], qsl[num_seqs]).
 void zero_uncovered_rows(const rpa_problem& p) {
@@ -95,25 +123,51 @@ class SimdBackend final : public Backend {
     if (plan.items.empty()) return;
     std::vector<float> partial(static_cast<size_t>(plan.partial_floats));
     const size_t floats = static_cast<size_t>(simd::scratch_floats(p.head_dim));
+    const char call = 0;  // names this call's handoffs
+    // A task's `work` on its slot's scratch, the slot's handoffs around it.
+    const auto on_scratch = [&](auto&& work) {
+      const size_t slot = static_cast<size_t>(tbb::this_task_arena::current_thread_index());
+      float* scratch = scratch_of_this_thread(floats);
+      handoff_acquire(&scratch_[slot]);
+      work(scratch);
+      handoff_release(&scratch_[slot]);
+    };
+    // The arena may run this functor on one of its threads (when the caller finds no free slot), reading the
+    // caller's captures: its entry is a fixed address (reading a per-call one would itself be the race).
+    static const char arena_entry = 0;
+    handoff_release(&call);
+    handoff_release(&arena_entry);
     arena_.execute([&] {
-      // Items run one per task (they are coarse); the arena's threads each own one scratch slot.
+      handoff_acquire(&arena_entry);
+      // Items run one per task (they are coarse); the arena's threads each own one scratch slot. Each
+      // task's first and last acts are the call's handoffs (TBB's copy of the body holds &call).
       tbb::parallel_for(
           tbb::blocked_range<size_t>(0, plan.items.size(), 1),
           [&](const tbb::blocked_range<size_t>& range) {
-            float* scratch = scratch_of_this_thread(floats);
-            for (size_t i = range.begin(); i != range.end(); ++i)
-              simd::attend_item(p, plan.items[i], scratch, partial.data());
+            handoff_acquire(&call);
+            on_scratch([&](float* scratch) {
+              for (size_t i = range.begin(); i != range.end(); ++i)
+                simd::attend_item(p, plan.items[i], scratch, partial.data());
+            });
+            handoff_release(&call);
           },
           tbb::simple_partitioner());
+      handoff_acquire(&call);
+      handoff_release(&call);
       tbb::parallel_for(
           tbb::blocked_range<size_t>(0, plan.merges.size(), 1),
           [&](const tbb::blocked_range<size_t>& range) {
-            float* scratch = scratch_of_this_thread(floats);
-            for (size_t i = range.begin(); i != range.end(); ++i)
-              simd::merge_splits(p, plan.merges[i], partial.data(), scratch);
+            handoff_acquire(&call);
+            on_scratch([&](float* scratch) {
+              for (size_t i = range.begin(); i != range.end(); ++i)
+                simd::merge_splits(p, plan.merges[i], partial.data(), scratch);
+            });
+            handoff_release(&call);
           },
           tbb::simple_partitioner());
+      handoff_release(&call);
     });
+    handoff_acquire(&call);
   }
 
   int num_threads_;

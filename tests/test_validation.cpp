@@ -236,6 +236,25 @@ BOOST_AUTO_TEST_CASE(device_metadata_rules) {
                   {"'memory'", "gpu backend"});
 }
 
+// A plan may be made before the float data exists; the combined cache's V view is then an offset from NULL,
+// which must not be computed by pointer arithmetic (undefined: UBSan aborted here, found by fuzz_args).
+BOOST_AUTO_TEST_CASE(a_plan_needs_no_float_data) {
+  Prepared p = valid();
+  rpa_attention_args layout_only = p.args;
+  for (rpa_tensor* t : {&layout_only.queries, &layout_only.kv_pages, &layout_only.out, &layout_only.lse})
+    t->data = nullptr;
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_REFERENCE;
+  rpa_context* context = nullptr;
+  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  rpa_plan* plan = nullptr;
+  BOOST_TEST_REQUIRE(rpa_plan_create(context, &layout_only, &plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_run(plan, &p.args) == RPA_STATUS_OK, rpa_last_error());
+  rpa_plan_destroy(plan);
+  rpa_context_destroy(context);
+}
+
 // A plan of host metadata has no device error record.
 BOOST_AUTO_TEST_CASE(plan_get_error_of_host_metadata_is_ok) {
   Prepared p = valid();
