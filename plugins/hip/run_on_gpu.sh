@@ -3,8 +3,9 @@
 # elsewhere (meson setup BUILD; ninja -C BUILD), with the shared libraries it links copied to BUILD/deps
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
 #   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
-# Prints, and writes to RESULTS (default .): rpa info, the plugin-loading and GPU-vs-reference tests
-# (also with the run-time compiled kernels, and under compute-sanitizer's memcheck and racecheck),
+# Prints, and writes to RESULTS (default .): rpa info, the plugin-loading test, the GPU tests and the
+# conformance suite (also with the run-time compiled kernels; gpu_compare under compute-sanitizer's
+# memcheck and racecheck),
 # the Python binding's tests (gpu included), and `rpa bench` on the gpu backend (each product path).
 set -u
 build=${1:-build-gpu}
@@ -29,15 +30,34 @@ plugins=$(cd "$build/plugins" && ls librpa_*.so 2>/dev/null | paste -sd, -)
 step info "$build/tools/rpa" info
 step plugin_loading env RPA_PLUGIN_PATH="$build/tests/plugins:$build/plugins" RPA_TEST_REAL_PLUGINS="$plugins" \
   "$build/tests/plugins/test_plugin_loading" --log_level=message
-step gpu_compare "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+# suite DIR: the conformance suite's cases run on the gpu backend, then `rpa suite check`.
+suite() {
+  "$build/tools/rpa" suite make "$1" > /dev/null || return 2
+  for case in "$1"/*.safetensors; do
+    "$build/tools/rpa" run "$case" -o "${case%.safetensors}.out.safetensors" --backend gpu > /dev/null || return 1
+  done
+  "$build/tools/rpa" suite check "$1"
+}
+# The GPU tests (the GPU backend against the reference; plans and graphs; quantised caches) and the suite.
+gpu_tests() {  # gpu_tests SUFFIX
+  step "gpu_compare$1" "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+  step "gpu_graph$1" "$build/tests/plugins/test_gpu_graph" --log_level=test_suite
+  step "plan$1" "$build/tests/test_plan" --log_level=test_suite
+  step "quantized$1" "$build/tests/test_quantized" --log_level=test_suite
+  step "suite$1" suite "$results/suite$1"
+}
+gpu_tests ""
 # The slower product paths for 16-bit inputs (NVIDIA), checked and timed too: RPA_GPU_MATRIX_CORES=mma
 # (mma.sync in place of Hopper's wgmma) and =0 (FMA).
 step gpu_compare_mma env RPA_GPU_MATRIX_CORES=mma "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # The kernels compiled at run time (NVRTC) and launched through the module API: the path of AMD devices
-# without an embedded code object. The first context compiles (about a minute), the others read the cache.
+# without an embedded code object. The first context compiles (about 90 s on an H200's host), the others
+# read the cache.
 export RPA_KERNEL_CACHE="$results/kernel_cache"
-step gpu_compare_rtc env RPA_GPU_KERNELS=rtc "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+export RPA_GPU_KERNELS=rtc
+gpu_tests _rtc
+unset RPA_GPU_KERNELS
 # Out-of-bounds accesses and shared-memory races in every kernel the comparison reaches (CUDA's
 # compute-sanitizer, where installed; about a minute each on an H100).
 if command -v compute-sanitizer > /dev/null 2>&1; then
