@@ -29,6 +29,14 @@ template <typename... Parts>
   reject(RPA_STATUS_INVALID_ARGUMENT, parts...);
 }
 
+// A memory-kind argument, read as its integer (a C caller may store any value in the enum).
+rpa_memory_kind memory_kind(const char* name, const rpa_memory_kind& given) {
+  const int32_t value = enum_value(given);
+  if (value != RPA_MEMORY_HOST && value != RPA_MEMORY_DEVICE)
+    reject("argument '", name, "': ", value, " is not an rpa_memory_kind");
+  return static_cast<rpa_memory_kind>(value);
+}
+
 bool is_float_dtype(int32_t dtype) {
   return dtype == RPA_DTYPE_F32 || dtype == RPA_DTYPE_F16 || dtype == RPA_DTYPE_BF16;
 }
@@ -306,10 +314,7 @@ FloatTensors check_float_tensors(const rpa_attention_args& args, bool need_data,
     p.lse_head_stride = lse.stride(1);
   }
 
-  const int32_t memory = enum_value(args.memory);
-  if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
-    reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
-  p.memory = static_cast<rpa_memory_kind>(memory);
+  p.memory = memory_kind("memory", args.memory);
 
   if (present(args.softmax_aux)) {
     const Tensor& sinks = t.sinks = check_tensor("softmax_aux", args.softmax_aux, 2, "[H_s, n]", Kind::floating, need_data);
@@ -425,10 +430,7 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) 
     reject("argument 'num_seqs': ", args.num_seqs, " is outside [0, S = ", max_seqs, "]");
   p.num_seqs = args.num_seqs;
 
-  const int32_t metadata_memory = enum_value(args.metadata_memory);
-  if (metadata_memory != RPA_MEMORY_HOST && metadata_memory != RPA_MEMORY_DEVICE)
-    reject("argument 'metadata_memory': ", metadata_memory, " is not an rpa_memory_kind");
-  p.metadata_memory = static_cast<rpa_memory_kind>(metadata_memory);
+  p.metadata_memory = memory_kind("metadata_memory", args.metadata_memory);
   if (p.metadata_memory == RPA_MEMORY_DEVICE) {
     if (p.memory != RPA_MEMORY_DEVICE)
       reject("argument 'metadata_memory': device metadata needs the tensors in device memory too (memory)");
@@ -555,10 +557,7 @@ rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vec
   w.k_scale = k_scale.data, w.k_scale_stride = k_scale.stride;
   w.v_scale = v_scale.data, w.v_scale_stride = v_scale.stride;
 
-  const int32_t memory = enum_value(args.memory);
-  if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
-    reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
-  w.memory = static_cast<rpa_memory_kind>(memory);
+  w.memory = memory_kind("memory", args.memory);
   w.stream = args.stream;
   w.synchronize = args.synchronize;
 
@@ -621,10 +620,7 @@ rpa_merge_problem validate_merge_args(const rpa_merge_args& args) {
   state("out", args.out, out, p.out_dtype, p.out_token_stride, p.out_head_stride);
   p.out = const_cast<void*>(out);
   if (present(args.lse)) p.lse = lse("lse", args.lse, p.lse_token_stride, p.lse_head_stride);
-  const int32_t memory = enum_value(args.memory);
-  if (memory != RPA_MEMORY_HOST && memory != RPA_MEMORY_DEVICE)
-    reject("argument 'memory': ", memory, " is not an rpa_memory_kind");
-  p.memory = static_cast<rpa_memory_kind>(memory);
+  p.memory = memory_kind("memory", args.memory);
   p.stream = args.stream;
   p.synchronize = args.synchronize;
   return p;
