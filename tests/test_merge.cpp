@@ -11,6 +11,8 @@
 
 #include "tests/support/case.h"
 
+using rpa::testing::OwnedContext;
+
 namespace {
 
 const float kInf = std::numeric_limits<float>::infinity();
@@ -47,17 +49,6 @@ struct Merge {
   rpa_merge_args args;
 };
 
-struct Context {
-  explicit Context(rpa_backend backend) {
-    rpa_context_options options;
-    rpa_context_options_init(&options);
-    options.backend = backend;
-    BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
-  }
-  ~Context() { rpa_context_destroy(context); }
-  rpa_context* context = nullptr;
-};
-
 std::vector<rpa_backend> cpu_backends() {
   std::vector<rpa_backend> backends{RPA_BACKEND_REFERENCE};
   if (rpa_backend_available(RPA_BACKEND_SIMD)) backends.push_back(RPA_BACKEND_SIMD);
@@ -74,7 +65,7 @@ BOOST_AUTO_TEST_CASE(hand_computed_merge) {
     m.b = {5.0f, 7.0f};
     m.lse_a = {0.0f};
     m.lse_b = {std::log(3.0f)};
-    BOOST_TEST_REQUIRE(rpa_merge_states(Context(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
+    BOOST_TEST_REQUIRE(rpa_merge_states(OwnedContext(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
     BOOST_TEST(m.out[0] == 4.0f, boost::test_tools::tolerance(1e-6f));
     BOOST_TEST(m.out[1] == 6.0f, boost::test_tools::tolerance(1e-6f));
     BOOST_TEST(m.lse[0] == std::log(4.0f), boost::test_tools::tolerance(1e-6f));
@@ -90,7 +81,7 @@ BOOST_AUTO_TEST_CASE(minus_infinity_rules) {
     m.lse_a = {-kInf, 1.5f, -kInf};
     m.b = {8.0f, 9.0f, nan, nan, nan, nan};
     m.lse_b = {0.25f, -kInf, -kInf};
-    BOOST_TEST_REQUIRE(rpa_merge_states(Context(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
+    BOOST_TEST_REQUIRE(rpa_merge_states(OwnedContext(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
     const std::vector<float> expected_out{8.0f, 9.0f, 2.0f, 4.0f, 0.0f, 0.0f};
     BOOST_TEST(m.out == expected_out, boost::test_tools::per_element());
     BOOST_TEST(m.lse[0] == 0.25f);
@@ -111,7 +102,7 @@ BOOST_AUTO_TEST_CASE(sixteen_bit_outputs_are_rounded_once) {
     m.lse_b = {0.0f};
     uint16_t out_bf16 = 0;
     m.args.out = tensor(&out_bf16, RPA_DTYPE_BF16, m.shape);
-    BOOST_TEST_REQUIRE(rpa_merge_states(Context(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
+    BOOST_TEST_REQUIRE(rpa_merge_states(OwnedContext(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
     BOOST_TEST(out_bf16 == 0x3F81, "backend " << rpa_backend_string(backend) << " gave 0x" << std::hex << out_bf16);
   }
 }
@@ -127,7 +118,7 @@ BOOST_AUTO_TEST_CASE(in_place_merge) {
     for (size_t i = 0; i < m.a.size(); ++i) expected[i] = (m.a[i] + m.b[i]) / 2;
     m.args.out = m.args.out_a;
     m.args.lse = m.args.lse_b;
-    BOOST_TEST_REQUIRE(rpa_merge_states(Context(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
+    BOOST_TEST_REQUIRE(rpa_merge_states(OwnedContext(backend).context, &m.args) == RPA_STATUS_OK, rpa_last_error());
     BOOST_TEST(m.a == expected, boost::test_tools::per_element());
     const std::vector<float> expected_lse{std::log(2.0f), 1.0f + std::log(2.0f), -1.0f + std::log(2.0f),
                                           2.0f + std::log(2.0f)};
@@ -166,7 +157,7 @@ BOOST_AUTO_TEST_CASE(argument_rules) {
   for (const Rule& rule : rules) {
     Merge m(2, 2, 4);
     rule.breaks(m);
-    BOOST_TEST(rpa_merge_states(Context(RPA_BACKEND_REFERENCE).context, &m.args) == RPA_STATUS_INVALID_ARGUMENT,
+    BOOST_TEST(rpa_merge_states(OwnedContext(RPA_BACKEND_REFERENCE).context, &m.args) == RPA_STATUS_INVALID_ARGUMENT,
                rule.what);
     const std::string message = rpa_last_error();
     BOOST_TEST(message.find(rule.fragment) != std::string::npos, rule.what << ": '" << message << "'");
@@ -176,6 +167,6 @@ BOOST_AUTO_TEST_CASE(argument_rules) {
   Merge m(1, 1, 1);
   BOOST_TEST(rpa_merge_states(nullptr, &m.args) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(std::string(rpa_last_error()).find("argument 'context'") != std::string::npos);
-  BOOST_TEST(rpa_merge_states(Context(RPA_BACKEND_REFERENCE).context, nullptr) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(rpa_merge_states(OwnedContext(RPA_BACKEND_REFERENCE).context, nullptr) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(std::string(rpa_last_error()).find("argument 'args'") != std::string::npos);
 }

@@ -46,17 +46,6 @@ Case with_new_values(Case c, uint64_t seed) {
   return c;
 }
 
-struct Context {
-  rpa_context* context = nullptr;
-  explicit Context(rpa_backend backend) {
-    rpa_context_options options;
-    rpa_context_options_init(&options);
-    options.backend = backend;
-    BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
-  }
-  ~Context() { rpa_context_destroy(context); }
-};
-
 struct Plan {
   rpa_plan* plan = nullptr;
   Plan(rpa_context* context, const rpa_attention_args& args) {
@@ -91,7 +80,7 @@ BOOST_AUTO_TEST_CASE(plan_reuse_with_new_tensors_is_bitwise_the_one_call_output)
     for (rpa_dtype dtype : {RPA_DTYPE_BF16, RPA_DTYPE_F32})
       for (bool strided : {false, true}) {
         BOOST_TEST_CONTEXT(rpa_backend_string(backend) << " dtype " << dtype << " strided " << strided) {
-          Context context(backend);
+          OwnedContext context(backend);
           const Case base = mixed_case(5, dtype, strided);
           Prepared planned = prepare(base);
           // The plan sees no float data at all.
@@ -113,7 +102,7 @@ BOOST_AUTO_TEST_CASE(plan_reuse_with_new_tensors_is_bitwise_the_one_call_output)
 BOOST_AUTO_TEST_CASE(one_plan_runs_from_four_threads_at_once) {
   for (rpa_backend backend : available_backends()) {
     BOOST_TEST_CONTEXT(rpa_backend_string(backend)) {
-      Context context(backend);
+      OwnedContext context(backend);
       const Case base = mixed_case(9, RPA_DTYPE_BF16, false);
       Prepared first = prepare(base);
       Plan plan(context.context, first.args);
@@ -140,7 +129,7 @@ BOOST_AUTO_TEST_CASE(one_plan_runs_from_four_threads_at_once) {
 BOOST_AUTO_TEST_CASE(the_plan_keeps_its_own_metadata) {
   for (rpa_backend backend : available_backends()) {
     BOOST_TEST_CONTEXT(rpa_backend_string(backend)) {
-      Context context(backend);
+      OwnedContext context(backend);
       const Case c = mixed_case(13, RPA_DTYPE_F32, false);
       Prepared p = prepare(c);
       Plan plan(context.context, p.args);
@@ -155,7 +144,7 @@ BOOST_AUTO_TEST_CASE(the_plan_keeps_its_own_metadata) {
 }
 
 BOOST_AUTO_TEST_CASE(a_run_must_match_the_plan) {
-  Context context(RPA_BACKEND_REFERENCE);
+  OwnedContext context(RPA_BACKEND_REFERENCE);
   const Case c = mixed_case(17, RPA_DTYPE_F32, false);
   Prepared p = prepare(c);
   Plan plan(context.context, p.args);
@@ -189,7 +178,7 @@ BOOST_AUTO_TEST_CASE(a_run_must_match_the_plan) {
 }
 
 BOOST_AUTO_TEST_CASE(null_handles) {
-  Context context(RPA_BACKEND_REFERENCE);
+  OwnedContext context(RPA_BACKEND_REFERENCE);
   Prepared p = prepare(mixed_case(19, RPA_DTYPE_F32, false));
   rpa_plan* plan = reinterpret_cast<rpa_plan*>(&p);
   BOOST_TEST(rpa_plan_create(nullptr, &p.args, &plan) == RPA_STATUS_INVALID_ARGUMENT);
@@ -204,7 +193,7 @@ BOOST_AUTO_TEST_CASE(null_handles) {
 
 BOOST_AUTO_TEST_CASE(plan_time_reports_every_run) {
   for (rpa_backend backend : available_backends()) {
-    Context context(backend);
+    OwnedContext context(backend);
     Prepared p = prepare(mixed_case(23, RPA_DTYPE_BF16, false));
     Plan plan(context.context, p.args);
     std::vector<double> ms(4, -1.0);

@@ -107,8 +107,8 @@ Coverage coverage(const rpa_problem& p, const TilePlan& plan, const PlanLimits& 
   return count;
 }
 
-void expect_exact_cover(const rpa_problem& p, const PlanLimits& limits) {
-  const TilePlan plan = rpa_gpu::make_tile_plan(p, limits);
+// Every visible (head, row, key) of p's sequences is covered by exactly one tile of `plan`.
+void expect_exact_cover(const rpa_problem& p, const TilePlan& plan, const PlanLimits& limits) {
   Coverage count = coverage(p, plan, limits);
   size_t visible = 0;
   for (int32_t s = 0; s < p.num_seqs; ++s) {
@@ -131,26 +131,32 @@ void expect_exact_cover(const rpa_problem& p, const PlanLimits& limits) {
   BOOST_TEST(covered == visible);
 }
 
+// 1-6 sequences (a third of them decodes) with up to max_extra_keys keys before their queries, 1-2 kv
+// heads of 1-6 q heads each, and a sliding window half the time.
+Metadata random_batch(std::mt19937& rng, int max_extra_keys) {
+  std::vector<int32_t> q_lens, contexts;
+  const int seqs = 1 + static_cast<int>(rng() % 6);
+  for (int s = 0; s < seqs; ++s) {
+    const int32_t q = rng() % 3 == 0 ? 1 : static_cast<int32_t>(rng() % 80);
+    q_lens.push_back(q);
+    contexts.push_back(q + static_cast<int32_t>(rng() % max_extra_keys));
+  }
+  const int64_t kv_heads = 1 + rng() % 2, group = 1 + rng() % 6;
+  const int64_t window = rng() % 2 ? 0 : 1 + rng() % 300;
+  return metadata(q_lens, contexts, kv_heads * group, kv_heads, window);
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(every_visible_row_key_pair_is_covered_exactly_once) {
   std::mt19937 rng(3);
   for (int trial = 0; trial < 40; ++trial) {
-    std::vector<int32_t> q_lens, contexts;
-    const int seqs = 1 + static_cast<int>(rng() % 6);
-    for (int s = 0; s < seqs; ++s) {
-      const int32_t q = rng() % 3 == 0 ? 1 : static_cast<int32_t>(rng() % 80);
-      q_lens.push_back(q);
-      contexts.push_back(q + static_cast<int32_t>(rng() % 600));
-    }
-    const int64_t kv_heads = 1 + rng() % 2, group = 1 + rng() % 6;
-    const int64_t window = rng() % 2 ? 0 : 1 + rng() % 300;
-    Metadata m = metadata(q_lens, contexts, kv_heads * group, kv_heads, window);
+    const Metadata m = random_batch(rng, 600);
     for (bool decode : {false, true})
       for (int target : {1, 64, 4000}) {
         const PlanLimits limits{decode, rpa_gpu::kDecodeMaxRows, trial % 2 ? 64 : 32, trial % 3 ? 64 : 32, target};
         BOOST_TEST_CONTEXT("trial " << trial << " decode " << decode << " target " << target)
-        expect_exact_cover(m.problem, limits);
+        expect_exact_cover(m.problem, rpa_gpu::make_tile_plan(m.problem, limits), limits);
       }
   }
 }
@@ -211,20 +217,15 @@ TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
 BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
   std::mt19937 rng(5);
   for (int trial = 0; trial < 40; ++trial) {
-    std::vector<int32_t> q_lens, contexts;
-    const int seqs = 1 + static_cast<int>(rng() % 6);
-    for (int s = 0; s < seqs; ++s) {
-      const int32_t q = rng() % 3 == 0 ? 1 : static_cast<int32_t>(rng() % 80);
-      q_lens.push_back(q);
-      contexts.push_back(q + static_cast<int32_t>(rng() % 900));
-    }
-    const int64_t kv_heads = 1 + rng() % 2, group = 1 + rng() % 6;
-    const int64_t window = rng() % 2 ? 0 : 1 + rng() % 300;
-    Metadata m = metadata(q_lens, contexts, kv_heads * group, kv_heads, window);
+    Metadata m = random_batch(rng, 900);
     // Bounds at or above the values.
-    m.problem.max_query_len = *std::max_element(q_lens.begin(), q_lens.end()) + static_cast<int32_t>(rng() % 20);
-    m.problem.max_context_len = *std::max_element(contexts.begin(), contexts.end()) + static_cast<int32_t>(rng() % 700);
-    std::vector<int32_t> seq_ok(q_lens.size(), 1);
+    int32_t max_q_len = 0;
+    for (int32_t s = 0; s < m.problem.num_seqs; ++s)
+      max_q_len = std::max(max_q_len, m.query_start_loc[s + 1] - m.query_start_loc[s]);
+    m.problem.max_query_len = max_q_len + static_cast<int32_t>(rng() % 20);
+    m.problem.max_context_len =
+        *std::max_element(m.context_lens.begin(), m.context_lens.end()) + static_cast<int32_t>(rng() % 700);
+    std::vector<int32_t> seq_ok(m.context_lens.size(), 1);
     for (bool decode : {false, true})
       for (int target : {1, 64, 4000}) {
         const PlanLimits limits{decode, rpa_gpu::kDecodeMaxRows, trial % 2 ? 64 : 32, trial % 3 ? 64 : 32, target};
@@ -234,23 +235,7 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
           grid.seq_ok = seq_ok.data();
           const TilePlan plan = resolve_grid(grid);
           BOOST_TEST(plan.partial_rows <= partial_rows, "a split writes beyond the plan's partial rows");
-          Coverage count = coverage(m.problem, plan, limits);
-          size_t visible = 0, covered = 0;
-          for (int32_t s = 0; s < m.problem.num_seqs; ++s) {
-            const int32_t first_row = m.query_start_loc[s], q_len = m.query_start_loc[s + 1] - first_row;
-            for (int32_t i = 0; i < q_len; ++i) {
-              const int64_t pos = m.context_lens[s] - q_len + i;
-              const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-              for (int64_t h = 0; h < m.problem.num_q_heads; ++h)
-                for (int64_t j = first; j <= pos; ++j) {
-                  ++visible;
-                  if (count.at(h, first_row + i, j) != 1)
-                    BOOST_FAIL("seq " << s << " head " << h << " row " << first_row + i << " key " << j);
-                }
-            }
-          }
-          for (uint8_t c : count.count) covered += c;
-          BOOST_TEST(covered == visible);
+          expect_exact_cover(m.problem, plan, limits);
         }
       }
     // A broken sequence gets no tile, the others keep theirs.
@@ -301,5 +286,6 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_follow_the_tokens) {
   grid.seq_ok = seq_ok.data();
   const TilePlan plan = resolve_grid(grid);
   BOOST_TEST(plan.attention_tiles - plan.decode_tiles >= 2u * 32 * 8);
-  expect_exact_cover(m.problem, limits);  // the host planner on the same problem, for comparison
+  expect_exact_cover(m.problem, plan, limits);
+  expect_exact_cover(m.problem, rpa_gpu::make_tile_plan(m.problem, limits), limits);  // the host planner's too
 }

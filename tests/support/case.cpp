@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <stdexcept>
 
 #include "core/dtype.h"
 
@@ -78,6 +79,16 @@ Case dequantised(const Case& c) {
   }
   return f;
 }
+
+OwnedContext::OwnedContext(rpa_backend backend) {
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = backend;
+  if (rpa_context_create(&options, &context) != RPA_STATUS_OK)
+    throw std::runtime_error(std::string("creating a ") + rpa_backend_string(backend) + " context: " + rpa_last_error());
+}
+
+OwnedContext::~OwnedContext() { rpa_context_destroy(context); }
 
 std::vector<rpa_backend> available_backends() {
   std::vector<rpa_backend> backends;

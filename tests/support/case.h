@@ -70,6 +70,16 @@ Result run_prepared(Prepared& prepared, rpa_backend backend);
 // Runs the case on a context of `backend`. Fills result.status/message on failure.
 Result run_case(const Case& c, rpa_backend backend, bool with_lse = true);
 
+// A context of `backend`, destroyed with the object. Throws std::runtime_error carrying the library's
+// message when it cannot be made (Boost.Test reports it as the test's error).
+struct OwnedContext {
+  explicit OwnedContext(rpa_backend backend);
+  ~OwnedContext();
+  OwnedContext(const OwnedContext&) = delete;
+  OwnedContext& operator=(const OwnedContext&) = delete;
+  rpa_context* context = nullptr;
+};
+
 // The backends this build can run (reference first).
 std::vector<rpa_backend> available_backends();
 

@@ -19,17 +19,6 @@ Case case_with_head_dim(int64_t head_dim) {
   return random_case(spec, 5);
 }
 
-struct Context {
-  explicit Context(rpa_backend backend) {
-    rpa_context_options options;
-    rpa_context_options_init(&options);
-    options.backend = backend;
-    BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
-  }
-  ~Context() { rpa_context_destroy(context); }
-  rpa_context* context = nullptr;
-};
-
 bool all_equal(const std::vector<float>& values, float expected) {
   for (float value : values)
     if (value != expected) return false;
@@ -40,7 +29,7 @@ bool all_equal(const std::vector<float>& values, float expected) {
 
 BOOST_AUTO_TEST_CASE(auto_resolves_to_the_usable_plugin) {
   BOOST_TEST(rpa_backend_available(RPA_BACKEND_GPU) == 1);
-  const Context auto_context(RPA_BACKEND_AUTO);
+  const OwnedContext auto_context(RPA_BACKEND_AUTO);
   rpa_backend backend = RPA_BACKEND_AUTO;
   BOOST_TEST_REQUIRE(rpa_context_get_backend(auto_context.context, &backend) == RPA_STATUS_OK);
   BOOST_TEST(backend == RPA_BACKEND_GPU);
@@ -48,7 +37,7 @@ BOOST_AUTO_TEST_CASE(auto_resolves_to_the_usable_plugin) {
 
 BOOST_AUTO_TEST_CASE(supports_says_yes_and_the_gpu_runs_what_it_supports) {
   Prepared prepared = prepare(case_with_head_dim(64));
-  const Context gpu(RPA_BACKEND_GPU);
+  const OwnedContext gpu(RPA_BACKEND_GPU);
   BOOST_TEST(rpa_context_supports(gpu.context, &prepared.args) == RPA_STATUS_OK, rpa_last_error());
   for (rpa_backend backend : {RPA_BACKEND_GPU, RPA_BACKEND_AUTO}) {
     const Result result = run_case(case_with_head_dim(64), backend);
@@ -60,20 +49,20 @@ BOOST_AUTO_TEST_CASE(supports_says_yes_and_the_gpu_runs_what_it_supports) {
 BOOST_AUTO_TEST_CASE(supports_says_no_with_the_plugins_reason) {
   Prepared prepared = prepare(case_with_head_dim(128));
   for (rpa_backend backend : {RPA_BACKEND_GPU, RPA_BACKEND_AUTO}) {
-    const Context context(backend);
+    const OwnedContext context(backend);
     BOOST_TEST(rpa_context_supports(context.context, &prepared.args) == RPA_STATUS_UNSUPPORTED);
     const std::string message = rpa_last_error();
     BOOST_TEST(message == "fake-limited plugin: head_dim 128 is above this fake device's 64", message);
   }
   // A CPU context runs everything valid.
-  const Context simd(rpa_backend_available(RPA_BACKEND_SIMD) ? RPA_BACKEND_SIMD : RPA_BACKEND_REFERENCE);
+  const OwnedContext simd(rpa_backend_available(RPA_BACKEND_SIMD) ? RPA_BACKEND_SIMD : RPA_BACKEND_REFERENCE);
   BOOST_TEST(rpa_context_supports(simd.context, &prepared.args) == RPA_STATUS_OK, rpa_last_error());
 }
 
 BOOST_AUTO_TEST_CASE(supports_rejects_invalid_args_like_plan_create) {
   Prepared prepared = prepare(case_with_head_dim(16));
   prepared.args.num_seqs = -1;
-  const Context gpu(RPA_BACKEND_GPU);
+  const OwnedContext gpu(RPA_BACKEND_GPU);
   BOOST_TEST(rpa_context_supports(gpu.context, &prepared.args) == RPA_STATUS_INVALID_ARGUMENT);
   const std::string supports_message = rpa_last_error();
   rpa_plan* plan = nullptr;
@@ -95,7 +84,7 @@ BOOST_AUTO_TEST_CASE(auto_falls_back_to_the_cpu_for_what_the_gpu_cannot_run) {
 
   // A plan of an AUTO context takes the same route, and runs again with the same result.
   Prepared prepared = prepare(c);
-  const Context auto_context(RPA_BACKEND_AUTO);
+  const OwnedContext auto_context(RPA_BACKEND_AUTO);
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(auto_context.context, &prepared.args, &plan) == RPA_STATUS_OK, rpa_last_error());
   for (int run = 0; run < 2; ++run) {
@@ -117,7 +106,7 @@ BOOST_AUTO_TEST_CASE(a_plugin_without_the_optional_entries_refuses_device_metada
   Prepared prepared = prepare(case_with_head_dim(16));
   prepared.args.memory = RPA_MEMORY_DEVICE;  // validation reads no device data
   prepared.args.metadata_memory = RPA_MEMORY_DEVICE;
-  const Context gpu(RPA_BACKEND_GPU);
+  const OwnedContext gpu(RPA_BACKEND_GPU);
   BOOST_TEST(rpa_context_supports(gpu.context, &prepared.args) == RPA_STATUS_UNSUPPORTED);
   BOOST_TEST(std::string(rpa_last_error()) == "argument 'metadata_memory': the fake-limited plugin predates device metadata",
              rpa_last_error());
