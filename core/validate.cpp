@@ -55,7 +55,7 @@ struct Tensor {
   int64_t stride(int i) const { return strides[i]; }
 };
 
-enum class Kind { metadata, floating, kv };
+enum class Kind { metadata, floating, f32, kv };
 
 // A tensor is present when it has data or dimensions (a plan may be made before the data exists).
 bool present(const rpa_tensor& t) { return t.data != nullptr || t.ndim != 0; }
@@ -72,6 +72,8 @@ Tensor check_tensor(const char* name, const rpa_tensor& t, int ndim, const char*
     reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected int32");
   if (kind == Kind::kv && !is_float_dtype(dtype) && !quantised)
     reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32, f16, bf16, fp8_e4m3, fp8_e5m2 or int8");
+  if (kind == Kind::f32 && dtype != RPA_DTYPE_F32)
+    reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32");
   if (kind == Kind::floating && !is_float_dtype(dtype))
     reject("argument '", name, "': dtype is ", dtype_name(dtype), ", expected f32, f16 or bf16",
            quantised ? " (quantised dtypes are for the KV cache only)" : "");
@@ -202,8 +204,7 @@ Scale check_scale(const char* name, const rpa_tensor& t, const Cache& cache, Ten
     reject("argument '", name, "': given, but the KV cache's dtype ", dtype_name(cache.dtype),
            " is not quantised (scales are for fp8_e4m3, fp8_e5m2 and int8)");
   // Every tensor's rules (data, alignment, strides, extent), then the scales' own.
-  checked = check_tensor(name, t, 1, "[1] or [KVH]", Kind::floating);
-  if (checked.dtype != RPA_DTYPE_F32) reject("argument '", name, "': dtype is ", dtype_name(checked.dtype), ", expected f32");
+  checked = check_tensor(name, t, 1, "[1] or [KVH]", Kind::f32);
   if (t.shape[0] != 1 && t.shape[0] != cache.num_kv_heads)
     reject("argument '", name, "': shape[0] is ", t.shape[0], ", expected 1 (per tensor) or KVH = ", cache.num_kv_heads,
            " (per kv head)");
@@ -303,9 +304,8 @@ FloatTensors check_float_tensors(const rpa_attention_args& args, bool need_data,
   p.out_head_stride = out.stride(1);
 
   if (present(args.lse)) {
-    const Tensor& lse = t.lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::floating, need_data);
+    const Tensor& lse = t.lse = check_tensor("lse", args.lse, 2, "[T, QH]", Kind::f32, need_data);
     record(layouts, kLse, lse);
-    if (lse.dtype != RPA_DTYPE_F32) reject("argument 'lse': dtype is ", dtype_name(lse.dtype), ", expected f32");
     expect_dim(lse, 0, p.num_tokens, "T of queries");
     expect_dim(lse, 1, p.num_q_heads, "QH of queries");
     expect_distinct_elements(lse, 2);
@@ -566,8 +566,8 @@ rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vec
   // The cache is this call's output: a key or value read after a write into the same bytes would be wrong.
   // (Checked before the slots are read: they may be the bytes in question.)
   for (const Tensor& target : cache.tensors)
-    for (const Tensor* input : {&keys, &values, &mapping})
-      expect_no_overlap(target, *input, "the cache may not share memory with keys, values or slot_mapping");
+    for (const Tensor* input : std::initializer_list<const Tensor*>{&keys, &values, &mapping, &k_scale_view, &v_scale_view})
+      expect_no_overlap(target, *input, "the cache may not share memory with keys, values, slot_mapping or the scales");
   const auto* given = static_cast<const int32_t*>(args.slot_mapping.data);
   slots.resize(static_cast<size_t>(w.num_tokens));
   for (int64_t i = 0; i < w.num_tokens; ++i) {
@@ -603,23 +603,40 @@ rpa_merge_problem validate_merge_args(const rpa_merge_args& args) {
     expect_dim(t, 1, p.num_heads, "H of out_a");
     expect_dim(t, 2, p.head_dim, "D of out_a");
     data = raw.data, dtype = t.dtype, token_stride = t.stride(0), head_stride = t.stride(1);
+    return t;
   };
-  const auto lse = [&](const char* name, const rpa_tensor& raw, int64_t& token_stride, int64_t& head_stride) {
-    const Tensor t = check_tensor(name, raw, 2, "[T, H]", Kind::floating);
-    if (t.dtype != RPA_DTYPE_F32) reject("argument '", name, "': dtype is ", dtype_name(t.dtype), ", expected f32");
+  const auto lse = [&](const char* name, const rpa_tensor& raw, auto& data, int64_t& token_stride,
+                       int64_t& head_stride) {
+    const Tensor t = check_tensor(name, raw, 2, "[T, H]", Kind::f32);
     expect_dim(t, 0, p.num_tokens, "T of out_a");
     expect_dim(t, 1, p.num_heads, "H of out_a");
-    token_stride = t.stride(0), head_stride = t.stride(1);
-    return static_cast<float*>(raw.data);
+    data = static_cast<float*>(raw.data), token_stride = t.stride(0), head_stride = t.stride(1);
+    return t;
   };
   state("out_a", args.out_a, p.out_a, p.out_a_dtype, p.out_a_token_stride, p.out_a_head_stride);
-  p.lse_a = lse("lse_a", args.lse_a, p.lse_a_token_stride, p.lse_a_head_stride);
-  state("out_b", args.out_b, p.out_b, p.out_b_dtype, p.out_b_token_stride, p.out_b_head_stride);
-  p.lse_b = lse("lse_b", args.lse_b, p.lse_b_token_stride, p.lse_b_head_stride);
-  const void* out = nullptr;
-  state("out", args.out, out, p.out_dtype, p.out_token_stride, p.out_head_stride);
-  p.out = const_cast<void*>(out);
-  if (present(args.lse)) p.lse = lse("lse", args.lse, p.lse_token_stride, p.lse_head_stride);
+  const Tensor lse_a = lse("lse_a", args.lse_a, p.lse_a, p.lse_a_token_stride, p.lse_a_head_stride);
+  const Tensor out_b = state("out_b", args.out_b, p.out_b, p.out_b_dtype, p.out_b_token_stride, p.out_b_head_stride);
+  const Tensor lse_b = lse("lse_b", args.lse_b, p.lse_b, p.lse_b_token_stride, p.lse_b_head_stride);
+  const void* out_data = nullptr;
+  const Tensor out = state("out", args.out, out_data, p.out_dtype, p.out_token_stride, p.out_head_stride);
+  p.out = const_cast<void*>(out_data);
+  expect_distinct_elements(out, 3);
+  Tensor lse_out{};  // absent: spans no bytes
+  if (present(args.lse)) {
+    lse_out = lse("lse", args.lse, p.lse, p.lse_token_stride, p.lse_head_stride);
+    expect_distinct_elements(lse_out, 2);
+  }
+  // Each row reads its inputs before it writes, so an output may be one of its inputs exactly (in place);
+  // any other shared byte would be read after another row, or another element, wrote it.
+  const auto same_view = [](const Tensor& x, const Tensor& y) {
+    return x.begin == y.begin && x.dtype == y.dtype && x.strides == y.strides;
+  };
+  const char* rule = "out and lse may be out_a/out_b and lse_a/lse_b exactly (in place), or share no memory with them";
+  for (const Tensor* input : {&out_a, &out_b, &lse_a, &lse_b}) {
+    if (!same_view(out, *input)) expect_no_overlap(out, *input, rule);
+    if (!same_view(lse_out, *input)) expect_no_overlap(lse_out, *input, rule);
+  }
+  expect_no_overlap(out, lse_out, rule);
   p.memory = memory_kind("memory", args.memory);
   p.stream = args.stream;
   p.synchronize = args.synchronize;

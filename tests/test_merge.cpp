@@ -143,7 +143,21 @@ BOOST_AUTO_TEST_CASE(argument_rules) {
       {"out with another T", [](Merge& m) { m.args.out.shape[0] = 1; }, "argument 'out'"},
       {"lse_b with another H", [](Merge& m) { m.args.lse_b.shape[1] = 3; }, "argument 'lse_b'"},
       {"lse_a not f32", [](Merge& m) { m.args.lse_a.dtype = RPA_DTYPE_BF16; }, "argument 'lse_a': dtype is bf16"},
+      {"lse int32", [](Merge& m) { m.args.lse.dtype = RPA_DTYPE_I32; }, "argument 'lse': dtype is int32, expected f32"},
       {"out_a int32", [](Merge& m) { m.args.out_a.dtype = RPA_DTYPE_I32; }, "argument 'out_a'"},
+      {"out reaching rows twice", [](Merge& m) { m.args.out.strides[0] = 0; },
+       "argument 'out': strides[0] = 0 makes the view reach some elements more than once"},
+      {"lse reaching rows twice", [](Merge& m) { m.args.lse.strides[0] = 0; },
+       "argument 'lse': strides[0] = 0 makes the view reach some elements more than once"},
+      // In place means the same view: out_b's bytes read as bf16 elements are another view of them.
+      {"out over out_b as bf16", [](Merge& m) { m.args.out = tensor(m.b.data(), RPA_DTYPE_BF16, m.shape); },
+       "argument 'out': its bytes overlap those of 'out_b'"},
+      {"lse inside out_a", [](Merge& m) { m.args.lse = tensor(m.a.data() + 1, RPA_DTYPE_F32, m.lse_shape); },
+       "argument 'lse': its bytes overlap those of 'out_a'"},
+      {"lse one head into lse_a", [](Merge& m) { m.args.lse = tensor(m.lse_a.data() + 1, RPA_DTYPE_F32, m.lse_shape); },
+       "argument 'lse': its bytes overlap those of 'lse_a'"},
+      {"lse inside out", [](Merge& m) { m.args.lse = tensor(m.out.data() + 1, RPA_DTYPE_F32, m.lse_shape); },
+       "argument 'out': its bytes overlap those of 'lse'"},
       {"out_a 2-D", [](Merge& m) { m.args.out_a.ndim = 2; }, "argument 'out_a'"},
       {"bad memory kind",
        [](Merge& m) {
@@ -163,6 +177,9 @@ BOOST_AUTO_TEST_CASE(argument_rules) {
     BOOST_TEST(message.find(rule.fragment) != std::string::npos, rule.what << ": '" << message << "'");
     BOOST_TEST(m.out == std::vector<float>(m.out.size(), -7.0f), boost::test_tools::per_element());
     BOOST_TEST(m.lse == std::vector<float>(m.lse.size(), -7.0f), boost::test_tools::per_element());
+    BOOST_TEST(m.a == std::vector<float>(m.a.size(), 0.0f), boost::test_tools::per_element());
+    BOOST_TEST(m.b == std::vector<float>(m.b.size(), 0.0f), boost::test_tools::per_element());
+    BOOST_TEST(m.lse_a == std::vector<float>(m.lse_a.size(), 0.0f), boost::test_tools::per_element());
   }
   Merge m(1, 1, 1);
   BOOST_TEST(rpa_merge_states(nullptr, &m.args) == RPA_STATUS_INVALID_ARGUMENT);

@@ -419,6 +419,7 @@ BOOST_AUTO_TEST_CASE(write_kv_validation_names_the_argument) {
   // Shapes and dtypes: keys of another head count, a slot mapping of another length, 8-bit new keys.
   WriteCase w;
   w.slots = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  w.k_scale = {0.5f};
   w.build(2);
   std::string message;
   w.args.keys.dtype = RPA_DTYPE_INT8;
@@ -434,14 +435,16 @@ BOOST_AUTO_TEST_CASE(write_kv_validation_names_the_argument) {
   w.args.slot_mapping.shape[0] = 9, w.args.memory = RPA_MEMORY_DEVICE;
   BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(message.find("'memory'") != std::string::npos, message);
-  // New keys or slots in the cache's own bytes: the write would read what it wrote.
+  // New keys, slots or scales in the cache's own bytes: the write would read what it wrote.
   w.args.memory = RPA_MEMORY_HOST;
+  const float valid_scale = 1.0f;  // so that the scale's value rule passes and the overlap rule decides
+  std::memcpy(w.kv.data() + 16, &valid_scale, sizeof valid_scale);
   const std::vector<uint8_t> before = w.kv;
-  for (rpa_tensor* input : {&w.args.keys, &w.args.slot_mapping}) {
+  for (rpa_tensor* input : {&w.args.keys, &w.args.slot_mapping, &w.args.k_scale}) {
     void* const own = input->data;
     input->data = w.kv.data() + 16;
     BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
-    const std::string name = input == &w.args.keys ? "'keys'" : "'slot_mapping'";
+    const std::string name = input == &w.args.keys ? "'keys'" : input == &w.args.k_scale ? "'k_scale'" : "'slot_mapping'";
     BOOST_TEST(message.find("argument 'kv_pages': its bytes overlap those of " + name) != std::string::npos, message);
     input->data = own;
   }
