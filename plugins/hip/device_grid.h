@@ -74,7 +74,9 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
       else high = middle - 1;
     }
     seq = low;
-    row_chunk = chunk - g.chunk_offsets[seq];
+    // A sequence's slots take its row chunks last first: a later chunk sees more keys, and blocks start
+    // in slot order, so the longest tiles of a sequence start first (the host planner sorts all tiles).
+    row_chunk = g.chunk_offsets[seq + 1] - 1 - chunk;
   }
   if (!g.seq_ok[seq]) return false;
   const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;

@@ -5,6 +5,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -236,6 +237,16 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
           const TilePlan plan = resolve_grid(grid);
           BOOST_TEST(plan.partial_rows <= partial_rows, "a split writes beyond the plan's partial rows");
           expect_exact_cover(m.problem, plan, limits);
+          // Within a sequence (and head), tiles start in slot order with the later rows first: they see
+          // more keys, so the longest start first.
+          std::map<std::pair<int32_t, int32_t>, int32_t> last_row;  // (seq, first head) -> row of its last tile
+          for (size_t i = plan.decode_tiles; i < plan.attention_tiles; ++i) {
+            const Tile& t = plan.tiles[i];
+            const auto key = std::make_pair(t.seq, t.head_begin);
+            const auto seen = last_row.find(key);
+            if (seen != last_row.end()) BOOST_TEST(t.row_begin <= seen->second, "seq " << t.seq << " row " << t.row_begin);
+            last_row[key] = t.row_begin;
+          }
         }
       }
     // A broken sequence gets no tile, the others keep theirs.
