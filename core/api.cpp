@@ -2,7 +2,6 @@
 // thread's last-error text.
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <new>
 #include <string>
 #include <vector>

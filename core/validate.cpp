@@ -4,7 +4,6 @@
 #include <array>
 #include <cfloat>
 #include <cmath>
-#include <cstring>
 #include <sstream>
 #include <string>
 #include <unordered_set>

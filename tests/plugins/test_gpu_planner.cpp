@@ -1,4 +1,4 @@
-// The GPU planner (plugins/hip/planner.cpp, plain C++) on the CPU: every visible (q head, row, key) of a
+// The GPU planner (plugins/gpu/planner.cpp, plain C++) on the CPU: every visible (q head, row, key) of a
 // problem belongs to exactly one tile, the splits of a key range partition it in order, and counts near
 // the int32 limits neither wrap nor pass unnamed.
 #define BOOST_TEST_MODULE gpu_planner
@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "plugins/hip/planner.h"
+#include "plugins/gpu/planner.h"
 
 using rpa_gpu::PlanLimits;
 using rpa_gpu::Tile;

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "plugins/hip/kernel_list.h"
+#include "plugins/gpu/kernel_list.h"
 
 namespace {
 

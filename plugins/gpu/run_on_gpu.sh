@@ -2,7 +2,7 @@
 # Runs the GPU checks and the GPU benchmark on a machine with a GPU, from a build directory made
 # elsewhere (meson setup BUILD; ninja -C BUILD), with the shared libraries it links copied to BUILD/deps
 # when the machine lacks them (Debian's libhwy, libtbb, Boost.Test):
-#   plugins/hip/run_on_gpu.sh [BUILD] [RESULTS]
+#   plugins/gpu/run_on_gpu.sh [BUILD] [RESULTS]
 # Prints, and writes to RESULTS (default .): rpa info, the plugin-loading test, the GPU tests and the
 # conformance suite (also with the run-time compiled kernels; gpu_compare under compute-sanitizer's
 # memcheck and racecheck),

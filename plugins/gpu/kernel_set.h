@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "plugins/hip/attention_kernels.h"
-#include "plugins/hip/kernel_list.h"
+#include "plugins/gpu/attention_kernels.h"
+#include "plugins/gpu/kernel_list.h"
 
 namespace rpa_gpu {
 

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "core/dtype.h"  // RPA_HOST_DEVICE
-#include "plugins/hip/tile.h"
+#include "plugins/gpu/tile.h"
 
 namespace rpa_gpu {
 

@@ -1,11 +1,11 @@
-#include "plugins/hip/kernel_set.h"
+#include "plugins/gpu/kernel_set.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
-#include "plugins/hip/code_cache.h"
-#include "plugins/hip/runtime_loader.h"
+#include "plugins/gpu/code_cache.h"
+#include "plugins/gpu/runtime_loader.h"
 
 #if defined(RPA_GPU_CUDA)
 // The precompiled entry points, defined by kernel_entries.cpp in the same plugin.

@@ -17,11 +17,11 @@
 
 #include <stdint.h>
 
-#include "plugins/hip/gpu_vendor.h"  // first: core/dtype.h's device code uses the runtime's intrinsics
+#include "plugins/gpu/gpu_vendor.h"  // first: core/dtype.h's device code uses the runtime's intrinsics
 #include "core/dtype.h"
 #include "core/problem.h"
-#include "plugins/hip/device_grid.h"
-#include "plugins/hip/tile.h"
+#include "plugins/gpu/device_grid.h"
+#include "plugins/gpu/tile.h"
 #include "rpa/rpa.h"
 
 namespace rpa_gpu {

@@ -1,4 +1,4 @@
-#include "plugins/hip/code_cache.h"
+#include "plugins/gpu/code_cache.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -2,7 +2,7 @@
 // padded rows and mma.sync m16n8k16 with f32 accumulators. Each warp owns 16 tile rows.
 #pragma once
 
-#include "plugins/hip/attention_kernels.h"
+#include "plugins/gpu/attention_kernels.h"
 
 #if defined(RPA_GPU_CUDA)
 

@@ -4,7 +4,7 @@
 // its body traps, and the host never launches it there.
 #pragma once
 
-#include "plugins/hip/attention_kernels.h"
+#include "plugins/gpu/attention_kernels.h"
 
 #if defined(RPA_GPU_CUDA)
 

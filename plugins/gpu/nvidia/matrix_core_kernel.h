@@ -15,9 +15,9 @@
 // NaN therefore takes P V on the FMA path, which skips masked keys (select, never multiply by 0).
 #pragma once
 
-#include "plugins/hip/attention_kernels.h"
-#include "plugins/hip/warp_mma.h"
-#include "plugins/hip/warpgroup_mma.h"
+#include "plugins/gpu/attention_kernels.h"
+#include "plugins/gpu/nvidia/warp_mma.h"
+#include "plugins/gpu/nvidia/warpgroup_mma.h"
 
 #if defined(RPA_GPU_CUDA)
 

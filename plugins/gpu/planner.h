@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "core/problem.h"
-#include "plugins/hip/device_grid.h"
-#include "plugins/hip/tile.h"
+#include "plugins/gpu/device_grid.h"
+#include "plugins/gpu/tile.h"
 
 namespace rpa_gpu {
 

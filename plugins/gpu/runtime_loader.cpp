@@ -1,5 +1,5 @@
 // Opens the GPU runtimes of runtime_loader.h with dlopen and resolves their entry points.
-#include "plugins/hip/runtime_loader.h"
+#include "plugins/gpu/runtime_loader.h"
 
 #include <dlfcn.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "plugins/hip/planner.h"
+#include "plugins/gpu/planner.h"
 
 #include <algorithm>
 

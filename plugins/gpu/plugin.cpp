@@ -17,10 +17,10 @@
 #include <string>
 #include <vector>
 
-#include "plugins/hip/attention_kernels.h"
-#include "plugins/hip/kernel_set.h"
-#include "plugins/hip/matrix_core_kernel.h"
-#include "plugins/hip/planner.h"
+#include "plugins/gpu/attention_kernels.h"
+#include "plugins/gpu/kernel_set.h"
+#include "plugins/gpu/nvidia/matrix_core_kernel.h"
+#include "plugins/gpu/planner.h"
 #include "plugins/plugin_abi.h"
 
 using rpa_gpu::Kernel;
