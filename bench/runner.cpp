@@ -13,6 +13,7 @@
 #include <numeric>
 #include <thread>
 
+#include "bench/cuda_graph.h"
 #include "bench/machine.h"
 #include "core/dtype.h"
 #include "golden/check.h"
@@ -70,6 +71,10 @@ rpa_tensor tensor(void* data, rpa_dtype dtype, std::initializer_list<int64_t> sh
 
 void check(rpa_status status, const std::string& what) {
   if (status != RPA_STATUS_OK) throw std::runtime_error(what + ": " + rpa_last_error());
+}
+
+void check_cuda(int result, const char* what) {
+  if (result != 0) throw std::runtime_error(std::string(what) + " failed: CUresult " + std::to_string(result));
 }
 
 // One problem over the shared KV pool, in host memory.
@@ -277,6 +282,58 @@ double device_bandwidth(Engine& engine, size_t bytes, int repeats) {
   rpa_device_free(engine.context, a);
   rpa_device_free(engine.context, b);
   return median(rates);
+}
+
+// Planned runs a graph holds, as one step of a model's 32 layers would.
+constexpr int kGraphRuns = 32;
+
+// The per-call time of kGraphRuns planned runs of `args` (device memory) captured in one CUDA graph: the
+// median over `repeats` replays of a replay's time (device events around it) divided by kGraphRuns.
+// 0 where the CUDA driver is absent (AMD: HIP graphs are not measured).
+double graph_replay_ms(Engine& engine, rpa_attention_args args, int repeats) {
+  static cuda_graph::Driver driver;
+  static const bool loaded = driver.load();
+  if (!loaded) return 0;
+  struct Resources {
+    cuda_graph::Driver& driver;
+    rpa_plan* plan = nullptr;
+    void *stream = nullptr, *graph = nullptr, *exec = nullptr, *start = nullptr, *end = nullptr;
+    ~Resources() {
+      if (exec) driver.exec_destroy(exec);
+      if (graph) driver.graph_destroy(graph);
+      if (start) driver.event_destroy(start);
+      if (end) driver.event_destroy(end);
+      rpa_plan_destroy(plan);
+      if (stream) driver.stream_destroy(stream);
+    }
+  } r{driver};
+  check_cuda(driver.stream_create(&r.stream, cuda_graph::Driver::kNonBlocking), "cuStreamCreate");
+  args.stream = r.stream;
+  args.synchronize = 0;
+  check(rpa_plan_create(engine.context, &args, &r.plan), "plan for the graph");
+  check(rpa_plan_run(r.plan, &args), "planned run before the capture");
+  check_cuda(driver.stream_synchronize(r.stream), "cuStreamSynchronize");
+  check_cuda(driver.begin_capture(r.stream, cuda_graph::Driver::kThreadLocalCapture), "cuStreamBeginCapture");
+  rpa_status status = RPA_STATUS_OK;
+  for (int i = 0; i < kGraphRuns && status == RPA_STATUS_OK; ++i) status = rpa_plan_run(r.plan, &args);
+  const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
+  check_cuda(driver.end_capture(r.stream, &r.graph), "cuStreamEndCapture");
+  if (status != RPA_STATUS_OK) throw std::runtime_error("planned run in a graph capture: " + message);
+  check_cuda(driver.instantiate(&r.exec, r.graph, 0), "cuGraphInstantiateWithFlags");
+  check_cuda(driver.event_create(&r.start, 0), "cuEventCreate");
+  check_cuda(driver.event_create(&r.end, 0), "cuEventCreate");
+  check_cuda(driver.launch(r.exec, r.stream), "cuGraphLaunch");  // the first replay uploads the graph
+  std::vector<double> ms;
+  for (int i = 0; i < repeats; ++i) {
+    check_cuda(driver.event_record(r.start, r.stream), "cuEventRecord");
+    check_cuda(driver.launch(r.exec, r.stream), "cuGraphLaunch");
+    check_cuda(driver.event_record(r.end, r.stream), "cuEventRecord");
+    check_cuda(driver.event_synchronize(r.end), "cuEventSynchronize");
+    float elapsed = 0;
+    check_cuda(driver.event_elapsed(&elapsed, r.start, r.end), "cuEventElapsedTime");
+    ms.push_back(elapsed / kGraphRuns);
+  }
+  return median(ms);
 }
 
 class Progress {
@@ -489,6 +546,7 @@ Measurements run(const Options& options) {
         with_metadata.read_out(problem.out);
         check_sample(device_metadata_valid);
         row.device_metadata_ms = planned(engine, with_metadata.args);
+        row.graph_ms = graph_replay_ms(engine, with_metadata.args, options.repeats);
       }
       std::fill(problem.out.begin(), problem.out.end(), uint8_t{0xff});  // NaN: every row must be written
       if (engine.on_device()) {

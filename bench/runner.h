@@ -35,6 +35,7 @@ struct Row {
   double planned_ms = 0;  // a whole planned run, back to back (rpa_plan_time)
   double one_call_ms = 0;  // CPU backends: one rpa_attention call (validation and planning included)
   double device_metadata_ms = 0;  // GPU: a whole planned run with the metadata in device memory
+  double graph_ms = 0;  // NVIDIA: that run, per call, replayed from a CUDA graph of 32 runs (0: not measured)
   double kv_bytes = 0, flops = 0, bandwidth = 0, peak = 0, reference_flops_rate = 0;
   int64_t sample_rows = 0, total_rows = 0;
   double max_error = 0;

@@ -5,11 +5,10 @@
 // Device metadata: a graph replayed after the metadata is rewritten in place follows it, and a broken rule
 // skips its sequence and comes back from rpa_plan_get_error with host validation's message.
 // Also checks rpa_merge_states with device memory against the host merge. The CUDA driver API is
-// loaded with dlopen, so the test builds without CUDA headers; it skips without an NVIDIA GPU.
+// loaded with dlopen (bench/cuda_graph.h, shared with rpa bench), so the test builds without CUDA headers;
+// it skips without an NVIDIA GPU.
 #define BOOST_TEST_MODULE gpu_graph
 #define BOOST_TEST_NO_MAIN
-#include <dlfcn.h>
-
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/cuda_graph.h"
 #include "core/dtype.h"
 #include "tests/support/case.h"
 
@@ -25,38 +25,8 @@ using namespace rpa::testing;
 
 namespace {
 
-// The few driver entry points the test needs (CUDA 11.4+ names).
-struct Driver {
-  using Stream = void*;
-  using Graph = void*;
-  using GraphExec = void*;
-  int (*stream_create)(Stream*, unsigned) = nullptr;
-  int (*stream_destroy)(Stream) = nullptr;
-  int (*stream_synchronize)(Stream) = nullptr;
-  int (*begin_capture)(Stream, int) = nullptr;
-  int (*end_capture)(Stream, Graph*) = nullptr;
-  int (*instantiate)(GraphExec*, Graph, unsigned long long) = nullptr;
-  int (*launch)(GraphExec, Stream) = nullptr;
-  int (*exec_destroy)(GraphExec) = nullptr;
-  int (*graph_destroy)(Graph) = nullptr;
-
-  bool load() {
-    void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!library) return false;
-    const auto get = [&](auto& function, const char* name) {
-      function = reinterpret_cast<std::remove_reference_t<decltype(function)>>(dlsym(library, name));
-      return function != nullptr;
-    };
-    return get(stream_create, "cuStreamCreate") && get(stream_destroy, "cuStreamDestroy_v2") &&
-           get(stream_synchronize, "cuStreamSynchronize") && get(begin_capture, "cuStreamBeginCapture_v2") &&
-           get(end_capture, "cuStreamEndCapture") && get(instantiate, "cuGraphInstantiateWithFlags") &&
-           get(launch, "cuGraphLaunch") && get(exec_destroy, "cuGraphExecDestroy") &&
-           get(graph_destroy, "cuGraphDestroy");
-  }
-};
-
-Driver driver;
-constexpr int kThreadLocalCapture = 1;  // CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+rpa::cuda_graph::Driver driver;
+constexpr int kThreadLocalCapture = rpa::cuda_graph::Driver::kThreadLocalCapture;
 constexpr int kLayers = 32;
 
 struct Context {
