@@ -2,8 +2,8 @@
 // thread's last-error text.
 #include <algorithm>
 #include <cstring>
-#include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -31,25 +31,9 @@ namespace {
 
 thread_local std::string last_error;
 
-rpa_status record(rpa_status status, const char* message) {
-  last_error = message;
-  return status;
-}
-
 template <typename Body>
 rpa_status guarded(Body&& body) noexcept {
-  try {
-    body();
-    return RPA_STATUS_OK;
-  } catch (const Error& error) {
-    return record(error.status(), error.what());
-  } catch (const std::bad_alloc&) {
-    return record(RPA_STATUS_OUT_OF_MEMORY, "host memory allocation failed");
-  } catch (const std::exception& error) {
-    return record(RPA_STATUS_INTERNAL, error.what());
-  } catch (...) {
-    return record(RPA_STATUS_INTERNAL, "unknown exception");
-  }
+  return rpa::guarded(last_error, std::forward<Body>(body));
 }
 
 void require(const void* pointer, const char* name) {

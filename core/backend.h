@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "problem.h"
+#include "plugins/plugin_abi.h"
 
 namespace rpa {
 

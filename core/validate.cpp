@@ -406,6 +406,7 @@ void check_device_metadata(const rpa_problem& p, const int32_t* lens, const int3
 std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) {
   auto plan = std::make_unique<PlannedCall>();
   rpa_problem& p = plan->problem_;
+  p.struct_size = sizeof p;
   const FloatTensors tensors = check_float_tensors(args, false, p, plan->layouts_);
 
   if (args.sliding_window < 0)
@@ -530,6 +531,7 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
 
 rpa_write_problem validate_write_kv_args(const rpa_write_kv_args& args, std::vector<int32_t>& slots) {
   rpa_write_problem w{};
+  w.struct_size = sizeof w;
   const Tensor keys = check_tensor("keys", args.keys, 3, "[N, KVH, D]", Kind::floating);
   const Tensor values = check_tensor("values", args.values, 3, "[N, KVH, D]", Kind::floating);
   for (int i = 0; i < 3; ++i)
@@ -591,6 +593,7 @@ namespace rpa {
 
 rpa_merge_problem validate_merge_args(const rpa_merge_args& args) {
   rpa_merge_problem p{};
+  p.struct_size = sizeof p;
   const Tensor out_a = check_tensor("out_a", args.out_a, 3, "[T, H, D]", Kind::floating);
   p.num_tokens = out_a.dim(0);
   p.num_heads = out_a.dim(1);

@@ -11,7 +11,7 @@
 #include <memory>
 #include <vector>
 
-#include "core/problem.h"
+#include "plugins/plugin_abi.h"
 
 namespace rpa {
 

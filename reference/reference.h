@@ -1,7 +1,7 @@
 // The scalar reference: the contract as executable code. Accumulates in double; serial; obvious.
 #pragma once
 
-#include "core/problem.h"
+#include "plugins/plugin_abi.h"
 
 namespace rpa::reference {
 

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "core/problem.h"
+#include "plugins/plugin_abi.h"
 #include "simd/plan.h"
 
 namespace rpa::simd {

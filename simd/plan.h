@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/problem.h"
+#include "plugins/plugin_abi.h"
 
 namespace rpa::simd {
 

@@ -106,6 +106,11 @@ int main(void) {
   CHECK(strcmp(rpa_status_string(RPA_STATUS_UNAVAILABLE), "unavailable") == 0);
   CHECK(strcmp(rpa_backend_string(RPA_BACKEND_SIMD), "simd") == 0);
   CHECK(rpa_get_version() == RPA_VERSION);
+  {
+    char text[40];
+    snprintf(text, sizeof text, "%d.%d.%d", RPA_VERSION_MAJOR, RPA_VERSION_MINOR, RPA_VERSION_PATCH);
+    CHECK(strcmp(text, RPA_VERSION_STRING) == 0);
+  }
   CHECK(rpa_backend_available(RPA_BACKEND_REFERENCE) == 1);
   rpa_context_destroy(context);
   rpa_context_destroy(NULL);

@@ -1,5 +1,6 @@
 // Every function rpa.h declares is exported by the built library, and the library exports nothing else
-// (C++ internals, Highway and oneTBB stay hidden).
+// (C++ internals, Highway and oneTBB stay hidden); a user of rpa.h (this test: no RPA_BUILDING_LIBRARY)
+// sees no export attribute.
 #define BOOST_TEST_MODULE exports
 #include <boost/test/unit_test.hpp>
 
@@ -11,6 +12,8 @@
 #include <set>
 #include <sstream>
 #include <string>
+
+#include "rpa/rpa.h"
 
 namespace {
 
@@ -55,4 +58,15 @@ BOOST_AUTO_TEST_CASE(nothing_else_is_exported) {
   const std::set<std::string> exported = exported_functions();
   BOOST_TEST(!exported.empty());
   for (const std::string& name : exported) BOOST_TEST(declared.count(name) == 1u, name << " is exported but not declared");
+}
+
+#define RPA_TEXT_OF(...) #__VA_ARGS__
+#define RPA_EXPANDED_TEXT_OF(...) RPA_TEXT_OF(__VA_ARGS__)
+
+BOOST_AUTO_TEST_CASE(users_of_the_header_import) {
+#if defined(_WIN32)
+  BOOST_TEST(std::string(RPA_EXPANDED_TEXT_OF(RPA_EXPORT)) == "__declspec(dllimport)");
+#else
+  BOOST_TEST(std::string(RPA_EXPANDED_TEXT_OF(RPA_EXPORT)).empty());
+#endif
 }

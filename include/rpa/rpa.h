@@ -14,24 +14,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "rpa/version.h"
+
+/* Building librpa (RPA_BUILDING_LIBRARY, set by core's Meson target only) exports these functions; a user
+ * of the library imports them (nothing to say outside Windows). */
 #if defined(_WIN32)
+#if defined(RPA_BUILDING_LIBRARY)
 #define RPA_EXPORT __declspec(dllexport)
 #else
+#define RPA_EXPORT __declspec(dllimport)
+#endif
+#elif defined(RPA_BUILDING_LIBRARY)
 #define RPA_EXPORT __attribute__((visibility("default")))
+#else
+#define RPA_EXPORT
 #endif
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/** @name Version */
-/**@{*/
-#define RPA_VERSION_MAJOR 0 /**< Incompatible ABI changes. */
-#define RPA_VERSION_MINOR 1 /**< Compatible additions. */
-#define RPA_VERSION_PATCH 0 /**< Fixes. */
-/** The version as one number: major * 10000 + minor * 100 + patch. */
-#define RPA_VERSION (RPA_VERSION_MAJOR * 10000 + RPA_VERSION_MINOR * 100 + RPA_VERSION_PATCH)
-/**@}*/
 
 /** Status of every call. */
 typedef enum rpa_status {

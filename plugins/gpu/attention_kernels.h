@@ -19,7 +19,7 @@
 
 #include "plugins/gpu/gpu_vendor.h"  // first: core/dtype.h's device code uses the runtime's intrinsics
 #include "core/dtype.h"
-#include "core/problem.h"
+#include "plugins/plugin_abi.h"
 #include "plugins/gpu/device_grid.h"
 #include "plugins/gpu/tile.h"
 #include "rpa/rpa.h"
@@ -69,24 +69,13 @@ struct Params {
   float v_scales[kMaxScaleHeads];
 };
 
-// rpa_write_kv: new keys and values [N, KVH, D] into their slots of the cache.
+// rpa_write_kv: new keys and values [N, KVH, D] into their slots of the cache. The problem's own slots
+// and scales are host memory: the kernel reads their device copies instead.
 struct WriteParams {
-  const void* keys;
-  int64_t key_token_stride, key_head_stride;
-  rpa_dtype key_dtype;
-  const void* values;
-  int64_t value_token_stride, value_head_stride;
-  rpa_dtype value_dtype;
-  const int32_t* slots;  // device copy, [N]: -1 skips (the core made every other slot unique)
-  void* k;
-  int64_t k_page_stride, k_slot_stride, k_head_stride;
-  void* v;
-  int64_t v_page_stride, v_slot_stride, v_head_stride;
-  rpa_dtype kv_dtype;
-  const float* k_scales;  // device copies, [KVH]
+  rpa_write_problem problem;
+  const int32_t* slots;   // [N]: -1 skips (the core made every other slot unique)
+  const float* k_scales;  // [KVH]
   const float* v_scales;
-  int64_t num_tokens;
-  int32_t num_kv_heads, head_dim, page_size;
 };
 
 // Tile geometry for head dims up to D_MAX (64, 128 or 256). Shared memory stays under 64 KiB, the LDS
@@ -1097,26 +1086,27 @@ __device__ __forceinline__ void zero_rows_kernel(Params p, int64_t row_begin, in
 }
 
 // One element of K and one of V per thread and step, converted as core/dtype.h's store_kv does.
-__device__ __forceinline__ void write_kv_kernel(WriteParams w) {
-  const int64_t per_token = int64_t(w.num_kv_heads) * w.head_dim;
+__device__ __forceinline__ void write_kv_kernel(WriteParams params) {
+  const rpa_write_problem& w = params.problem;
+  const int64_t per_token = w.num_kv_heads * w.head_dim;
   const int64_t total = w.num_tokens * per_token;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
     const int64_t token = e / per_token;
-    const int32_t slot = w.slots[token];
+    const int32_t slot = params.slots[token];
     if (slot < 0) continue;
     const int head = int(e % per_token / w.head_dim), d = int(e % w.head_dim);
     const int64_t page = slot / w.page_size, offset = slot % w.page_size;
     const float key = load_element(w.keys, w.key_dtype, token * w.key_token_stride + head * w.key_head_stride + d);
     const float value =
         load_element(w.values, w.value_dtype, token * w.value_token_stride + head * w.value_head_stride + d);
-    const int64_t k_index = page * w.k_page_stride + offset * w.k_slot_stride + head * w.k_head_stride + d;
-    const int64_t v_index = page * w.v_page_stride + offset * w.v_slot_stride + head * w.v_head_stride + d;
+    const int64_t k_index = page * w.k.page_stride + offset * w.k.slot_stride + head * w.k.head_stride + d;
+    const int64_t v_index = page * w.v.page_stride + offset * w.v.slot_stride + head * w.v.head_stride + d;
     if (rpa::is_quantised_dtype(w.kv_dtype)) {
-      static_cast<uint8_t*>(w.k)[k_index] = rpa::float_to_code(w.kv_dtype, key, w.k_scales[head]);
-      static_cast<uint8_t*>(w.v)[v_index] = rpa::float_to_code(w.kv_dtype, value, w.v_scales[head]);
+      static_cast<uint8_t*>(w.k.data)[k_index] = rpa::float_to_code(w.kv_dtype, key, params.k_scales[head]);
+      static_cast<uint8_t*>(w.v.data)[v_index] = rpa::float_to_code(w.kv_dtype, value, params.v_scales[head]);
     } else {
-      store_element(w.k, w.kv_dtype, k_index, key);
-      store_element(w.v, w.kv_dtype, v_index, value);
+      store_element(w.k.data, w.kv_dtype, k_index, key);
+      store_element(w.v.data, w.kv_dtype, v_index, value);
     }
   }
 }

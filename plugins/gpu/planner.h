@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/problem.h"
+#include "plugins/plugin_abi.h"
 #include "plugins/gpu/device_grid.h"
 #include "plugins/gpu/tile.h"
 

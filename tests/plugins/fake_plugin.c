@@ -1,7 +1,9 @@
 /* Fake GPU plugins for the loader tests, compiled once per FAKE_* kind (tests/plugins/meson.build):
  * each breaks the plugin ABI in one way, and the core must reject it with the matching reason. One,
  * FAKE_LIMITED, is usable: a "GPU" on host memory that runs only head_dim <= 64 (writing a marker, so a
- * test can tell who ran a call), for the tests of rpa_context_supports and AUTO's CPU fallback. */
+ * test can tell who ran a call), for the tests of rpa_context_supports and AUTO's CPU fallback. It is
+ * built as a plugin older than this core: its rpa_problem ends before the device-metadata fields, so
+ * every call it serves also checks that an older plugin reads a grown struct correctly. */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -78,14 +80,31 @@ static rpa_status fake_describe_device(int32_t ordinal, char* text, size_t text_
 #ifdef FAKE_LIMITED
 static int limited_state; /* the one context's state: nothing to hold */
 
+/* The rpa_problem of a plugin built before metadata_memory was appended: the core's problem read through
+ * rpa_plugin_read_problem into a struct of that older size. */
+#define FAKE_OLD_PROBLEM_SIZE ((uint32_t)offsetof(rpa_problem, metadata_memory))
+typedef union {
+  rpa_problem fields; /* the fields before metadata_memory: what this plugin knows */
+  unsigned char bytes[FAKE_OLD_PROBLEM_SIZE];
+} old_problem;
+
+static int read_old(const rpa_problem* given, old_problem* copy) {
+  if (rpa_plugin_read_problem(copy->bytes, FAKE_OLD_PROBLEM_SIZE, given, FAKE_OLD_PROBLEM_SIZE)) return 1;
+  snprintf(limited_error, sizeof limited_error, "the core's problem is smaller than this plugin's");
+  return 0;
+}
+
 static rpa_status fake_create(int32_t ordinal, rpa_plugin_state** state) {
   (void)ordinal;
   *state = (rpa_plugin_state*)&limited_state;
   return RPA_STATUS_OK;
 }
 
-static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* problem) {
+static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* given) {
+  old_problem copy;
+  const rpa_problem* problem = &copy.fields;
   (void)state;
+  if (!read_old(given, &copy)) return RPA_STATUS_UNSUPPORTED;
   if (problem->head_dim <= FAKE_LIMITED_MAX_HEAD_DIM) return RPA_STATUS_OK;
   snprintf(limited_error, sizeof limited_error, "head_dim %lld is above this fake device's %d",
            (long long)problem->head_dim, FAKE_LIMITED_MAX_HEAD_DIM);
@@ -93,9 +112,12 @@ static rpa_status fake_supports(rpa_plugin_state* state, const rpa_problem* prob
 }
 
 /* Every output element becomes FAKE_LIMITED_MARKER (f32 outputs only: enough for the tests). */
-static rpa_status fake_run(rpa_plugin_state* state, const rpa_problem* problem) {
-  const rpa_status supported = fake_supports(state, problem);
+static rpa_status fake_run(rpa_plugin_state* state, const rpa_problem* given) {
+  old_problem copy;
+  const rpa_problem* problem = &copy.fields;
+  const rpa_status supported = fake_supports(state, given);
   if (supported != RPA_STATUS_OK) return supported;
+  if (!read_old(given, &copy)) return RPA_STATUS_UNSUPPORTED;
   if (problem->out_dtype != RPA_DTYPE_F32 || problem->memory != RPA_MEMORY_HOST) {
     snprintf(limited_error, sizeof limited_error, "the fake device writes f32 host outputs only");
     return RPA_STATUS_UNSUPPORTED;

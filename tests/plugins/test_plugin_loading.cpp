@@ -4,10 +4,13 @@
 #define BOOST_TEST_MODULE plugin_loading
 #include <boost/test/unit_test.hpp>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "plugins/plugin_abi.h"
 #include "tests/support/case.h"
@@ -128,4 +131,54 @@ BOOST_AUTO_TEST_CASE(cpu_keeps_working) {
     BOOST_TEST(max_abs_diff(got.out, expected.out) <= 2e-5);
     BOOST_TEST(max_abs_diff(got.lse, expected.lse) <= 2e-5);
   }
+}
+
+// plugin_abi.h's rpa_plugin_read_problem: how a plugin reads a problem struct written by a core of another
+// age (struct_size first, fields only appended, zero the default of each).
+namespace {
+
+rpa_problem filled_problem() {
+  rpa_problem p;
+  std::memset(&p, 0x5a, sizeof p);  // every byte set: a field left unread shows up
+  p.struct_size = sizeof p;
+  p.head_dim = 128, p.num_tokens = 7, p.metadata_memory = RPA_MEMORY_DEVICE, p.max_query_len = 9;
+  return p;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(an_older_plugin_reads_its_prefix_of_a_grown_problem) {
+  const rpa_problem core = filled_problem();
+  const uint32_t old_size = offsetof(rpa_problem, metadata_memory);  // built before device metadata
+  std::vector<unsigned char> plugin(old_size + 16, 0xee);             // its struct, then bytes it does not own
+  BOOST_TEST_REQUIRE(rpa_plugin_read_problem(plugin.data(), old_size, &core, old_size) == 1);
+  rpa_problem seen;
+  std::memcpy(&seen, plugin.data(), old_size);
+  BOOST_TEST(seen.struct_size == old_size);
+  BOOST_TEST(seen.head_dim == 128);
+  BOOST_TEST(seen.num_tokens == 7);
+  BOOST_TEST(std::memcmp(reinterpret_cast<const char*>(&seen) + sizeof(uint32_t),
+                         reinterpret_cast<const char*>(&core) + sizeof(uint32_t), old_size - sizeof(uint32_t)) == 0);
+  for (size_t i = old_size; i < plugin.size(); ++i) BOOST_TEST(plugin[i] == 0xee, "byte " << i << " written");
+}
+
+BOOST_AUTO_TEST_CASE(a_newer_plugin_gets_defaults_for_fields_an_older_core_lacks) {
+  rpa_problem core = filled_problem();
+  core.struct_size = RPA_PROBLEM_REQUIRED_SIZE - sizeof(int32_t) * 2;  // a core without the bounds
+  rpa_problem seen;
+  BOOST_TEST_REQUIRE(rpa_plugin_read_problem(&seen, sizeof seen, &core, offsetof(rpa_problem, metadata_memory)) == 1);
+  BOOST_TEST(seen.struct_size == sizeof seen);
+  BOOST_TEST(seen.head_dim == 128);
+  BOOST_TEST(seen.metadata_memory == RPA_MEMORY_DEVICE);  // written by that core
+  BOOST_TEST(seen.max_query_len == 0);                    // not written: the default
+  BOOST_TEST(seen.max_context_len == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_plugin_refuses_a_core_without_the_fields_it_needs) {
+  rpa_problem core = filled_problem();
+  core.struct_size = offsetof(rpa_problem, metadata_memory);
+  rpa_problem seen;
+  std::memset(&seen, 0x11, sizeof seen);
+  BOOST_TEST(rpa_plugin_read_problem(&seen, sizeof seen, &core, RPA_PROBLEM_REQUIRED_SIZE) == 0);
+  BOOST_TEST(seen.head_dim == 0x1111111111111111);  // nothing copied
 }
