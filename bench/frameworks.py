@@ -1,18 +1,26 @@
-"""Per-call time of rpa's torch op and of a planned run on CUDA tensors, for rpa bench's W1-W3 shapes.
+"""Per-call time of rpa from torch and JAX on CUDA arrays, for rpa bench's W1-W3 shapes.
 
-    python3 bench/frameworks.py       # on a machine with a CUDA GPU, torch and rpa's gpu plugin
+    python3 bench/frameworks.py       # on a machine with a CUDA GPU, torch, rpa's gpu plugin (and JAX)
 
-Each figure is the median over 30 timed iterations of one call, measured with CUDA events around the
-call alone (host work included: a call that cannot keep ahead of the GPU shows it). Compare with
-`rpa bench --backends gpu --workloads W1 W2 W3` (planned runs, device events around the kernels).
+Each figure is the time of one call when 32 calls are queued back to back, as `rpa bench`'s planned-run
+figure is (median of 10 such groups): CUDA events around the group for torch, the wall clock from the
+first dispatch to the last result for JAX. Host work that cannot keep ahead of the GPU shows in it; host
+work that overlaps the kernels does not. Columns: the `rpa.torch` op with the metadata of the previous
+call (the layers of a step), `Plan.run` of `rpa.torch.plan`, and a jitted `rpa.jax` call (the device-
+metadata plan of XLA's CUDA handler). Compare with `rpa bench --backends gpu --workloads W1 W2 W3` run
+in the same session on the same card.
 """
 
+import os
 import statistics
+import time
 
-import torch
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the GPU's memory to torch too
 
-import rpa
-import rpa.torch
+import torch  # noqa: E402
+
+import rpa  # noqa: E402
+import rpa.torch  # noqa: E402
 
 QH, KVH, D, PAGE = 32, 8, 128, 16
 WORKLOADS = {  # (q_len, context_len) per sequence, as bench/workloads.cpp has them
@@ -20,6 +28,7 @@ WORKLOADS = {  # (q_len, context_len) per sequence, as bench/workloads.cpp has t
     "W2": [(1024, 1024)] * 4,
     "W3": [(1, 2048)] * 32 + [(512, 1024)] * 2,
 }
+CALLS, GROUPS = 32, 10
 
 
 def batch(sequences):
@@ -39,26 +48,68 @@ def batch(sequences):
     return queries, kv, context_lens, block_tables, qsl
 
 
-def median_ms(fn, iterations=30):
+def torch_ms(fn):
     for _ in range(3):
         fn()
     times = []
-    for _ in range(iterations):
+    for _ in range(GROUPS):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(CALLS):
+            fn()
         stop.record()
         stop.synchronize()
-        times.append(start.elapsed_time(stop))
+        times.append(start.elapsed_time(stop) / CALLS)
     return statistics.median(times)
 
 
-print("workload  torch op (ms)  Plan.run (ms)  op / run")
+def jax_ms(step, args):
+    import jax
+    jax.block_until_ready(step(*args))  # compiles
+    times = []
+    for _ in range(GROUPS):
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            result = step(*args)
+        jax.block_until_ready(result)
+        times.append((time.perf_counter() - start) * 1e3 / CALLS)
+    return statistics.median(times)
+
+
+def jax_steps():
+    """A jitted call, and a jitted step of CALLS calls, each layer taking the last one's output as its
+    queries (one dispatch for the whole step, as a jitted model runs its layers)."""
+    try:
+        import jax
+        import rpa.jax
+        rpa.jax._register()
+    except ImportError:
+        return None, None, None
+
+    @jax.jit
+    def layers(queries, *rest):
+        for _ in range(CALLS):
+            queries = rpa.jax.ragged_paged_attention(queries, *rest)
+        return queries
+
+    return jax, jax.jit(rpa.jax.ragged_paged_attention), layers
+
+
+jax, step, layers = jax_steps()
+print("workload  torch op (ms)  Plan.run (ms)  jax jit (ms)  jax %d-layer jit (ms/layer)" % CALLS)
 for name, sequences in WORKLOADS.items():
     queries, kv, context_lens, block_tables, qsl = batch(sequences)
     n = len(sequences)
     out = torch.empty_like(queries)
-    op = median_ms(lambda: rpa.torch.ragged_paged_attention(queries, kv, context_lens, block_tables, qsl, n))
-    plan = rpa.Context(backend="gpu").plan(queries, kv, context_lens, block_tables, qsl, n, out=out)
-    run = median_ms(lambda: plan.run(queries, kv, out=out))
-    print("%-8s  %13.3f  %13.3f  %8.3f" % (name, op, run, op / run))
+    op = torch_ms(lambda: rpa.torch.ragged_paged_attention(queries, kv, context_lens, block_tables, qsl, n))
+    plan = rpa.torch.plan(queries, kv, context_lens, block_tables, qsl, n, out=out)
+    run = torch_ms(lambda: plan.run(queries, kv, out=out))
+    on_jax = in_layers = float("nan")
+    if step is not None:
+        gpu = jax.devices("gpu")[0]
+        args = [jax.device_put(t.float().cpu().numpy().astype(jax.numpy.bfloat16) if t.is_floating_point()
+                               else t.numpy(), gpu) for t in (queries, kv, context_lens, block_tables, qsl)]
+        args.append(jax.device_put(torch.tensor([n], dtype=torch.int32).numpy(), gpu))
+        on_jax = jax_ms(step, args)
+        in_layers = jax_ms(layers, args) / CALLS
+    print("%-8s  %13.3f  %13.3f  %12.3f  %26.3f" % (name, op, run, on_jax, in_layers))

@@ -11,16 +11,8 @@ prefix=$(find "$tmp/root" -name rpaConfig.cmake | sed 's|/lib/.*||')
 package=$(dirname "$(find "$tmp/root" -path '*/rpa/__init__.py')")
 cd "$tmp"
 unset RPA_LIBRARY RPA_PLUGIN_PATH LD_LIBRARY_PATH  # meson test points LD_LIBRARY_PATH at the build
-PYTHONPATH=$(dirname "$package") PYTHONDONTWRITEBYTECODE=1 "$python" - "$package" "$tmp" <<'PY'
-import sys, numpy as np, rpa
-package, tmp = sys.argv[1], sys.argv[2]
-assert rpa.__file__.startswith(package), rpa.__file__
-assert rpa._library()._name.startswith(tmp), "librpa came from " + rpa._library()._name
-out = rpa.ragged_paged_attention(np.ones((1, 2, 4), np.float32), np.ones((1, 16, 2, 4), np.float32), [3], [[0]],
-                                 [0, 1], 1, backend="simd")
-assert np.all(out == 1), out
-print("installed package: ok,", rpa._library()._name)
-PY
+PYTHONPATH=$(dirname "$package") PYTHONDONTWRITEBYTECODE=1 "$python" "$source/examples/check_package.py" \
+  "$package" "$tmp" "installed package"
 ldd "$prefix/bin/rpa" | grep -q "librpa.so.0 => $prefix/" || { ldd "$prefix/bin/rpa"; exit 1; }
 "$prefix/bin/rpa" info >/dev/null
 echo "installed rpa command: ok, its RPATH finds $prefix's librpa"

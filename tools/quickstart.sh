@@ -10,7 +10,8 @@ job=${1:-}
 case "$job" in main | test | sanitize) ;; *) echo "usage: sh tools/quickstart.sh main|test|sanitize [JOB]" >&2; exit 2 ;; esac
 
 packages="g++ meson ninja-build pkg-config binutils libhwy-dev libtbb-dev libboost-test-dev nlohmann-json3-dev
-  libcli11-dev python3 python3-numpy python3-pytest python3-matplotlib python3-mesonpy cmake hipcc libamdhip64-dev"
+  libcli11-dev python3 python3-numpy python3-pytest python3-matplotlib python3-mesonpy python3-pip python3-venv cmake
+  hipcc libamdhip64-dev"
 # Debian 12's clang is clang 14; libclang-rt-14-dev holds its sanitizer and libFuzzer runtimes.
 [ "$job" = main ] || packages="$packages clang libclang-rt-14-dev"
 missing=""

@@ -8,7 +8,7 @@
 #   sh tools/sanitize.sh tsan          the concurrency tests under ThreadSanitizer on Highway's SSE4 target
 #                                      (build-tsan; TSan cannot see accesses wider than 16 bytes)
 #   sh tools/sanitize.sh ci            what `sh tools/quickstart.sh test` adds: the asan unit tests (but plan)
-#                                      and a 45 s smoke run of each harness (meson tests of build-asan), then tsan
+#                                      and a 30 s smoke run of each harness (meson tests of build-asan), then tsan
 #   sh tools/sanitize.sh all           asan, fuzz 60, tsan
 set -eu
 cd "$(dirname "$0")/.."

@@ -1,13 +1,16 @@
 // XLA FFI handlers behind rpa.jax: rpa_attention as a custom call for JAX's CPU and CUDA platforms.
 //
-// Operands: queries, k, v (v empty when combined_kv: k is then kv_pages), context_lens, block_tables,
-// query_start_loc, num_seqs [1] (int32), sinks [H_s, n] (empty when absent). Results: out, lse (lse has
-// no elements unless asked for). XLA buffers are dense row-major, so every descriptor is contiguous.
+// Operands: queries, k, v (v empty when combined_kv: k is then kv_pages), metadata (int32, packed by
+// rpa.jax: context_lens [S], query_start_loc [S+1], block_tables [S, W], with sequences from num_seqs on
+// emptied), num_seqs [1] (int32), sinks [H_s, n] (empty when absent). Results: out, lse (lse has no
+// elements unless asked for). XLA buffers are dense row-major, so every descriptor is contiguous.
 //
-// On CUDA the metadata arrive in device memory while rpa_attention reads them on the host (until the C
-// ABI takes device metadata), so the handler copies them (a few KiB) to the host on XLA's stream and
-// waits for that stream once per call; queries, KV and outputs stay in device memory, untouched by any
-// copy. The driver API is opened at run time, so building this needs no CUDA toolkit.
+// On CUDA the handler only enqueues work on XLA's stream, so XLA may capture it into a command buffer
+// (CUDA graph): rpa.jax made, at trace time, a device-metadata plan per GPU for these shapes over a
+// metadata buffer of its own (plans read device metadata through the pointers they were made with, and
+// XLA's buffers move from call to call); each call copies the packed metadata there (one device-to-device
+// copy on the stream) and runs the plan. The driver API is opened at run time, so building this needs no
+// CUDA toolkit.
 #include <dlfcn.h>
 
 #include <cstdint>
@@ -15,7 +18,6 @@
 #include <mutex>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include <rpa/rpa.h>
 
@@ -71,69 +73,64 @@ rpa_status context_for(rpa_backend backend, int32_t ordinal, rpa_context** out) 
 }
 
 struct Call {
-  ffi::AnyBuffer queries, k, v;
-  ffi::AnyBuffer context_lens, block_tables, query_start_loc, num_seqs, sinks;
+  ffi::AnyBuffer queries, k, v, metadata, num_seqs, sinks;
   ffi::Result<ffi::AnyBuffer> out;
   ffi::Result<ffi::AnyBuffer> lse;
   double softmax_scale, logits_soft_cap;
   int32_t sliding_window, combined_kv;
 };
 
-// Fills args from a call whose metadata the host can read at the given pointers.
-ffi::Error run(Call& c, rpa_backend backend, int32_t ordinal, rpa_memory_kind memory, void* stream,
-               const int32_t* const host_metadata[4]) {
+// Fills the tensors and scalars of args (everything but the metadata) from a call.
+ffi::Error describe_tensors(Call& c, rpa_attention_args* args) {
+  ffi::Error e;
+  if ((e = describe("queries", c.queries, false, &args->queries)).failure()) return e;
+  if (c.combined_kv) {
+    if ((e = describe("kv_pages", c.k, false, &args->kv_pages)).failure()) return e;
+  } else {
+    if ((e = describe("k_cache", c.k, false, &args->k_cache)).failure()) return e;
+    if ((e = describe("v_cache", c.v, false, &args->v_cache)).failure()) return e;
+  }
+  if ((e = describe("softmax_aux", c.sinks, true, &args->softmax_aux)).failure()) return e;
+  if ((e = describe("out", *c.out, false, &args->out)).failure()) return e;
+  if ((e = describe("lse", *c.lse, true, &args->lse)).failure()) return e;
+  args->softmax_scale = c.softmax_scale;
+  args->logits_soft_cap = c.logits_soft_cap;
+  args->sliding_window = c.sliding_window;
+  return ffi::Error::Success();
+}
+
+ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer metadata,
+                    ffi::AnyBuffer num_seqs, ffi::AnyBuffer sinks, ffi::Result<ffi::AnyBuffer> out,
+                    ffi::Result<ffi::AnyBuffer> lse, double softmax_scale, double logits_soft_cap,
+                    int32_t sliding_window, int32_t combined_kv, int32_t backend, int32_t seqs, int32_t table_width,
+                    int64_t /*plans*/, int32_t /*plan_count*/, int32_t /*check_metadata*/) {
+  Call c{queries, k, v, metadata, num_seqs, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window,
+         combined_kv};
   rpa_attention_args args;
   rpa_attention_args_init(&args);
-  ffi::Error e;
-  if ((e = describe("queries", c.queries, false, &args.queries)).failure()) return e;
-  if (c.combined_kv) {
-    if ((e = describe("kv_pages", c.k, false, &args.kv_pages)).failure()) return e;
-  } else {
-    if ((e = describe("k_cache", c.k, false, &args.k_cache)).failure()) return e;
-    if ((e = describe("v_cache", c.v, false, &args.v_cache)).failure()) return e;
-  }
-  const char* names[3] = {"context_lens", "block_tables", "query_start_loc"};
-  rpa_tensor* metadata[3] = {&args.context_lens, &args.block_tables, &args.query_start_loc};
-  const ffi::AnyBuffer* buffers[3] = {&c.context_lens, &c.block_tables, &c.query_start_loc};
-  for (int i = 0; i < 3; ++i) {
-    if ((e = describe(names[i], *buffers[i], false, metadata[i])).failure()) return e;
-    metadata[i]->data = const_cast<int32_t*>(host_metadata[i]);
-  }
-  args.num_seqs = *host_metadata[3];
-  if ((e = describe("softmax_aux", c.sinks, true, &args.softmax_aux)).failure()) return e;
-  if ((e = describe("out", *c.out, false, &args.out)).failure()) return e;
-  if ((e = describe("lse", *c.lse, true, &args.lse)).failure()) return e;
-  args.softmax_scale = c.softmax_scale;
-  args.logits_soft_cap = c.logits_soft_cap;
-  args.sliding_window = c.sliding_window;
-  args.memory = memory;
-  args.stream = stream;
+  if (ffi::Error e = describe_tensors(c, &args); e.failure()) return e;
+  const int64_t s = seqs, w = table_width;
+  if (metadata.element_type() != ffi::DataType::S32 || metadata.element_count() != 2 * s + 1 + s * w ||
+      num_seqs.element_type() != ffi::DataType::S32 || num_seqs.element_count() != 1)
+    return ffi::Error::InvalidArgument("rpa: the packed metadata or num_seqs does not match its shapes");
+  // Views of the packed metadata, which the host reads in place.
+  int32_t* packed = static_cast<int32_t*>(metadata.untyped_data());
+  args.context_lens = rpa_tensor{packed, RPA_DTYPE_I32, 1, {s}, {}};
+  args.query_start_loc = rpa_tensor{packed + s, RPA_DTYPE_I32, 1, {s + 1}, {}};
+  args.block_tables = rpa_tensor{packed + 2 * s + 1, RPA_DTYPE_I32, 2, {s, w}, {}};
+  args.num_seqs = *static_cast<const int32_t*>(num_seqs.untyped_data());
+  // The CPU platform runs host memory: "auto" means the simd backend here.
+  const rpa_backend chosen = backend == RPA_BACKEND_AUTO ? RPA_BACKEND_SIMD : static_cast<rpa_backend>(backend);
   rpa_context* context = nullptr;
-  if (rpa_status status = context_for(backend, ordinal, &context); status != RPA_STATUS_OK) return rpa_error(status);
+  if (rpa_status status = context_for(chosen, 0, &context); status != RPA_STATUS_OK) return rpa_error(status);
   if (rpa_status status = rpa_attention(context, &args); status != RPA_STATUS_OK) return rpa_error(status);
   return ffi::Error::Success();
 }
 
-ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer context_lens,
-                    ffi::AnyBuffer block_tables, ffi::AnyBuffer query_start_loc, ffi::AnyBuffer num_seqs,
-                    ffi::AnyBuffer sinks, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
-                    double softmax_scale, double logits_soft_cap, int32_t sliding_window, int32_t combined_kv,
-                    int32_t backend) {
-  Call c{queries, k, v, context_lens, block_tables, query_start_loc, num_seqs, sinks, out, lse,
-               softmax_scale, logits_soft_cap, sliding_window, combined_kv};
-  const int32_t* const host[4] = {static_cast<const int32_t*>(context_lens.untyped_data()),
-                                  static_cast<const int32_t*>(block_tables.untyped_data()),
-                                  static_cast<const int32_t*>(query_start_loc.untyped_data()),
-                                  static_cast<const int32_t*>(num_seqs.untyped_data())};
-  // The CPU platform runs host memory: "auto" means the simd backend here.
-  const rpa_backend chosen = backend == RPA_BACKEND_AUTO ? RPA_BACKEND_SIMD : static_cast<rpa_backend>(backend);
-  return run(c, chosen, 0, RPA_MEMORY_HOST, nullptr, host);
-}
-
-// The few CUDA driver entry points the metadata read-back needs, from the driver JAX already loaded.
+// The few CUDA driver entry points the handler needs, from the driver JAX already loaded.
 struct CudaDriver {
-  int (*memcpy_dtoh_async)(void*, unsigned long long, size_t, void*) = nullptr;
-  int (*stream_synchronize)(void*) = nullptr;
+  int (*memcpy_dtod_async)(unsigned long long, unsigned long long, size_t, void*) = nullptr;
+  int (*stream_is_capturing)(void*, int*) = nullptr;
   int (*ctx_get_device)(int*) = nullptr;
 
   static const CudaDriver& get() {
@@ -145,43 +142,55 @@ struct CudaDriver {
   CudaDriver() {
     void* handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!handle) return;
-    memcpy_dtoh_async = reinterpret_cast<decltype(memcpy_dtoh_async)>(dlsym(handle, "cuMemcpyDtoHAsync_v2"));
-    stream_synchronize = reinterpret_cast<decltype(stream_synchronize)>(dlsym(handle, "cuStreamSynchronize"));
+    memcpy_dtod_async = reinterpret_cast<decltype(memcpy_dtod_async)>(dlsym(handle, "cuMemcpyDtoDAsync_v2"));
+    stream_is_capturing = reinterpret_cast<decltype(stream_is_capturing)>(dlsym(handle, "cuStreamIsCapturing"));
     ctx_get_device = reinterpret_cast<decltype(ctx_get_device)>(dlsym(handle, "cuCtxGetDevice"));
   }
 };
 
+// One entry of the table rpa.jax passes (attribute `plans`, indexed by CUDA ordinal): a device-metadata
+// plan and the metadata buffer it reads.
+struct DevicePlan {
+  rpa_plan* plan;
+  void* metadata;
+};
+
 ffi::Error cuda_impl(void* stream, ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                     ffi::AnyBuffer context_lens, ffi::AnyBuffer block_tables, ffi::AnyBuffer query_start_loc,
-                     ffi::AnyBuffer num_seqs, ffi::AnyBuffer sinks, ffi::Result<ffi::AnyBuffer> out,
-                     ffi::Result<ffi::AnyBuffer> lse, double softmax_scale, double logits_soft_cap,
-                     int32_t sliding_window, int32_t combined_kv, int32_t backend) {
+                     ffi::AnyBuffer metadata, ffi::AnyBuffer num_seqs, ffi::AnyBuffer sinks,
+                     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse, double softmax_scale,
+                     double logits_soft_cap, int32_t sliding_window, int32_t combined_kv, int32_t backend,
+                     int32_t /*seqs*/, int32_t /*table_width*/, int64_t plans, int32_t plan_count,
+                     int32_t check_metadata) {
   const CudaDriver& driver = CudaDriver::get();
-  if (!driver.memcpy_dtoh_async || !driver.stream_synchronize || !driver.ctx_get_device)
+  if (!driver.memcpy_dtod_async || !driver.stream_is_capturing || !driver.ctx_get_device)
     return ffi::Error::Internal("rpa: the CUDA driver (libcuda.so.1) or one of its entry points is missing");
   if (backend != RPA_BACKEND_AUTO && backend != RPA_BACKEND_GPU)
     return ffi::Error::InvalidArgument("rpa: arrays on a GPU run on the gpu backend, not backend " +
                                        std::string(rpa_backend_string(static_cast<rpa_backend>(backend))));
-  Call c{queries, k, v, context_lens, block_tables, query_start_loc, num_seqs, sinks, out, lse,
-               softmax_scale, logits_soft_cap, sliding_window, combined_kv};
-  const ffi::AnyBuffer* device[4] = {&context_lens, &block_tables, &query_start_loc, &num_seqs};
-  thread_local std::vector<int32_t> host[4];
-  const int32_t* host_pointers[4];
-  for (int i = 0; i < 4; ++i) {
-    if (device[i]->element_type() != ffi::DataType::S32)
-      return ffi::Error::InvalidArgument("rpa: metadata must be int32");
-    host[i].resize(device[i]->element_count() ? device[i]->element_count() : 1);
-    if (device[i]->element_count() &&
-        driver.memcpy_dtoh_async(host[i].data(), reinterpret_cast<uintptr_t>(device[i]->untyped_data()),
-                                 device[i]->size_bytes(), stream) != 0)
-      return ffi::Error::Internal("rpa: reading the metadata back from the GPU failed");
-    host_pointers[i] = host[i].data();
-  }
   int ordinal = 0;
-  if (driver.stream_synchronize(stream) != 0 || driver.ctx_get_device(&ordinal) != 0)
-    return ffi::Error::Internal("rpa: waiting for XLA's stream failed");
-  if (num_seqs.element_count() != 1) return ffi::Error::InvalidArgument("rpa: num_seqs must have one element");
-  return run(c, RPA_BACKEND_GPU, ordinal, RPA_MEMORY_DEVICE, stream, host_pointers);
+  if (driver.ctx_get_device(&ordinal) != 0) return ffi::Error::Internal("rpa: no current CUDA device");
+  const DevicePlan* table = reinterpret_cast<const DevicePlan*>(static_cast<uintptr_t>(plans));
+  if (!table || ordinal >= plan_count || !table[ordinal].plan)
+    return ffi::Error(ffi::ErrorCode::kUnavailable, "rpa: no plan for CUDA device " + std::to_string(ordinal) +
+                                   " (rpa.jax plans at trace time for the GPUs rpa's gpu backend can run)");
+  const DevicePlan& entry = table[ordinal];
+  Call c{queries, k, v, metadata, num_seqs, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window,
+         combined_kv};
+  rpa_attention_args args;
+  rpa_attention_args_init(&args);
+  if (ffi::Error e = describe_tensors(c, &args); e.failure()) return e;
+  args.memory = RPA_MEMORY_DEVICE;
+  args.stream = stream;
+  if (driver.memcpy_dtod_async(reinterpret_cast<uintptr_t>(entry.metadata),
+                               reinterpret_cast<uintptr_t>(metadata.untyped_data()), metadata.size_bytes(),
+                               stream) != 0)
+    return ffi::Error::Internal("rpa: copying the metadata to the plan's buffer failed");
+  if (rpa_status status = rpa_plan_run(entry.plan, &args); status != RPA_STATUS_OK) return rpa_error(status);
+  // Checking waits for the stream, which a capture cannot: a captured call is checked when run eagerly.
+  int capture = 0;
+  if (check_metadata && driver.stream_is_capturing(stream, &capture) == 0 && capture == 0)
+    if (rpa_status status = rpa_plan_get_error(entry.plan); status != RPA_STATUS_OK) return rpa_error(status);
+  return ffi::Error::Success();
 }
 
 }  // namespace
@@ -190,9 +199,7 @@ ffi::Error cuda_impl(void* stream, ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi
   .Arg<ffi::AnyBuffer>()   /* queries */                                                               \
       .Arg<ffi::AnyBuffer>() /* k or kv_pages */                                                       \
       .Arg<ffi::AnyBuffer>() /* v */                                                                   \
-      .Arg<ffi::AnyBuffer>() /* context_lens */                                                        \
-      .Arg<ffi::AnyBuffer>() /* block_tables */                                                        \
-      .Arg<ffi::AnyBuffer>() /* query_start_loc */                                                     \
+      .Arg<ffi::AnyBuffer>() /* metadata, packed */                                                    \
       .Arg<ffi::AnyBuffer>() /* num_seqs */                                                            \
       .Arg<ffi::AnyBuffer>() /* sinks */                                                               \
       .Ret<ffi::AnyBuffer>() /* out */                                                                 \
@@ -201,8 +208,14 @@ ffi::Error cuda_impl(void* stream, ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi
       .Attr<double>("logits_soft_cap")                                                                 \
       .Attr<int32_t>("sliding_window")                                                                 \
       .Attr<int32_t>("combined_kv")                                                                    \
-      .Attr<int32_t>("backend")
+      .Attr<int32_t>("backend")                                                                        \
+      .Attr<int32_t>("seqs")                                                                           \
+      .Attr<int32_t>("table_width")                                                                    \
+      .Attr<int64_t>("plans")                                                                          \
+      .Attr<int32_t>("plan_count")                                                                     \
+      .Attr<int32_t>("check_metadata")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RpaAttentionCpu, cpu_impl, ffi::Ffi::Bind() RPA_FFI_OPERANDS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RpaAttentionCuda, cuda_impl,
-                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<void*>>() RPA_FFI_OPERANDS);
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<void*>>() RPA_FFI_OPERANDS,
+                              {ffi::Traits::kCmdBufferCompatible});

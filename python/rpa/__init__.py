@@ -14,6 +14,7 @@ package, else in the install prefix or the linker's search path. bfloat16 has no
 import ctypes
 import ctypes.util
 import os
+import struct
 import sys
 import threading
 
@@ -33,6 +34,7 @@ _INFERRED_KV_DTYPES = {"float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2", "
 _COPY_DEVICE_TO_HOST = 1
 _BACKENDS = {"auto": 0, "reference": 1, "simd": 2, "gpu": 3}
 _STATUS_OK = 0
+_POINTER = struct.Struct("P")
 
 
 _Tensor = _tensors.Tensor
@@ -188,6 +190,7 @@ def _library():
             lib.rpa_get_plugin_report.argtypes = [ctypes.c_int32, ctypes.POINTER(_PluginReport)]
             lib.rpa_write_kv.argtypes = [ctypes.c_void_p, ctypes.POINTER(_WriteArgs)]
             lib.rpa_write_kv_args_init.argtypes = [ctypes.POINTER(_WriteArgs)]
+            lib.rpa_device_alloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
             for struct, init, c_name in ((_Args, lib.rpa_attention_args_init, "rpa_attention_args"),
                                          (_WriteArgs, lib.rpa_write_kv_args_init, "rpa_write_kv_args")):
                 probe = struct()
@@ -331,6 +334,26 @@ def _bind_cache(args, keep, kv_pages, kv_dtype, k_scale, v_scale, bind_float):
     return codes
 
 
+def _binder(keep, dl_stream):
+    """(bind, bound) for the tensors of one call: bind(name, value, codes=None, writable=False) borrows a
+    float tensor (or with codes, an rpa dtype, a tensor of 8-bit codes) without a copy, keeps it alive in
+    `keep`, appends it to `bound` and returns its descriptor; every tensor must live where the first does."""
+    bound, names = [], []
+
+    def bind(name, value, codes=None, writable=False):
+        b = (_tensors.borrow_float(name, value, dl_stream, writable) if codes is None
+             else _tensors.borrow_codes(name, value, codes, dl_stream))
+        if bound and (b.memory, b.device) != (bound[0].memory, bound[0].device):
+            raise ValueError("%s: lives on %s, %s on %s: every tensor argument must share one device"
+                             % (name, b.device or "the host", names[0], bound[0].device or "the host"))
+        names.append(name)
+        bound.append(b)
+        keep.append(b)
+        return b.tensor
+
+    return bind, bound
+
+
 def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, kv_dtype=None, k_scale=None,
                   v_scale=None):
     """Fills the float tensors of args, borrowed without copies (rpa._tensors): memory and stream follow
@@ -338,18 +361,7 @@ def _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, k
     (result, lse, device) with device None for host memory, else (DLPack device type, ordinal)."""
     gpu = _tensors.is_gpu(queries)
     dl_stream, stream = _tensors.current_stream(queries) if gpu else (None, 0)
-    bound = []
-
-    def bind(name, value, codes=None, writable=False):
-        b = (_tensors.borrow_float(name, value, dl_stream, writable) if codes is None
-             else _tensors.borrow_codes(name, value, codes, dl_stream))
-        if bound and (b.memory, b.device) != (bound[0].memory, bound[0].device):
-            raise ValueError("%s: lives on %s, queries on %s: every tensor argument must share one device"
-                             % (name, b.device or "the host", bound[0].device or "the host"))
-        bound.append(b)
-        keep.append(b)
-        return b.tensor
-
+    bind, bound = _binder(keep, dl_stream)
     args.queries = bind("queries", queries)
     q_shape = bound[0].shape
     if len(q_shape) != 3:
@@ -510,9 +522,11 @@ class Plan:
         self._return_lse = return_lse
         self._kv_dtype = kv_dtype
         self._softmax_aux = softmax_aux
+        self._fast = None  # see _learn
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
         _bind_tensors(args, keep, queries, kv_pages, softmax_aux, out, return_lse, kv_dtype)
+        self._out_shape = tuple(args.queries.shape[:3])
         if device_bounds is None:
             _bind_metadata(args, keep, context_lens, block_tables, query_start_loc, num_seqs, sliding_window)
         else:
@@ -542,12 +556,58 @@ class Plan:
             k_scale=None, v_scale=None):
         """Runs the plan; the tensors must have the planned shapes, dtypes and layouts. softmax_aux
         defaults to the sinks given to plan(). Returns out, or (out, lse) when planned with return_lse."""
+        sinks = self._softmax_aux if softmax_aux is None else softmax_aux
+        kv = tuple(kv_pages) if isinstance(kv_pages, (tuple, list)) else (kv_pages,)
+        scaled = k_scale is not None or v_scale is not None
+        fast = self._fast  # read once: another thread's run may replace it
+        if fast is not None and not scaled:
+            done = self._run_fast(fast, queries, kv, sinks, out, softmax_scale, logits_soft_cap)
+            if done is not None:
+                return done
         args, keep = _Args(), []
         _lib.rpa_attention_args_init(ctypes.byref(args))
-        sinks = self._softmax_aux if softmax_aux is None else softmax_aux
         result, lse, _ = _bind_tensors(args, keep, queries, kv_pages, sinks, out, self._return_lse,
                                        self._kv_dtype, k_scale, v_scale)
         _bind_scalars(args, softmax_scale, logits_soft_cap)
+        _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
+        if not scaled:
+            self._learn(args, (queries,) + kv + ((sinks,) if sinks is not None else ()) + (result,)
+                        + ((lse,) if lse is not None else ()))
+        return (result, lse) if self._return_lse else result
+
+    # The fast path: a run whose tensors are of the kinds and layouts of the last general run (numpy arrays,
+    # BFloat16Arrays, torch tensors) reuses that run's argument struct and swaps the data pointers, skipping
+    # the borrowing (the library still validates every run). Learned only from a run that borrowed each
+    # tensor in place, so a value the general path would copy or convert never takes it.
+    def _learn(self, args, values):
+        fields = ["queries"] + (["kv_pages"] if args.kv_pages.ndim else ["k_cache", "v_cache"])
+        fields += (["softmax_aux"] if args.softmax_aux.ndim else []) + ["out"] + (["lse"] if args.lse.ndim else [])
+        slots = []
+        for field, value in zip(fields, values):
+            layout = _tensors.layout_key(value)
+            if layout is None or layout[1] != getattr(args, field).data:
+                self._fast = None
+                return
+            slots.append((getattr(_Args, field).offset, layout[0]))
+        self._fast = (bytes(args), tuple(slots))
+
+    def _run_fast(self, fast, queries, kv, sinks, out, softmax_scale, logits_soft_cap):
+        template, slots = fast
+        result = _tensors.empty(queries, self._out_shape) if out is None else out
+        lse = _tensors.empty(result, self._out_shape[:2], float32=True) if self._return_lse else None
+        values = (queries,) + kv + ((sinks,) if sinks is not None else ()) + (result,) + ((lse,) if lse is not None else ())
+        if len(values) != len(slots):
+            return None
+        args = _Args.from_buffer_copy(template)
+        for value, (offset, key) in zip(values, slots):
+            layout = _tensors.layout_key(value)
+            if layout is None or layout[0] != key:
+                return None
+            _POINTER.pack_into(args, offset, layout[1])  # rpa_tensor.data is the struct's first field
+        args.softmax_scale, args.logits_soft_cap = 0.0, 0.0
+        _bind_scalars(args, softmax_scale, logits_soft_cap)
+        if args.memory == _tensors.MEMORY_DEVICE:
+            args.stream = _tensors.current_stream(queries)[1]
         _check(_lib.rpa_plan_run(self._handle, ctypes.byref(args)))
         return (result, lse) if self._return_lse else result
 
@@ -610,30 +670,26 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
 
 def write_kv(keys, values, slot_mapping, kv_pages, *, kv_dtype=None, k_scale=None, v_scale=None, backend="auto"):
     """Writes new keys and values [N, KVH, D] into slots slot_mapping [N] (page * page_size + offset; -1
-    skips; a later token wins a repeated slot) of a paged cache on the host, in place: kv_pages combined
+    skips; a later token wins a repeated slot) of a paged cache, in place: kv_pages combined
     [P, page_size, 2*KVH, D] or the pair (k_cache, v_cache), each written without a copy. A quantised cache
     (kv_dtype and scales as in ragged_paged_attention) stores x / scale rounded to nearest even, saturated
     for fp8_e4m3 and int8, infinite past the range for fp8_e5m2.
+
+    Host arrays are written on the host. GPU tensors (keys, values and the cache on one device) are
+    written by one kernel queued on the framework's current stream, without a sync; slot_mapping is read on
+    the host (the library validates every slot first), so a GPU slot_mapping is copied back, with a sync.
     """
     lib = _library()
     keep = []
     args = _WriteArgs()
     lib.rpa_write_kv_args_init(ctypes.byref(args))
-
-    def bind(name, value, codes=None, writable=False):
-        b = (_tensors.borrow_float(name, value, None, writable) if codes is None
-             else _tensors.borrow_codes(name, value, codes))
-        if b.memory != 0:
-            raise ValueError("%s: rpa.write_kv takes host memory" % name)
-        keep.append(b)
-        return b.tensor
-
+    gpu = _tensors.is_gpu(keys)
+    dl_stream, args.stream = _tensors.current_stream(keys) if gpu else (None, 0)
+    bind, bound = _binder(keep, dl_stream)
     args.keys = bind("keys", keys)
     args.values = bind("values", values)
-    slots = np.asarray(slot_mapping)
-    if slots.dtype.kind not in "iu" or (slots.size and (slots.max() > 2**31 - 1 or slots.min() < -2**31)):
-        raise ValueError("slot_mapping: expected int32 values")
-    slots = np.ascontiguousarray(slots, dtype=np.int32)
+    args.memory = bound[0].memory
+    slots = _tensors.borrow_int32("slot_mapping", slot_mapping, _device_to_host)
     keep.append(slots)
     args.slot_mapping = _tensors.descriptor(slots, _DTYPE_I32)
     given = list(kv_pages) if isinstance(kv_pages, (tuple, list)) else [kv_pages]
@@ -644,7 +700,7 @@ def write_kv(keys, values, slot_mapping, kv_pages, *, kv_dtype=None, k_scale=Non
             if not any(type(g).__module__.split(".")[0] == "torch" for g in given):
                 raise ValueError("kv_pages: the cache must be a writeable array with non-negative strides and a "
                                  "contiguous last dimension (it is written in place)")
-    _check(lib.rpa_write_kv(_context(backend)._handle, ctypes.byref(args)))
+    _check(lib.rpa_write_kv(_context(backend, bound[0].device)._handle, ctypes.byref(args)))
 
 
 # The golden-reference toolkit (cases.py, testing.py): case files, check, the conformance suite.

@@ -8,6 +8,7 @@ runs as host memory, GPU memory as device memory on the stream the caller's fram
 """
 
 import ctypes
+import sys
 
 import numpy as np
 
@@ -91,7 +92,9 @@ def current_stream(value):
     handle = 0
     if kind == "torch":
         import torch
-        handle = torch.cuda.current_stream(value.device).cuda_stream
+        # The raw getter skips building a torch.cuda.Stream object (microseconds on every call).
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        handle = raw(value.device.index) if raw else torch.cuda.current_stream(value.device).cuda_stream
     elif kind == "cupy":
         import cupy
         handle = cupy.cuda.get_current_stream().ptr
@@ -101,6 +104,24 @@ def current_stream(value):
 def _default_stream(value):
     """DLPack's number for the default stream of the GPU `value` lives on."""
     return 0 if int(value.__dlpack_device__()[0]) == _KDL_ROCM else 1
+
+
+def layout_key(value):
+    """(what fixes the descriptor rpa would make of `value`, its data pointer) for a numpy array, a
+    BFloat16Array or a torch tensor, read without borrowing; None for any other object. Two values with
+    equal keys borrow to descriptors that differ only in their data pointer (Plan.run's fast path)."""
+    kind = type(value)
+    if kind is np.ndarray:
+        return (kind, value.dtype, value.shape, value.strides, value.flags.writeable), value.ctypes.data
+    from . import BFloat16Array
+    if kind is BFloat16Array:
+        bits = value.bits
+        return (kind, bits.dtype, bits.shape, bits.strides, bits.flags.writeable), bits.ctypes.data
+    torch = sys.modules.get("torch")
+    # Exact types only: a tensor subclass (DTensor, fake tensors) may not own plain memory at data_ptr().
+    if torch is not None and (kind is torch.Tensor or kind is torch.nn.Parameter):
+        return (kind, value.dtype, value.shape, value.stride(), value.device, value.requires_grad), value.data_ptr()
+    return None
 
 
 def _descriptor(data, dtype, shape, strides):

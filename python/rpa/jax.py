@@ -42,21 +42,108 @@ def _register():
         _module = module
 
 
-def _int32(name, value):
+def _int32(name, value, ndim):
     value = jnp.asarray(value)
     if not jnp.issubdtype(value.dtype, jnp.integer):
         raise ValueError("%s: dtype %s is not an integer type" % (name, value.dtype))
+    if value.ndim != ndim:
+        raise ValueError("%s: expected %d dimensions, got %d" % (name, ndim, value.ndim))
     return value.astype(jnp.int32)
+
+
+def _packed_metadata(context_lens, block_tables, query_start_loc, num_seqs):
+    """(metadata, num_seqs, S, W): context_lens [S], query_start_loc [S+1] and block_tables [S, W] in one int32
+    array, where the sequences from num_seqs on are empty (context 0, no queries): a device-metadata plan
+    covers all S, so that is how num_seqs, read on the device, takes effect without a host read."""
+    context_lens = _int32("context_lens", context_lens, 1)
+    block_tables = _int32("block_tables", block_tables, 2)
+    query_start_loc = _int32("query_start_loc", query_start_loc, 1)
+    S, W = block_tables.shape
+    if context_lens.shape != (S,) or query_start_loc.shape != (S + 1,):
+        raise ValueError("context_lens [%d] and query_start_loc [%d] do not fit block_tables [%d, %d]: expected "
+                         "[S], [S+1] and [S, W]" % (context_lens.shape[0], query_start_loc.shape[0], S, W))
+    num_seqs = _int32("num_seqs", num_seqs, jnp.ndim(num_seqs)).reshape((1,))
+    n = jnp.clip(num_seqs[0], 0, S)
+    context_lens = jnp.where(jnp.arange(S) < n, context_lens, 0)
+    query_start_loc = jnp.where(jnp.arange(S + 1) <= n, query_start_loc, query_start_loc[n])
+    return jnp.concatenate([context_lens, query_start_loc, block_tables.reshape(-1)]), num_seqs, S, W
+
+
+_RPA_DTYPES = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.float16): 1, jnp.dtype(jnp.bfloat16): 2}
+_plans = {}  # (shapes, dtypes, window, lse) -> (the DevicePlan table handed to the FFI module, what it holds)
+
+
+def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window):
+    """(address, length) of a table, indexed by CUDA ordinal, of device-metadata plans for these shapes on
+    each GPU JAX and rpa share, made once, at trace time (a plan made in the handler could fall inside a
+    CUDA graph capture), and kept for the life of the process like the handlers; (0, 0) without a GPU."""
+    import rpa
+    key = tuple((a.shape, jnp.dtype(a.dtype)) for a in (queries, k, v, sinks)) + (combined, lse_shape, S, W, window)
+    if key in _plans:
+        return _plans[key][0]
+    try:
+        devices = [d for d in jax.devices("gpu") if d.platform == "gpu"]
+    except RuntimeError:  # no GPU platform
+        devices = []
+    if not devices or not rpa.backend_available("gpu"):
+        _plans[key] = ((0, 0), None)
+        return 0, 0
+    entries = (ctypes.c_void_p * (2 * (max(d.local_hardware_id for d in devices) + 1)))()
+    keep = []
+
+    def tensor(array, data=None, dtype=None, shape=None):  # contiguous (strides 0), data NULL at plan time
+        shape = array.shape if shape is None else shape
+        return rpa._tensors._descriptor(data, _RPA_DTYPES[jnp.dtype(array.dtype)] if dtype is None else dtype,
+                                        shape, [0] * len(shape))
+
+    for d in devices:
+        context = rpa.Context("gpu", device=d.local_hardware_id)
+        buffer = ctypes.c_void_p()  # the metadata the plan reads, filled by each call before its run
+        rpa._check(rpa._lib.rpa_device_alloc(context._handle, 4 * (2 * S + 1 + S * W) or 4, ctypes.byref(buffer)))
+        address = buffer.value
+        args = rpa._Args()
+        rpa._lib.rpa_attention_args_init(ctypes.byref(args))
+        args.queries, args.out = tensor(queries), tensor(queries)
+        if combined:
+            args.kv_pages = tensor(k)
+        else:
+            args.k_cache, args.v_cache = tensor(k), tensor(v)
+        if sinks.size:
+            args.softmax_aux = tensor(sinks)
+        if lse_shape != (0,):
+            args.lse = rpa._tensors._descriptor(None, 0, lse_shape, [0, 0])
+        i32 = rpa._DTYPE_I32
+        args.context_lens = tensor(None, address, i32, (S,))
+        args.query_start_loc = tensor(None, address + 4 * S, i32, (S + 1,))
+        args.block_tables = tensor(None, address + 4 * (2 * S + 1), i32, (S, W))
+        args.num_seqs = S
+        args.sliding_window = window
+        args.memory = args.metadata_memory = rpa._tensors.MEMORY_DEVICE
+        handle = ctypes.c_void_p()
+        rpa._check(rpa._lib.rpa_plan_create(context._handle, ctypes.byref(args), ctypes.byref(handle)))
+        entries[2 * d.local_hardware_id], entries[2 * d.local_hardware_id + 1] = handle.value, address
+        keep.append(context)  # outlives its plans and buffers: all live as long as the process
+    table = (ctypes.addressof(entries), len(entries) // 2)
+    _plans[key] = (table, (entries, keep))
+    return table
 
 
 def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
                            softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
-                           return_lse=False, backend="auto", out=None):
+                           return_lse=False, backend="auto", out=None, check_metadata=None):
     """rpa.ragged_paged_attention for JAX arrays (any argument may be traced; see that function's doc).
 
     kv_pages is the combined cache or the pair (k_cache, v_cache). num_seqs may be an int or a device
     array of one element: it stays on the device under jit. backend "auto" means simd on the CPU platform
     and gpu on CUDA. Returns a new array of the queries' dtype (and lse [T, QH] float32 with return_lse).
+
+    On the CPU platform the metadata are validated on the host as everywhere in rpa. On CUDA the call only
+    enqueues work on XLA's stream (no host read, no sync, so XLA may put it in a command buffer): the
+    metadata stay on the device and are not validated on the host; num_seqs outside [0, S] counts as the
+    nearer end; a sequence whose metadata break a rule is skipped (its rows are 0, nothing outside the
+    arrays is read). check_metadata=True (default: the environment variable RPA_JAX_CHECK_METADATA=1, read
+    at trace time) makes each eager call wait for its work and raise the error host validation would give;
+    calls inside a captured command buffer are not checked.
     """
     if out is not None:
         raise ValueError("out: JAX arrays are immutable; rpa.jax returns a new array")
@@ -87,16 +174,21 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     window = 0 if sliding_window is None else int(sliding_window)
     if window < -2**31:
         raise ValueError("sliding_window: %d must be None or > 0" % window)
-    results = [jax.ShapeDtypeStruct(queries.shape, queries.dtype),
-               jax.ShapeDtypeStruct((T, QH) if return_lse else (0,), jnp.float32)]
+    window = 0 if window >= 2**31 else window  # wider than any context
+    if check_metadata is None:
+        check_metadata = os.environ.get("RPA_JAX_CHECK_METADATA") == "1"
+    metadata, num_seqs, S, W = _packed_metadata(context_lens, block_tables, query_start_loc, num_seqs)
+    lse_shape = (T, QH) if return_lse else (0,)
+    plans, plan_count = _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window)
+    results = [jax.ShapeDtypeStruct(queries.shape, queries.dtype), jax.ShapeDtypeStruct(lse_shape, jnp.float32)]
     call = jax.ffi.ffi_call(_TARGET, results)
-    result, lse = call(queries, k, v, _int32("context_lens", context_lens), _int32("block_tables", block_tables),
-                       _int32("query_start_loc", query_start_loc), _int32("num_seqs", num_seqs).reshape((1,)),
-                       sinks,
+    result, lse = call(queries, k, v, metadata, num_seqs, sinks,
                        softmax_scale=np.float64(0.0 if softmax_scale is None else softmax_scale),
                        logits_soft_cap=np.float64(0.0 if logits_soft_cap is None else logits_soft_cap),
-                       sliding_window=np.int32(0 if window >= 2**31 else window),  # wider than any context
-                       combined_kv=np.int32(combined), backend=np.int32(_BACKENDS[backend]))
+                       sliding_window=np.int32(window), combined_kv=np.int32(combined),
+                       backend=np.int32(_BACKENDS[backend]), seqs=np.int32(S), table_width=np.int32(W),
+                       plans=np.int64(plans), plan_count=np.int32(plan_count),
+                       check_metadata=np.int32(bool(check_metadata)))
     return (result, lse) if return_lse else result
 
 
@@ -124,8 +216,9 @@ def ragged_page_attention_v2(queries, kv_pages, context_lens, block_tables, quer
     - bad metadata (a block-table entry out of range, q_len > context_len, ...) raises an error naming
       the argument instead of reading out of bounds.
 
-    On CUDA the custom call copies the four metadata arrays (a few KiB) to the host and waits for XLA's
-    stream once per call (rpa reads metadata on the host); queries, KV and the output are never copied.
+    On CUDA the custom call only enqueues work on XLA's stream (it may be captured in a command buffer):
+    the metadata are read on the device and not validated on the host (see ragged_paged_attention's
+    check_metadata); queries, KV and the output are never copied.
     """
     del compute_dtype, optimized, mask_value, num_kv_pages_per_block, num_queries_per_block
     del vmem_limit_bytes, num_warps, num_stages

@@ -10,6 +10,7 @@ on the current stream, no copy of queries, KV or outputs); and plans, whose runs
         plan.run(q, kv_pages, out=out)       # enqueues kernels on the capturing stream, nothing else
 """
 
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -29,13 +30,56 @@ def _attention(queries: torch.Tensor, kv_pages: Optional[torch.Tensor], k_cache:
                softmax_aux: Optional[torch.Tensor], return_lse: bool, backend: str
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     kv = kv_pages if kv_pages is not None else (k_cache, v_cache)
-    result = rpa.ragged_paged_attention(queries, kv, context_lens, block_tables, query_start_loc, num_seqs,
-                                        softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
-                                        sliding_window=sliding_window, softmax_aux=softmax_aux,
-                                        return_lse=return_lse, backend=backend)
+    planned = _plan_for(queries, kv, (context_lens, block_tables, query_start_loc, num_seqs), sliding_window,
+                        softmax_aux, return_lse, backend)
+    result = planned.run(queries, kv, softmax_scale=softmax_scale, logits_soft_cap=logits_soft_cap,
+                         softmax_aux=softmax_aux)
     if return_lse:
         return result
     return result, queries.new_empty((0,), dtype=torch.float32)
+
+
+class _CachedPlan:
+    """A plan with what it was made from: every layer of a step passes the same metadata, so the op plans
+    once per step. CPU metadata tensors must hold the same values (compared: writes through numpy views
+    bypass torch's version counter); GPU ones must be the same tensor objects at the same version (comparing
+    values would mean a copy back and a sync)."""
+
+    def __init__(self, plan, metadata):
+        self.plan = plan
+        self._seen = [(weakref.ref(m), m._version, m.clone() if m.device.type == "cpu" else None) for m in metadata]
+
+    def matches(self, metadata):
+        for m, (ref, version, values) in zip(metadata, self._seen):
+            if values is not None:
+                if m.device.type != "cpu" or m.dtype != values.dtype or not torch.equal(m, values):
+                    return False
+            elif ref() is not m or m._version != version:
+                return False
+        return True
+
+
+_plans = {}  # (layouts, window, return_lse, backend) -> _CachedPlan of the latest metadata
+
+
+def _plan_for(queries, kv, metadata, sliding_window, softmax_aux, return_lse, backend):
+    """The op's plan: the cached one when the metadata are those it was made from, else a new one."""
+    if queries.is_cuda and torch.cuda.is_current_stream_capturing():
+        # A captured call replays with the metadata of its capture, whatever the engine writes later.
+        raise RuntimeError("rpa.torch.ragged_paged_attention cannot be captured in a CUDA graph: capture "
+                           "plan.run of rpa.torch.plan(..., device_metadata=True) (the plan reads the metadata "
+                           "at every replay)")
+    tensors = (queries,) + (kv if isinstance(kv, tuple) else (kv,)) + ((softmax_aux,) if softmax_aux is not None else ())
+    layouts = tuple((t.dtype, t.shape, t.stride(), t.device) for t in tensors)
+    key = (layouts, sliding_window, return_lse, backend)
+    cached = _plans.get(key)
+    if cached is None or not cached.matches(metadata):
+        made = plan(queries, kv, *metadata, sliding_window=sliding_window, softmax_aux=softmax_aux,
+                    return_lse=return_lse, backend=backend)
+        if len(_plans) >= 16:  # layouts of layers long gone
+            _plans.clear()
+        cached = _plans[key] = _CachedPlan(made, metadata)
+    return cached.plan
 
 
 @_attention.register_fake
@@ -52,8 +96,12 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
 
     kv_pages: the combined cache [P, page_size, 2*KVH, D] or the pair (k_cache, v_cache) of
     [P, page_size, KVH, D] (vLLM's kv_cache[0], kv_cache[1] are such views). Metadata may be int32/int64
-    tensors on the CPU or the GPU (GPU metadata are read back, a synchronising copy of a few KiB). For a
-    CUDA graph, plan the batch outside the capture and run the plan inside it.
+    tensors on the CPU or the GPU. The op plans once for the calls of a step: it keeps the plan of the
+    latest metadata and reuses it while CPU metadata hold the same values and GPU metadata are the same
+    tensor objects, unchanged by torch since (their version counter); a new plan reads GPU metadata back
+    (a synchronising copy of a few KiB). A write torch does not see (a raw kernel, another framework through
+    DLPack) must come with new tensors, or use a plan. For a CUDA graph, plan the batch outside the
+    capture and run the plan inside it; the op refuses to be captured.
 
     >>> import torch, rpa.torch
     >>> q = torch.ones(1, 2, 4)

@@ -110,9 +110,67 @@ def test_bad_metadata_is_an_error_naming_it(platform):
     rng = np.random.default_rng(9)
     queries, kv, context_lens, block_tables, qsl = random_problem(rng, [2], [9])
     block_tables[0, 0] = 10**6
+    # On CUDA only a checked call reads the device's record back (the CPU platform always validates).
+    checked = jax.jit(lambda *a: rpa_jax.ragged_paged_attention(*a, check_metadata=True))
     with pytest.raises(Exception, match="block_tables"):
-        jax.block_until_ready(jax.jit(rpa_jax.ragged_paged_attention)(
-            *on(platform, queries, kv, context_lens, block_tables, qsl, np.array([1], np.int32))))
+        jax.block_until_ready(checked(*on(platform, queries, kv, context_lens, block_tables, qsl,
+                                          np.array([1], np.int32))))
+
+
+@pytest.mark.skipif("gpu" not in PLATFORMS, reason="needs a GPU")
+def test_unchecked_gpu_call_skips_a_bad_sequence_and_computes_the_others():
+    rng = np.random.default_rng(11)
+    queries, kv, context_lens, block_tables, qsl = random_problem(rng, [2, 3], [9, 40])
+    bad = block_tables.copy()
+    bad[0, 0] = 10**6
+    out = jax.jit(rpa_jax.ragged_paged_attention)(*on("gpu", queries, kv, context_lens, bad, qsl,
+                                                      np.array([2], np.int32)))
+    expected, _ = attention(queries, kv, context_lens, block_tables, qsl, 2)
+    got = np.asarray(out)  # the rows of sequence 0 are not written (XLA's buffer keeps what it held)
+    assert np.abs(got[2:5] - expected[2:5]).max() <= 2e-5
+
+
+_COMMAND_BUFFER_SCRIPT = """
+import glob, os, sys
+import numpy as np, jax
+sys.path.insert(0, sys.argv[1])
+import rpa.jax as rpa_jax
+from oracle import attention, random_problem
+rng = np.random.default_rng(12)
+queries, kv, context_lens, block_tables, qsl = random_problem(rng, [1, 4], [30, 20])
+step = jax.jit(lambda q, kv, cl, bt, qsl, n: rpa_jax.ragged_paged_attention(
+    rpa_jax.ragged_paged_attention(q, kv, cl, bt, qsl, n), kv, cl, bt, qsl, n))
+gpu = jax.devices("gpu")[0]
+for lens in (context_lens, context_lens - 1):  # new values in place of the recorded ones
+    args = [jax.device_put(a, gpu) for a in (queries, kv, lens, block_tables, qsl, np.array([2], np.int32))]
+    got = np.asarray(step(*args))
+    first, _ = attention(queries, kv, lens, block_tables, qsl, 2)
+    expected, _ = attention(first, kv, lens, block_tables, qsl, 2)
+    assert np.abs(got[:5] - expected[:5]).max() <= 2e-5, np.abs(got[:5] - expected[:5]).max()
+# XLA converts thunks, not HLO, into command buffers: the profile shows whether it launched a graph.
+with jax.profiler.trace(sys.argv[2]):
+    jax.block_until_ready(step(*args))
+files = [f for f in glob.glob(sys.argv[2] + "/**/*", recursive=True) if os.path.isfile(f)]
+launches = sum(open(f, "rb").read().count(b"GraphLaunch") for f in files)
+print("graph launches in the profile:", launches, files)
+assert launches > 0
+print("ok")
+"""
+
+
+@pytest.mark.skipif("gpu" not in PLATFORMS, reason="needs a GPU")
+def test_xla_runs_the_gpu_call_in_a_command_buffer(tmp_path):
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL "
+               "--xla_gpu_graph_min_graph_size=1",
+               PYTHONPATH=os.pathsep.join([here] + sys.path))
+    result = subprocess.run([sys.executable, "-c", _COMMAND_BUFFER_SCRIPT, here, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    print(result.stdout)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr[-3000:]
 
 
 def test_generic_entry_point_takes_jax_arrays():

@@ -57,6 +57,27 @@ def test_plan_runs_from_threads_and_rejects_other_layouts():
         plan.run(queries.astype(np.float16), kv)
 
 
+def test_runs_after_the_first_swap_pointers_but_other_layouts_take_the_checked_path():
+    rng = np.random.default_rng(27)
+    queries, kv, context_lens, block_tables, qsl = random_problem(rng, [2, 3], [6, 9])
+    ctx = rpa.Context(backend="reference")
+    out = np.empty_like(queries)
+    plan = ctx.plan(queries, kv, context_lens, block_tables, qsl, 2, out=out)
+    expected = ctx.attention(queries, kv, context_lens, block_tables, qsl, 2)
+    for _ in range(2):  # the first run learns the layouts, the second swaps pointers only
+        out[:] = np.nan
+        assert plan.run(queries, kv, out=out) is out and np.array_equal(out, expected)
+    strided = np.zeros(queries.shape[:2] + (2 * queries.shape[2],), np.float32)[:, :, :queries.shape[2]]
+    strided[...] = queries
+    with pytest.raises(rpa.InvalidArgumentError, match="'queries'.*plan"):
+        plan.run(strided, kv, out=out)
+    assert np.array_equal(plan.run(queries.astype(np.float64), kv), expected)  # narrowed: a copy, still right
+    assert np.array_equal(plan.run(queries, kv[::-1][::-1]), expected)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out"):
+        plan.run(queries, kv, out=out)
+
+
 def test_exception_classes_follow_the_status():
     assert issubclass(rpa.InvalidArgumentError, ValueError)
     for error in (rpa.UnsupportedError, rpa.UnavailableError, rpa.OutOfMemoryError, rpa.DeviceError,
