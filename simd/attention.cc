@@ -18,7 +18,13 @@
 // Keys a row cannot see are never multiplied into its output (the P.V kernels only run over visible
 // ranges), so NaN or Inf there cannot leak, and tiles no row of a run can see are neither loaded nor
 // computed (causal and window bounds).
+// Prefill items of 16-bit queries and KV take the tile path instead when the backend has a tile product
+// (AMX, simd/tiles.h): AttendItemTiles below.
 //
+// This file holds the item drivers and the exported entry points; the micro-kernels they call live in
+// per-target modules, each tested against scalar twins (tests/simd/test_kernels.cc): convert-inl.h
+// (dtype conversions, bf16 rounding), rows-inl.h (K/V row access), score-inl.h (Q.K^T), pv-inl.h (P.V),
+// softmax-inl.h (the online-softmax steps), pack-inl.h (the tile path's bf16 parts and pair layouts).
 // Compiled once per Highway target through foreach_target; only AttendItem, MergeSplits and
 // TargetBits are exported and reached through HWY_DYNAMIC_DISPATCH (attention.h).
 #include <algorithm>
@@ -28,362 +34,38 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "core/dtype.h"
 #include "simd/attention.h"
+#include "simd/tiles.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "simd/attention.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
-#include <hwy/cache_control.h>
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
+
+#include "simd/convert-inl.h"
+#include "simd/pack-inl.h"
+#include "simd/pv-inl.h"
+#include "simd/rows-inl.h"
+#include "simd/score-inl.h"
+#include "simd/softmax-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace rpa::simd {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-using DF = hn::ScalableTag<float>;
-using VF = hn::Vec<DF>;
-constexpr size_t kLanes = hn::MaxLanes(DF());
-constexpr size_t kTile = static_cast<size_t>(kTileKeys);
-static_assert(kTile % kLanes == 0 && kLanes % 4 == 0, "tiles hold whole vectors; blocks of 4 rows fill one");
-
-// Output vectors per P.V block: 4 rows x 4 vectors needs the 32 registers of AVX-512; 16 registers
-// (AVX2, SSE4) hold 4 rows x 2 vectors.
-constexpr size_t kPvVecs = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
-
-// Highway 1.0.3 emulates f16 conversions on targets without F16C by truncating and without Inf/NaN;
-// those targets use the exact scalar conversions of core/dtype.h instead.
-constexpr bool kNativeF16 = !(HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3 || HWY_TARGET == HWY_EMU128 ||
-                              HWY_TARGET == HWY_SCALAR);
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
 // The widest head_dim whose K and V are read in place (Bf16Rows, CodeRows).
 constexpr size_t kMaxInPlaceDim = 256;
-
-constexpr size_t RoundUp(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
 const void* Element(const void* base, rpa_dtype dtype, int64_t index) {
   return static_cast<const char*>(base) + index * dtype_size(dtype);
 }
 
-// Converts `dim` elements stored as `dtype` to f32 at dst (aligned) and zero-fills up to `padded`.
-HWY_INLINE void LoadRow(const void* src, rpa_dtype dtype, size_t dim, size_t padded, float* HWY_RESTRICT dst) {
-  const DF df;
-  size_t i = 0;
-  if (dtype == RPA_DTYPE_F32) {
-    const float* from = static_cast<const float*>(src);
-    for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::LoadU(df, from + i), df, dst + i);
-  } else if (dtype == RPA_DTYPE_BF16) {
-    const hn::Rebind<hwy::bfloat16_t, DF> dbf;
-    const hwy::bfloat16_t* from = static_cast<const hwy::bfloat16_t*>(src);
-    for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::PromoteTo(df, hn::LoadU(dbf, from + i)), df, dst + i);
-  } else if (kNativeF16) {
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    const hwy::float16_t* from = static_cast<const hwy::float16_t*>(src);
-    for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, from + i)), df, dst + i);
-  }
-  for (; i < dim; ++i) dst[i] = load_float(src, dtype, static_cast<int64_t>(i));
-  for (; i < padded; ++i) dst[i] = 0.0f;
-}
-
-// kLanes 8-bit codes of a quantised dtype from src on, widened to f32 (before the scale) exactly as
-// core/dtype.h's code_to_float does, without touching subnormal floats.
-template <rpa_dtype kDtype>
-HWY_INLINE VF DecodeCodes(const uint8_t* HWY_RESTRICT src) {
-  const DF df;
-  const hn::RebindToSigned<DF> di;
-  const hn::RebindToUnsigned<DF> du;
-  if constexpr (kDtype == RPA_DTYPE_INT8) {
-    const hn::Rebind<int8_t, DF> d8;
-    return hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(src))));
-  } else {
-    const hn::Rebind<uint8_t, DF> d8;
-    const auto code = hn::PromoteTo(du, hn::LoadU(d8, src));
-    const auto magnitude = hn::And(code, hn::Set(du, 0x7fu));
-    const auto signed_magnitude = hn::BitCast(di, magnitude);
-    const VF sign = hn::BitCast(df, hn::ShiftLeft<24>(hn::And(code, hn::Set(du, 0x80u))));
-    constexpr bool kE4m3 = kDtype == RPA_DTYPE_FP8_E4M3;
-    constexpr int kMantissa = kE4m3 ? 3 : 2;
-    // Normal codes: the exponent moves from bias 7 (15) to 127. Subnormal codes: m * 2^-9 (2^-16).
-    const VF normal = hn::BitCast(df, hn::Add(hn::ShiftLeft<23 - kMantissa>(magnitude),
-                                              hn::Set(du, (kE4m3 ? 120u : 112u) << 23)));
-    const VF subnormal = hn::Mul(hn::ConvertTo(df, signed_magnitude), hn::Set(df, kE4m3 ? 0.001953125f : 0.0000152587890625f));
-    VF value = hn::IfThenElse(hn::RebindMask(df, hn::Lt(signed_magnitude, hn::Set(di, 1 << kMantissa))), subnormal, normal);
-    if constexpr (kE4m3) {  // S.1111.111 is NaN; there are no infinities
-      value = hn::IfThenElse(hn::RebindMask(df, hn::Eq(magnitude, hn::Set(du, 0x7fu))), hn::NaN(df), value);
-    } else {  // exponent 31: infinity (mantissa 0) or NaN
-      const VF special = hn::BitCast(df, hn::Or(hn::Set(du, 0x7f800000u), hn::ShiftLeft<21>(hn::And(magnitude, hn::Set(du, 3u)))));
-      value = hn::IfThenElse(hn::RebindMask(df, hn::Gt(signed_magnitude, hn::Set(di, 0x7b))), special, value);
-    }
-    return hn::Or(value, sign);
-  }
-}
-
-template <rpa_dtype kDtype>
-HWY_INLINE void LoadCodeRow(const uint8_t* HWY_RESTRICT src, size_t dim, size_t padded, float scale, float* HWY_RESTRICT dst) {
-  const DF df;
-  const VF vscale = hn::Set(df, scale);
-  size_t i = 0;
-  for (; i + kLanes <= dim; i += kLanes) hn::Store(hn::Mul(DecodeCodes<kDtype>(src + i), vscale), df, dst + i);
-  for (; i < dim; ++i) dst[i] = load_kv(src, kDtype, static_cast<int64_t>(i), scale);
-  for (; i < padded; ++i) dst[i] = 0.0f;
-}
-
-// A K or V row of the cache in f32: LoadRow, or for a quantised cache its codes times `scale`.
-HWY_INLINE void LoadKvRow(const void* src, rpa_dtype dtype, size_t dim, size_t padded, float scale, float* HWY_RESTRICT dst) {
-  const auto* codes = static_cast<const uint8_t*>(src);
-  switch (dtype) {
-    case RPA_DTYPE_FP8_E4M3: return LoadCodeRow<RPA_DTYPE_FP8_E4M3>(codes, dim, padded, scale, dst);
-    case RPA_DTYPE_FP8_E5M2: return LoadCodeRow<RPA_DTYPE_FP8_E5M2>(codes, dim, padded, scale, dst);
-    case RPA_DTYPE_INT8: return LoadCodeRow<RPA_DTYPE_INT8>(codes, dim, padded, scale, dst);
-    default: return LoadRow(src, dtype, dim, padded, dst);
-  }
-}
-
-// Writes src[0..dim) * factor to dst stored as `dtype`, rounding to nearest even like core/dtype.h.
-HWY_INLINE void StoreRow(const float* HWY_RESTRICT src, float factor, size_t dim, void* dst, rpa_dtype dtype) {
-  const DF df;
-  const VF scale = hn::Set(df, factor);
-  size_t i = 0;
-  if (dtype == RPA_DTYPE_F32) {
-    float* to = static_cast<float*>(dst);
-    for (; i + kLanes <= dim; i += kLanes) hn::StoreU(hn::Mul(hn::Load(df, src + i), scale), df, to + i);
-  } else if (dtype == RPA_DTYPE_BF16) {
-    // Highway 1.0.3's DemoteTo(bf16) truncates: round to nearest even by hand.
-    const hn::RebindToUnsigned<DF> du;
-    const hn::RebindToSigned<DF> di;
-    const hn::Rebind<uint16_t, DF> du16;
-    uint16_t* to = static_cast<uint16_t*>(dst);
-    for (; i + kLanes <= dim; i += kLanes) {
-      const VF value = hn::Mul(hn::Load(df, src + i), scale);
-      const auto bits = hn::BitCast(du, value);
-      const auto upper = hn::ShiftRight<16>(bits);
-      const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(hn::Set(du, 0x7fffu), hn::And(upper, hn::Set(du, 1u)))));
-      const auto quiet_nan = hn::Or(upper, hn::Set(du, 0x40u));
-      const auto result = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(value)), quiet_nan, rounded);
-      hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, result)), du16, to + i);
-    }
-  } else if (kNativeF16) {
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    hwy::float16_t* to = static_cast<hwy::float16_t*>(dst);
-    for (; i + kLanes <= dim; i += kLanes) hn::StoreU(hn::DemoteTo(dh, hn::Mul(hn::Load(df, src + i), scale)), dh, to + i);
-  }
-  for (; i < dim; ++i) store_float(dst, dtype, static_cast<int64_t>(i), src[i] * factor);
-}
-
-// Fetches a K or V row towards the core ahead of use. On decode, prefetcht1 measured ~15% faster than
-// hwy::Prefetch (prefetcht0) and a little faster than prefetcht2.
-HWY_INLINE void Prefetch(const void* row, size_t bytes) {
-  const char* start = static_cast<const char*>(row);
-  for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(start + offset, 0, 2);
-}
-
-// K or V rows of the current tile, converted to f32 (stride dp). Load(j, d, parts) gives the kParts
-// vectors of key j from dimension d on, in the order the queries and outputs are stored in.
-struct TileRows {
-  static constexpr size_t kParts = 1;
-  const float* HWY_RESTRICT base;
-  size_t stride;
-  HWY_INLINE void Load(size_t j, size_t d, VF* parts) const { parts[0] = hn::Load(DF(), base + j * stride + d); }
-  HWY_INLINE void PrefetchAhead(size_t) const {}  // done while converting
-};
-
-// K or V rows read in place from a bf16 cache: no converted tile is written and read back. A vector of
-// 2 * kLanes bf16 read as u32 lanes widens with one shift (even elements) and one mask (odd elements), so
-// dimensions [d, d + 2 * kLanes) arrive as the even ones then the odd ones: queries and outputs are kept
-// in that order while the item runs (ToPairOrder, FromPairOrder).
-struct Bf16Rows {
-  static constexpr size_t kParts = 2;
-  using Element = uint16_t;
-  const Element* row[kTile];  // padding keys point at zeros
-  // The same key's row in the next tile (null past the range) and the bytes of a row: fetched from DRAM
-  // a few lines per key while this tile computes, which keeps misses in flight all along instead of in
-  // bursts that stall on the miss buffers.
-  const char* ahead[kTile];
-  size_t row_bytes;
-  HWY_INLINE void PrefetchAhead(size_t j) const {
-    if (ahead[j] != nullptr) Prefetch(ahead[j], row_bytes);
-  }
-  HWY_INLINE void Load(size_t j, size_t d, VF* parts) const {
-    const DF df;
-    const hn::RebindToUnsigned<DF> du;
-    const auto bits = hn::LoadU(du, reinterpret_cast<const uint32_t*>(row[j] + d));
-    parts[0] = hn::BitCast(df, hn::ShiftLeft<16>(bits));
-    parts[1] = hn::BitCast(df, hn::And(bits, hn::Set(du, 0xFFFF0000u)));
-  }
-};
-
-// K or V rows read in place from a quantised cache, kLanes codes widened per load, in natural order and
-// without their scale (folded into the queries and the output).
-template <rpa_dtype kDtype>
-struct CodeRows {
-  static constexpr size_t kParts = 1;
-  using Element = uint8_t;
-  const Element* row[kTile];  // padding keys point at zeros (code 0 is 0.0 in every format)
-  const char* ahead[kTile];   // as in Bf16Rows
-  size_t row_bytes;
-  HWY_INLINE void PrefetchAhead(size_t j) const {
-    if (ahead[j] != nullptr) Prefetch(ahead[j], row_bytes);
-  }
-  HWY_INLINE void Load(size_t j, size_t d, VF* parts) const { parts[0] = DecodeCodes<kDtype>(row[j] + d); }
-};
-
-// Moves each 2 * kLanes block of row[0, dim) to the order Bf16Rows delivers (even elements, then odd).
-HWY_INLINE void ToPairOrder(float* HWY_RESTRICT row, size_t dim) {
-  const DF df;
-  for (size_t d = 0; d < dim; d += 2 * kLanes) {
-    const VF lo = hn::Load(df, row + d), hi = hn::Load(df, row + d + kLanes);
-    hn::Store(hn::ConcatEven(df, hi, lo), df, row + d);
-    hn::Store(hn::ConcatOdd(df, hi, lo), df, row + d + kLanes);
-  }
-}
-
-// The inverse of ToPairOrder, from row to natural (once per row: plain scalar moves).
-HWY_INLINE void FromPairOrder(const float* HWY_RESTRICT row, size_t dim, float* HWY_RESTRICT natural) {
-  for (size_t d = 0; d < dim; d += 2 * kLanes)
-    for (size_t i = 0; i < kLanes; ++i) {
-      natural[d + 2 * i] = row[d + i];
-      natural[d + 2 * i + 1] = row[d + kLanes + i];
-    }
-}
-
-// Returns the vector whose lane i holds the total of acc[i], for kLanes accumulators. Two steps of
-// in-block interleaves (cheap shuffles) leave each 128-bit block of quad[g] holding its partial sums of
-// acc[4g .. 4g + 3]; the blocks are then added across, ending in lane order. A template, so that only
-// the branch for this target's block count is compiled.
-template <size_t kCount>
-HWY_INLINE VF SumEach(const VF* acc) {
-  static_assert(kCount == kLanes, "one accumulator per lane");
-  const DF df;
-  const hn::Repartition<double, DF> dd;
-  constexpr size_t kGroups = kCount / 4;
-  VF quad[kGroups];
-  HWY_UNROLL(4)
-  for (size_t g = 0; g < kGroups; ++g) {
-    const VF* a = acc + 4 * g;
-    // Per block, lanes 0 and 2 hold partial sums of a[0], lanes 1 and 3 of a[1] (likewise cd).
-    const VF ab = hn::Add(hn::InterleaveLower(df, a[0], a[1]), hn::InterleaveUpper(df, a[0], a[1]));
-    const VF cd = hn::Add(hn::InterleaveLower(df, a[2], a[3]), hn::InterleaveUpper(df, a[2], a[3]));
-    const auto ab64 = hn::BitCast(dd, ab), cd64 = hn::BitCast(dd, cd);
-    quad[g] = hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, ab64, cd64)), hn::BitCast(df, hn::InterleaveUpper(dd, ab64, cd64)));
-  }
-  if constexpr (kGroups == 1) {
-    return quad[0];
-  } else if constexpr (kGroups == 2) {
-    return hn::Add(hn::ConcatLowerLower(df, quad[1], quad[0]), hn::ConcatUpperUpper(df, quad[1], quad[0]));
-  } else {
-    static_assert(kGroups == 4, "x86 vectors hold at most 4 blocks");
-    // Blocks [q0 q0 q2 q2] and [q1 q1 q3 q3] summed, then the even blocks of one and the odd of the other.
-    VF even = hn::Add(hn::ConcatLowerLower(df, quad[2], quad[0]), hn::ConcatUpperUpper(df, quad[2], quad[0]));
-    VF odd = hn::Add(hn::ConcatLowerLower(df, quad[3], quad[1]), hn::ConcatUpperUpper(df, quad[3], quad[1]));
-    even = hn::Add(even, hn::SwapAdjacentBlocks(even));
-    odd = hn::Add(odd, hn::SwapAdjacentBlocks(odd));
-    return hn::OddEvenBlocks(odd, even);
-  }
-}
-
-// Scores of kRows query rows (stride dp) against the kLanes / kRows keys from j0 on, lane r * kLanes / kRows
-// + j holding row r's score of key j0 + j. Each K vector feeds every row; SumEach folds the kLanes
-// accumulators into one vector.
-template <size_t kRows, class Rows>
-HWY_INLINE VF ScoreVector(const float* HWY_RESTRICT q, const Rows& k, size_t j0, size_t dp) {
-  const DF df;
-  constexpr size_t kKeys = kLanes / kRows, kParts = Rows::kParts;
-  VF acc[kLanes];
-  HWY_UNROLL(16)
-  for (size_t i = 0; i < kLanes; ++i) acc[i] = hn::Zero(df);
-  for (size_t d = 0; d < dp; d += kParts * kLanes) {
-    VF key[kKeys][kParts];
-    HWY_UNROLL(16)
-    for (size_t j = 0; j < kKeys; ++j) k.Load(j0 + j, d, key[j]);
-    if (d == 0) {
-      HWY_UNROLL(16)
-      for (size_t j = 0; j < kKeys; ++j) k.PrefetchAhead(j0 + j);
-    }
-    HWY_UNROLL(4)
-    for (size_t r = 0; r < kRows; ++r) {
-      HWY_UNROLL(2)
-      for (size_t part = 0; part < kParts; ++part) {
-        const VF query = hn::Load(df, q + r * dp + d + part * kLanes);
-        HWY_UNROLL(16)
-        for (size_t j = 0; j < kKeys; ++j) acc[r * kKeys + j] = hn::MulAdd(query, key[j][part], acc[r * kKeys + j]);
-      }
-    }
-  }
-  return SumEach<kLanes>(acc);
-}
-
-// ScoreVector written to s[r * kTile + j].
-template <size_t kRows>
-HWY_INLINE void ScoreBlock(const float* HWY_RESTRICT q, const TileRows& k, size_t j0, size_t dp, float* HWY_RESTRICT s) {
-  const DF df;
-  constexpr size_t kKeys = kLanes / kRows;
-  const VF total = ScoreVector<kRows>(q, k, j0, dp);
-  if constexpr (kRows == 1) {
-    hn::StoreU(total, df, s);
-  } else {
-    HWY_ALIGN float lanes[kLanes];
-    hn::Store(total, df, lanes);
-    for (size_t r = 0; r < kRows; ++r) std::memcpy(s + r * kTile, lanes + r * kKeys, kKeys * sizeof(float));
-  }
-}
-
-// Where row r's probability of key j of a tile is: a row's keys in a run (ScoreBlock), or grouped as
-// ScoreVector<4> leaves them, kLanes / 4 keys of each of the 4 rows per vector (SharedBlock).
-struct RowMajor {
-  static constexpr size_t Index(size_t r, size_t j) { return r * kTile + j; }
-};
-struct Grouped {
-  static constexpr size_t kKeys = kLanes / 4;
-  static constexpr size_t Index(size_t r, size_t j) { return j / kKeys * kLanes + r * kKeys + j % kKeys; }
-};
-
-// o[r][0, kVecs * kLanes) += sum over j in [j0, j1) of p[Layout::Index(r, j)] * v[j][same range], for kRows
-// rows (o and v with stride dp). The output block stays in registers while V streams through.
-template <size_t kRows, size_t kVecs, class Layout, class Rows>
-HWY_INLINE void AccumulateBlock(const float* HWY_RESTRICT p, const Rows& v, size_t d0, size_t dp, size_t j0,
-                                size_t j1, float* HWY_RESTRICT o) {
-  const DF df;
-  VF acc[kRows * kVecs];
-  HWY_UNROLL(4)
-  for (size_t r = 0; r < kRows; ++r) {
-    HWY_UNROLL(4)
-    for (size_t i = 0; i < kVecs; ++i) acc[r * kVecs + i] = hn::Load(df, o + r * dp + i * kLanes);
-  }
-  for (size_t j = j0; j < j1; ++j) {
-    if (d0 == 0) v.PrefetchAhead(j);
-    VF value[kVecs];
-    HWY_UNROLL(4)
-    for (size_t i = 0; i < kVecs; i += Rows::kParts) v.Load(j, d0 + i * kLanes, value + i);
-    HWY_UNROLL(4)
-    for (size_t r = 0; r < kRows; ++r) {
-      const VF weight = hn::Set(df, p[Layout::Index(r, j)]);
-      HWY_UNROLL(4)
-      for (size_t i = 0; i < kVecs; ++i) acc[r * kVecs + i] = hn::MulAdd(weight, value[i], acc[r * kVecs + i]);
-    }
-  }
-  HWY_UNROLL(4)
-  for (size_t r = 0; r < kRows; ++r) {
-    HWY_UNROLL(4)
-    for (size_t i = 0; i < kVecs; ++i) hn::Store(acc[r * kVecs + i], df, o + r * dp + i * kLanes);
-  }
-}
-
-// The whole padded row width of AccumulateBlock.
-template <size_t kRows, class Layout = RowMajor, class Rows>
-HWY_INLINE void AccumulateRows(const float* HWY_RESTRICT p, const Rows& v, size_t dp, size_t j0, size_t j1,
-                               float* HWY_RESTRICT o) {
-  constexpr size_t kStep = Rows::kParts * kLanes;
-  size_t d = 0;
-  for (; d + kPvVecs * kLanes <= dp; d += kPvVecs * kLanes)
-    AccumulateBlock<kRows, kPvVecs, Layout>(p, v, d, dp, j0, j1, o + d);
-  for (; d < dp; d += kStep) AccumulateBlock<kRows, Rows::kParts, Layout>(p, v, d, dp, j0, j1, o + d);
-}
 
 // Where row `row` of a sequence (plan.h: kv head first, then token, then q head of the group) lives.
 struct RowPlace {
@@ -459,49 +141,6 @@ struct ItemState {
   int64_t kv_head[kMaxRows];
 };
 
-// Folds a tile whose exp(score - new_max) sum to tile_sum into the row's running max and sum, rescaling
-// its output when the max grew.
-HWY_INLINE void FoldRow(ItemState& st, size_t row, float new_max, float tile_sum) {
-  const DF df;
-  const float old_max = st.max[row];
-  float running = st.sum[row];
-  if (old_max != kNegInf && old_max != new_max) {  // before the first visible key the output is still 0
-    const float alpha = std::exp(old_max - new_max);
-    running *= alpha;
-    const VF valpha = hn::Set(df, alpha);
-    float* HWY_RESTRICT o = st.o + row * st.dp;
-    for (size_t d = 0; d < st.dp; d += kLanes) hn::Store(hn::Mul(hn::Load(df, o + d), valpha), df, o + d);
-  }
-  st.sum[row] = running + tile_sum;
-  st.max[row] = new_max;
-}
-
-// Applies the soft cap and the row's mask to its scores in [j0, j1), then folds the tile into the row's
-// running max and sum and rescales its output. Keys in [j0, j1) outside [a, b) are masked.
-HWY_INLINE void SoftmaxRow(ItemState& st, size_t row, size_t j0, size_t j1, size_t a, size_t b) {
-  const DF df;
-  float* HWY_RESTRICT s = st.s + row * kTile;
-  const double cap = st.p.logits_soft_cap;
-  if (cap > 0) {
-    const VF vcap = hn::Set(df, static_cast<float>(cap)), inverse = hn::Set(df, static_cast<float>(1.0 / cap));
-    for (size_t j = j0; j < j1; j += kLanes)
-      hn::Store(hn::Mul(vcap, hn::Tanh(df, hn::Mul(hn::Load(df, s + j), inverse))), df, s + j);
-  }
-  for (size_t j = j0; j < a; ++j) s[j] = kNegInf;
-  for (size_t j = b; j < j1; ++j) s[j] = kNegInf;
-  VF top = hn::Set(df, kNegInf);
-  for (size_t j = j0; j < j1; j += kLanes) top = hn::Max(top, hn::Load(df, s + j));
-  const float old_max = st.max[row];
-  const float new_max = std::max(old_max, hn::GetLane(hn::MaxOfLanes(df, top)));
-  const VF shift = hn::Set(df, new_max);
-  VF total = hn::Zero(df);
-  for (size_t j = j0; j < j1; j += kLanes) {
-    const VF e = hn::Exp(df, hn::Sub(hn::Load(df, s + j), shift));  // masked: exp(-inf) = 0
-    hn::Store(e, df, s + j);
-    total = hn::Add(total, e);
-  }
-  FoldRow(st, row, new_max, hn::GetLane(hn::SumOfLanes(df, total)));
-}
 
 // One tile [t0, t0 + nk) for rows [r0, r0 + kRows).
 template <size_t kRows>
@@ -524,7 +163,8 @@ HWY_INLINE void TileBlock(ItemState& st, const TileRows& k, const TileRows& v, s
   constexpr size_t kKeys = kLanes / kRows;
   for (size_t j = j0; j < j1; j += kKeys) ScoreBlock<kRows>(st.q + r0 * st.dp, k, j, st.dp, st.s + r0 * kTile + j);
   for (size_t r = 0; r < kRows; ++r)
-    if (a[r] < b[r]) SoftmaxRow(st, r0 + r, j0, j1, a[r], b[r]);
+    if (a[r] < b[r]) SoftmaxRow(st.s + (r0 + r) * kTile, j0, j1, a[r], b[r], 1.0f, st.p.logits_soft_cap, st.max[r0 + r],
+                 st.sum[r0 + r], st.o + (r0 + r) * st.dp, st.dp);
 
   // P.V over the keys every row of the block sees, then each row's own edges one row at a time.
   size_t common_a = 0, common_b = nk;
@@ -547,14 +187,6 @@ HWY_INLINE void TileBlock(ItemState& st, const TileRows& k, const TileRows& v, s
   }
 }
 
-// Folds each group of kKeys adjacent lanes (one row of a Grouped vector) into all its lanes with `op`.
-template <class Op>
-HWY_INLINE VF AcrossRowLanes(VF v, const Op& op) {
-  if constexpr (Grouped::kKeys >= 2) v = op(v, hn::Shuffle2301(v));
-  if constexpr (Grouped::kKeys >= 4) v = op(v, hn::Shuffle1032(v));
-  static_assert(Grouped::kKeys <= 4, "a row's keys fill at most one 128-bit block");
-  return v;
-}
 
 // Whether rows [r0, r0 + 4) see the same keys.
 HWY_INLINE bool SameKeys(const ItemState& st, size_t r0) {
@@ -606,7 +238,8 @@ HWY_INLINE void SharedBlock(ItemState& st, const Rows& k, const Rows& v, size_t 
     total = hn::Add(total, e);
   }
   hn::Store(AcrossRowLanes(total, [](VF x, VF y) { return hn::Add(x, y); }), df, lanes);
-  for (size_t r = 0; r < 4; ++r) FoldRow(st, r0 + r, new_max[r], lanes[r * kKeys]);
+  for (size_t r = 0; r < 4; ++r)
+    FoldRow(st.max[r0 + r], st.sum[r0 + r], st.o + (r0 + r) * st.dp, st.dp, new_max[r], lanes[r * kKeys]);
   AccumulateRows<4, Grouped>(p, v, st.dp, a, b, st.o + r0 * st.dp);
 }
 
@@ -695,6 +328,48 @@ HWY_INLINE void TileRunInPlace(ItemState& st, const int32_t* table, int64_t kv_h
 // kDim: the head dimension when known at compile time (the fast paths), else 0. Rows: TileRows (the
 // converted tile), or Bf16Rows / CodeRows when the item reads K and V in place (InPlaceFits); a separate
 // instantiation each, so that no path shapes another's code.
+// Fills st's per-row kv heads and visible key ranges; returns the keys [begin, end) some row sees.
+std::pair<int64_t, int64_t> RowRanges(ItemState& st, const WorkItem& item) {
+  const rpa_problem& p = st.p;
+  int64_t begin = item.key_end, end = item.key_begin;
+  for (size_t r = 0; r < st.rows; ++r) {
+    const RowPlace place = PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r));
+    st.kv_head[r] = place.kv_head;
+    const int64_t window_start = p.sliding_window > 0 ? place.pos - p.sliding_window + 1 : 0;
+    st.first_key[r] = std::max(item.key_begin, window_start);
+    st.end_key[r] = std::min(item.key_end, place.pos + 1);
+    if (st.first_key[r] < st.end_key[r]) {
+      begin = std::min(begin, st.first_key[r]);
+      end = std::max(end, st.end_key[r]);
+    }
+  }
+  return {begin, end};
+}
+
+// Row r's query in f32 at q[0, padded) (zeros past dim).
+HWY_INLINE void LoadQuery(const rpa_problem& p, const WorkItem& item, size_t r, size_t dim, size_t padded,
+                          float* HWY_RESTRICT q) {
+  const RowPlace place = PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r));
+  LoadRow(Element(p.queries, p.query_dtype, place.token * p.query_token_stride + place.head * p.query_head_stride),
+          p.query_dtype, dim, padded, q);
+}
+
+// Writes row r of a finished item: its output (FinalizeRow) or, for one split of a longer range, its
+// running state into the partial buffer.
+HWY_INLINE void FinishRow(const ItemState& st, const WorkItem& item, size_t r, const float* HWY_RESTRICT o,
+                          float* HWY_RESTRICT partial) {
+  const rpa_problem& p = st.p;
+  const size_t dim = static_cast<size_t>(p.head_dim);
+  if (item.partial < 0) {
+    FinalizeRow(p, PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r)), st.max[r], st.sum[r], o, dim);
+  } else {
+    float* state = partial + item.partial + static_cast<int64_t>(r) * partial_row_floats(p.head_dim);
+    state[0] = st.max[r];
+    state[1] = st.sum[r];
+    std::memcpy(state + 2, o, dim * sizeof(float));
+  }
+}
+
 template <size_t kDim, class Rows>
 void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRICT scratch,
                    float* HWY_RESTRICT partial) {
@@ -714,22 +389,12 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
   st.sum = st.max + kMaxRows;
 
   const VF scale = hn::Set(df, static_cast<float>(p.softmax_scale));
-  int64_t begin = item.key_end, end = item.key_begin;
+  const auto [begin, end] = RowRanges(st, item);
   for (size_t r = 0; r < rows; ++r) {
-    const RowPlace place = PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r));
-    st.kv_head[r] = place.kv_head;
-    const int64_t window_start = p.sliding_window > 0 ? place.pos - p.sliding_window + 1 : 0;
-    st.first_key[r] = std::max(item.key_begin, window_start);
-    st.end_key[r] = std::min(item.key_end, place.pos + 1);
-    if (st.first_key[r] < st.end_key[r]) {
-      begin = std::min(begin, st.first_key[r]);
-      end = std::max(end, st.end_key[r]);
-    }
     float* q = st.q + r * dp;
-    LoadRow(Element(p.queries, p.query_dtype, place.token * p.query_token_stride + place.head * p.query_head_stride),
-            p.query_dtype, dim, dp, q);
+    LoadQuery(p, item, r, dim, dp, q);
     float* o = st.o + r * dp;
-    const VF q_scale = fold_scales ? hn::Mul(scale, hn::Set(df, p.k_scale[place.kv_head * p.k_scale_stride])) : scale;
+    const VF q_scale = fold_scales ? hn::Mul(scale, hn::Set(df, p.k_scale[st.kv_head[r] * p.k_scale_stride])) : scale;
     for (size_t d = 0; d < dp; d += kLanes) {
       hn::Store(hn::Mul(hn::Load(df, q + d), q_scale), df, q + d);
       hn::Store(hn::Zero(df), df, o + d);
@@ -774,15 +439,115 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
       FromPairOrder(o, dim, st.k);
       o = st.k;
     }
-    if (item.partial < 0) {
-      FinalizeRow(p, PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r)), st.max[r], st.sum[r], o, dim);
-    } else {
-      float* state = partial + item.partial + static_cast<int64_t>(r) * partial_row_floats(p.head_dim);
-      state[0] = st.max[r];
-      state[1] = st.sum[r];
-      std::memcpy(state + 2, o, dim * sizeof(float));
+    FinishRow(st, item, r, o, partial);
+  }
+}
+
+// The tile path: rows of one kv head with 16-bit queries and KV, whose Q.K^T and P.V run as bf16 tile
+// products (simd/tiles.h: AMX, or its scalar twin in tests) on the parts of pack-inl.h: a bf16 input is
+// one part, an f16 one two (exact), P two, so the products see the inputs exactly and P within 2^-17.
+// Per tile, K and V are loaded once (f32, keys no row sees left 0), packed into the pair layout and shared
+// by all rows; S lands in f32, the softmax runs on it with the FMA kernels' SoftmaxRow (the scale applied
+// there, as the queries stay exact), and the output accumulates in f32 in scratch, rescaled there. A tile
+// whose visible V holds Inf or NaN takes P.V on the FMA kernel, which skips each row's masked keys.
+bool TilesFit(const rpa_problem& p, const WorkItem& item) {
+  const auto sixteen_bit = [](rpa_dtype dtype) { return dtype == RPA_DTYPE_BF16 || dtype == RPA_DTYPE_F16; };
+  const int64_t group = p.num_q_heads / p.num_kv_heads;
+  const int64_t head_rows = (p.query_start_loc[item.seq + 1] - p.query_start_loc[item.seq]) * group;
+  return sixteen_bit(p.query_dtype) && sixteen_bit(p.kv_dtype) && head_rows > group &&
+         item.row_end - item.row_begin >= 16 && item.row_begin / head_rows == (item.row_end - 1) / head_rows;
+}
+
+void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRICT scratch,
+                     float* HWY_RESTRICT partial, TileProduct product) {
+  const DF df;
+  const size_t dim = static_cast<size_t>(p.head_dim), width = RoundUp(dim, kTileBlock);
+  const size_t rows = static_cast<size_t>(item.row_end - item.row_begin), m = RoundUp(rows, kTileBlock);
+  const size_t q_parts = p.query_dtype == RPA_DTYPE_F16 ? 2 : 1, kv_parts = p.kv_dtype == RPA_DTYPE_F16 ? 2 : 1;
+  // Scratch (scratch_floats): the query parts [q_parts][m][width] in bf16, then the item state with
+  // rows of `width` floats, then the packed K and V parts and P's two parts.
+  uint16_t* HWY_RESTRICT q = reinterpret_cast<uint16_t*>(scratch);
+  ItemState st{p, width, rows, scratch, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}, {}};
+  st.o = scratch + kMaxRows * width;
+  st.k = st.o + kMaxRows * width;
+  st.v = st.k + kTile * width;
+  st.s = st.v + kTile * width;
+  st.max = st.s + kMaxRows * kTile;
+  st.sum = st.max + kMaxRows;
+  uint16_t* HWY_RESTRICT k_pairs = reinterpret_cast<uint16_t*>(st.sum + kMaxRows);  // [kv_parts][kTile * width]
+  uint16_t* HWY_RESTRICT v_pairs = k_pairs + 2 * kTile * width;
+  uint16_t* HWY_RESTRICT p_hi = v_pairs + 2 * kTile * width;  // [kMaxRows][kTile]
+  uint16_t* HWY_RESTRICT p_lo = p_hi + kMaxRows * kTile;
+
+  const auto [begin, end] = RowRanges(st, item);
+  for (size_t r = 0; r < m; ++r) {
+    float* o = st.o + r * width;
+    std::fill(o, o + width, 0.0f);
+    if (r < rows) {
+      LoadQuery(p, item, r, dim, width, o);  // o as the f32 staging row
+      SplitRow(o, width, q + r * width, q_parts == 2 ? q + (m + r) * width : nullptr);
+      std::fill(o, o + width, 0.0f);
+      st.max[r] = kNegInf;
+      st.sum[r] = 0.0f;
+    } else {  // padding rows: zero queries and weights, their outputs are never read
+      for (size_t part = 0; part < q_parts; ++part) std::fill_n(q + (part * m + r) * width, width, uint16_t{0});
+      std::fill_n(p_hi + r * kTile, kTile, uint16_t{0});
+      std::fill_n(p_lo + r * kTile, kTile, uint16_t{0});
     }
   }
+
+  const int32_t* table = p.block_tables + item.seq * p.block_table_stride;
+  const size_t row_bytes = dim * static_cast<size_t>(dtype_size(p.kv_dtype));
+  const float scale = static_cast<float>(p.softmax_scale);
+  for (int64_t t0 = begin; t0 < end; t0 += kTileKeys) {
+    const size_t nk = static_cast<size_t>(std::min<int64_t>(kTileKeys, end - t0));
+    size_t a[kMaxRows], b[kMaxRows], lo = kTile, hi = 0;  // visible keys of each row within the tile
+    for (size_t r = 0; r < rows; ++r) {
+      a[r] = static_cast<size_t>(std::clamp<int64_t>(st.first_key[r] - t0, 0, static_cast<int64_t>(nk)));
+      b[r] = static_cast<size_t>(std::clamp<int64_t>(st.end_key[r] - t0, 0, static_cast<int64_t>(nk)));
+      if (a[r] < b[r]) lo = std::min(lo, a[r]), hi = std::max(hi, b[r]);
+    }
+    if (lo >= hi) continue;  // causal or window bound: no row sees this tile
+    WalkTile<true>(st, table, st.kv_head[0], t0, nk, end, row_bytes,
+                   [&](size_t j, const char* k_row, const char* v_row, const char*, const char*) {
+                     if (j < lo || j >= hi) return;
+                     LoadKvRow(k_row, p.kv_dtype, dim, width, 1.0f, st.k + j * width);
+                     LoadKvRow(v_row, p.kv_dtype, dim, width, 1.0f, st.v + j * width);
+                   });
+    VF probe = hn::Zero(df);  // x * 0 is NaN exactly for Inf and NaN
+    for (size_t j = 0; j < kTile; ++j)
+      for (size_t d = 0; d < width; d += kLanes) {
+        if (j < lo || j >= hi) {
+          hn::Store(hn::Zero(df), df, st.k + j * width + d);
+          hn::Store(hn::Zero(df), df, st.v + j * width + d);
+        } else {
+          probe = hn::Add(probe, hn::Mul(hn::Load(df, st.v + j * width + d), hn::Zero(df)));
+        }
+      }
+    const bool finite_v = !std::isnan(hn::GetLane(hn::SumOfLanes(df, probe)));
+    for (size_t part = 0; part < kv_parts; ++part) {
+      PackKeys(st.k, width, kTile, width, part, k_pairs + part * kTile * width);
+      if (finite_v) PackValues(st.v, width, kTile, width, part, v_pairs + part * kTile * width);
+    }
+    for (size_t qp = 0; qp < q_parts; ++qp)
+      for (size_t kp = 0; kp < kv_parts; ++kp)
+        product(q + qp * m * width, width, k_pairs + kp * kTile * width, st.s, kTile, m, kTile, width, qp + kp > 0);
+    for (size_t r = 0; r < rows; ++r) {
+      if (a[r] < b[r]) {
+        SoftmaxRow(st.s + r * kTile, 0, kTile, a[r], b[r], scale, p.logits_soft_cap, st.max[r], st.sum[r],
+                   st.o + r * width, width, finite_v ? p_hi + r * kTile : nullptr, finite_v ? p_lo + r * kTile : nullptr);
+        if (!finite_v) AccumulateRows<1>(st.s + r * kTile, TileRows{st.v, width}, width, a[r], b[r], st.o + r * width);
+      } else {
+        std::fill_n(p_hi + r * kTile, kTile, uint16_t{0});
+        std::fill_n(p_lo + r * kTile, kTile, uint16_t{0});
+      }
+    }
+    if (!finite_v) continue;
+    for (size_t part = 0; part < kv_parts; ++part)
+      for (const uint16_t* weights : {p_hi, p_lo})
+        product(weights, kTile, v_pairs + part * kTile * width, st.o, width, m, width, kTile, true);
+  }
+  for (size_t r = 0; r < rows; ++r) FinishRow(st, item, r, st.o + r * width, partial);
 }
 
 // Decode rows (one query token, so every row of a kv head sees the same keys) of a bf16 or quantised cache
@@ -804,7 +569,8 @@ void AttendCodes(const rpa_problem& p, const WorkItem& item, float* scratch, flo
   AttendItemFor<0, CodeRows<kDtype>>(p, item, scratch, partial);
 }
 
-void AttendItem(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial) {
+void AttendItem(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial, TileProduct tiles) {
+  if (tiles != nullptr && TilesFit(p, item)) return AttendItemTiles(p, item, scratch, partial, tiles);
   if (InPlaceFits(p, item)) {
     switch (p.kv_dtype) {
       case RPA_DTYPE_FP8_E4M3: return AttendCodes<RPA_DTYPE_FP8_E4M3>(p, item, scratch, partial);
@@ -870,8 +636,8 @@ HWY_EXPORT(AttendItem);
 HWY_EXPORT(MergeSplits);
 HWY_EXPORT(TargetBits);
 
-void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial) {
-  HWY_DYNAMIC_DISPATCH(AttendItem)(problem, item, scratch, partial);
+void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial, TileProduct tiles) {
+  HWY_DYNAMIC_DISPATCH(AttendItem)(problem, item, scratch, partial, tiles);
 }
 
 void merge_splits(const rpa_problem& problem, const MergeGroup& group, const float* partial, float* scratch) {

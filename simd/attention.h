@@ -6,12 +6,14 @@
 
 #include "plugins/plugin_abi.h"
 #include "simd/plan.h"
+#include "simd/tiles.h"
 
 namespace rpa::simd {
 
 // Computes one work item. `scratch` holds scratch_floats(head_dim) floats, 64-byte aligned, used by
-// no other thread meanwhile; `partial` is the plan's partial buffer.
-void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial);
+// no other thread meanwhile; `partial` is the plan's partial buffer. Prefill items of 16-bit queries and
+// KV run their products on `tiles` when it is not null (tile_product_in_use()).
+void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial, TileProduct tiles);
 
 // Merges the splits of one group and writes its rows. Same scratch contract.
 void merge_splits(const rpa_problem& problem, const MergeGroup& group, const float* partial, float* scratch);

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "simd/attention.h"
 #include "simd/plan.h"
+#include "simd/tiles.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define RPA_THREAD_SANITIZER 1
@@ -73,6 +74,7 @@ class SimdBackend final : public Backend {
       // More threads than cores only cost scratch memory (one slot each) and oversubscription.
       : num_threads_(std::min(num_threads > 0 ? num_threads : INT_MAX, tbb::info::default_concurrency())),
         arena_(num_threads_),
+        tiles_(simd::tile_product_in_use()),
         scratch_(static_cast<size_t>(num_threads_)) {
     for (Scratch& scratch : scratch_) scratch.reserve(simd::scratch_floats(256));
   }
@@ -147,7 +149,7 @@ class SimdBackend final : public Backend {
             handoff_acquire(&call);
             on_scratch([&](float* scratch) {
               for (size_t i = range.begin(); i != range.end(); ++i)
-                simd::attend_item(p, plan.items[i], scratch, partial.data());
+                simd::attend_item(p, plan.items[i], scratch, partial.data(), tiles_);
             });
             handoff_release(&call);
           },
@@ -172,6 +174,7 @@ class SimdBackend final : public Backend {
 
   int num_threads_;
   tbb::task_arena arena_;
+  simd::TileProduct tiles_;  // the prefill products (AMX), or null
   std::vector<Scratch> scratch_;
 };
 
