@@ -88,14 +88,21 @@ void print_table(const Options& options, const Measurements& m) {
   std::printf("machine: %d cores; f32 FMA peak %.1f GFLOP/s on %d threads (Highway %s); read bandwidth measured per\n"
               "workload over a buffer of its KV size (gpu: device-to-device copy, reads + writes)\n",
               m.cores, m.fma_peak * 1e-9, m.machine_threads, machine_target());
+  if (m.amx_peak > 0)
+    std::printf("AMX bf16 peak %.1f GFLOP/s on %d threads (TDPBF16PS on loaded tiles): the peak of the rows whose\n"
+                "prefill products took AMX (path amx); %%peak of path fma rows is of the FMA peak\n",
+                m.amx_peak * 1e-9, m.machine_threads);
+  else
+    std::printf("no AMX in use (absent, refused, or RPA_SIMD_TILES=off): CPU rows take the FMA path\n");
   std::printf("reference: timed on each workload's validation sample; x ref = ratio of attention FLOP/s\n\n");
   std::printf("kernel ms: the kernels of a planned call (rpa_time_attention); plan/call ms: a whole rpa_plan_run,\n"
               "runs queued back to back (rpa_plan_time); 1-call ms (CPU): a whole rpa_attention, planning included;\n"
               "dev-meta ms (gpu): plan/call ms with the metadata in device memory, read on the device at each run;\n"
               "graph ms (NVIDIA): the dev-meta run per call, replayed from a CUDA graph of 32 runs; graph/kern: its\n"
               "ratio to kernel ms\n\n");
-  std::printf("%-11s %-9s %3s %9s %12s %11s %11s %9s %10s %8s %8s %8s %6s %9s %6s %8s %s\n", "workload", "backend", "thr",
-              "kernel ms", "plan/call ms", "1-call ms", "dev-meta ms", "graph ms", "graph/kern", "KV MiB", "KV GB/s", "BW GB/s", "%BW", "GFLOP/s", "%peak", "x ref", "check (rows, max err)");
+  std::printf("%-11s %-9s %-5s %3s %9s %12s %11s %11s %9s %10s %8s %8s %8s %6s %9s %6s %8s %s\n", "workload", "backend", "path",
+              "thr", "kernel ms", "plan/call ms", "1-call ms", "dev-meta ms", "graph ms", "graph/kern", "KV MiB", "KV GB/s",
+              "BW GB/s", "%BW", "GFLOP/s", "%peak", "x ref", "check (rows, max err)");
   for (const Row& r : m.rows) {
     char peak[16] = "-";
     if (r.peak > 0) std::snprintf(peak, sizeof peak, "%.1f", 100 * r.flop_rate() / r.peak);
@@ -108,9 +115,9 @@ void print_table(const Options& options, const Measurements& m) {
       std::snprintf(graph, sizeof graph, "%.3f", r.graph_ms);
       std::snprintf(graph_ratio, sizeof graph_ratio, "%.3f", r.graph_ms / r.ms);
     }
-    std::printf("%-11s %-9s %3d %9.3f %12.3f %11s %11s %9s %10s %8.1f %8.2f %8.2f %6.1f %9.1f %6s %8.0f %s %lld/%lld, %.2g\n",
-                r.workload.c_str(), r.backend.c_str(), r.threads, r.ms, r.planned_ms, one_call, device_metadata, graph,
-                graph_ratio, r.kv_bytes / (1 << 20), r.kv_rate() * 1e-9, r.bandwidth * 1e-9,
+    std::printf("%-11s %-9s %-5s %3d %9.3f %12.3f %11s %11s %9s %10s %8.1f %8.2f %8.2f %6.1f %9.1f %6s %8.0f %s %lld/%lld, %.2g\n",
+                r.workload.c_str(), r.backend.c_str(), r.path.empty() ? "-" : r.path.c_str(), r.threads, r.ms, r.planned_ms,
+                one_call, device_metadata, graph, graph_ratio, r.kv_bytes / (1 << 20), r.kv_rate() * 1e-9, r.bandwidth * 1e-9,
                 100 * r.kv_rate() / r.bandwidth, r.flop_rate() * 1e-9, peak, r.speedup(), r.valid ? "ok" : "FAIL",
                 static_cast<long long>(r.sample_rows), static_cast<long long>(r.total_rows), r.max_error);
   }
@@ -129,6 +136,7 @@ nlohmann::json to_json(const Options& options, const Measurements& m) {
                 {"page_size", c.page_size}, {"query_dtype", dtype_name(c.query_dtype)},
                 {"kv_dtype", dtype_name(c.kv_dtype)}, {"out_dtype", dtype_name(c.out_dtype)}};
   j["machine"] = {{"cores", m.cores}, {"threads", m.machine_threads}, {"fma_peak_flops", m.fma_peak},
+                  {"amx_peak_flops", m.amx_peak},
                   {"highway_target", machine_target()}};
   j["repeats"] = options.repeats;
   j["rows"] = nlohmann::json::array();
@@ -140,7 +148,8 @@ nlohmann::json to_json(const Options& options, const Measurements& m) {
                          {"kv_bytes", r.kv_bytes},
                          {"kv_bytes_per_s", r.kv_rate()}, {"read_bandwidth", r.bandwidth},
                          {"bandwidth_share", r.kv_rate() / r.bandwidth}, {"flops", r.flops},
-                         {"flops_per_s", r.flop_rate()}, {"fma_peak_share", r.peak > 0 ? r.flop_rate() / r.peak : 0.0},
+                         {"flops_per_s", r.flop_rate()}, {"path", r.path},
+                         {"peak_share", r.peak > 0 ? r.flop_rate() / r.peak : 0.0},
                          {"reference_flops_per_s", r.reference_flops_rate}, {"speedup_vs_reference", r.speedup()},
                          {"validated_rows", r.sample_rows}, {"total_rows", r.total_rows},
                          {"max_abs_error", r.max_error}, {"valid", r.valid}});

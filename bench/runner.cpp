@@ -18,6 +18,7 @@
 #include "core/dtype.h"
 #include "golden/check.h"
 #include "rpa/rpa.h"
+#include "simd/tiles.h"
 
 namespace rpa::bench {
 namespace {
@@ -359,6 +360,21 @@ double allowed_error(rpa_dtype out_dtype, double want) {
   return 2e-5 + std::ldexp(std::abs(want), ulp_exponent);
 }
 
+// The products the simd backend's prefill items take in this process (simd/tiles.h): "amx" when the
+// batch has prefill sequences of 16-bit queries and KV and the backend uses AMX, "emulated" when
+// RPA_SIMD_TILES asks for the tile product's scalar twin, else "fma".
+std::string cpu_path(rpa_dtype query_dtype, rpa_dtype kv_dtype, bool prefill) {
+  const auto sixteen_bit = [](rpa_dtype dtype) { return dtype == RPA_DTYPE_BF16 || dtype == RPA_DTYPE_F16; };
+  const simd::TileProduct tiles = simd::tile_product_in_use();
+  if (!prefill || !sixteen_bit(query_dtype) || !sixteen_bit(kv_dtype) || tiles == nullptr) return "fma";
+  return tiles == simd::amx_tile_product() ? "amx" : "emulated";
+}
+
+// The AMX peak when the simd backend uses AMX here (the peak its prefill rows are set against).
+double amx_peak(int threads) {
+  return simd::tile_product_in_use() == simd::amx_tile_product() ? simd::amx_peak_flops(threads) : 0;
+}
+
 std::vector<rpa_backend> selected_backends(const Options& options) {
   std::vector<rpa_backend> backends;
   for (rpa_backend b : {RPA_BACKEND_SIMD, RPA_BACKEND_GPU}) {
@@ -376,11 +392,13 @@ void run_case_file(const Options& options, const std::vector<rpa_backend>& backe
   golden::Candidate reference = golden::run_case(c, RPA_BACKEND_REFERENCE, c.queries.dtype, false);
   int64_t tokens = 0;
   double kv_bytes = 0, flops = 0;
+  bool prefill = false;
   const double token_kv_bytes = 2.0 * c.kv_heads() * c.head_dim() * dtype_size(c.kv_dtype());
   for (int32_t s = 0; s < c.num_seqs; ++s) {
     const int64_t context = c.context_lens.int_at(s);
     const int64_t q_len = c.query_start_loc.int_at(s + 1) - c.query_start_loc.int_at(s);
     kv_bytes += context * token_kv_bytes;
+    prefill = prefill || q_len > 1;
     for (int64_t i = 0; i < q_len; ++i) {
       const int64_t pos = context - q_len + i;
       const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
@@ -465,6 +483,7 @@ Measurements run(const Options& options) {
   result.machine_threads = options.threads > 0 ? options.threads : cores;
   if (!options.case_file.empty()) {
     result.fma_peak = fma_peak_flops(result.machine_threads);
+    result.amx_peak = amx_peak(result.machine_threads);
     run_case_file(options, backends, result);
     return result;
   }
@@ -487,9 +506,10 @@ Measurements run(const Options& options) {
   const int64_t stride = std::gcd<int64_t>(7919, pool_pages) == 1 ? 7919 : 1;  // a permutation either way
   for (int64_t i = 0; i < pool_pages; ++i) page_order[i] = static_cast<int32_t>((i * stride) % pool_pages);
 
-  progress.step("measuring the FMA peak");
+  progress.step("measuring the FMA and AMX peaks");
   Engine reference_engine(RPA_BACKEND_REFERENCE, 1);
   result.fma_peak = fma_peak_flops(result.machine_threads);
+  result.amx_peak = amx_peak(result.machine_threads);
 
   std::map<std::string, double> host_bandwidth;  // per workload
   for (const Shape& shape : shapes) {
@@ -519,7 +539,9 @@ Measurements run(const Options& options) {
       Row row{shape.name, shape.what, rpa_backend_string(engine.backend), engine.threads};
       row.kv_bytes = problem.kv_bytes;
       row.flops = problem.flops;
-      row.peak = engine.on_device() ? 0 : result.fma_peak;
+      row.path = engine.on_device() ? "" : cpu_path(config.query_dtype, config.kv_dtype,
+                                                    std::any_of(shape.q_lens.begin(), shape.q_lens.end(), [](int32_t q) { return q > 1; }));
+      row.peak = engine.on_device() ? 0 : row.path == "amx" ? result.amx_peak : row.path == "fma" ? result.fma_peak : 0;
       row.reference_flops_rate = reference_rate;
       row.sample_rows = static_cast<int64_t>(sample.rows.size());
       row.total_rows = problem.query_start_loc.back();

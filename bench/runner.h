@@ -31,6 +31,7 @@ struct Options {
 struct Row {
   std::string workload, what, backend;
   int threads = 0;
+  std::string path;  // CPU: the products the prefill items took, "amx" or "fma" (peak: that path's); gpu: empty
   double ms = 0;          // the kernels of one planned call (rpa_time_attention)
   double planned_ms = 0;  // a whole planned run, back to back (rpa_plan_time)
   double one_call_ms = 0;  // CPU backends: one rpa_attention call (validation and planning included)
@@ -50,6 +51,7 @@ struct Measurements {
   std::vector<Row> rows;
   int cores = 0, machine_threads = 0;
   double fma_peak = 0;  // f32 FLOP/s of `machine_threads` threads
+  double amx_peak = 0;  // bf16 FLOP/s of AMX on `machine_threads` threads; 0 where the simd backend does not use it
   bool all_valid() const;
 };
 
