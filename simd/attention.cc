@@ -163,7 +163,7 @@ HWY_INLINE void TileBlock(ItemState& st, const TileRows& k, const TileRows& v, s
   constexpr size_t kKeys = kLanes / kRows;
   for (size_t j = j0; j < j1; j += kKeys) ScoreBlock<kRows>(st.q + r0 * st.dp, k, j, st.dp, st.s + r0 * kTile + j);
   for (size_t r = 0; r < kRows; ++r)
-    if (a[r] < b[r]) SoftmaxRow(st.s + (r0 + r) * kTile, j0, j1, a[r], b[r], 1.0f, st.p.logits_soft_cap, st.max[r0 + r],
+    if (a[r] < b[r]) SoftmaxRow(st.s + (r0 + r) * kTile, j0, j1, a[r], b[r], st.p.logits_soft_cap, st.max[r0 + r],
                  st.sum[r0 + r], st.o + (r0 + r) * st.dp, st.dp);
 
   // P.V over the keys every row of the block sees, then each row's own edges one row at a time.
@@ -443,13 +443,16 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
   }
 }
 
-// The tile path: rows of one kv head with 16-bit queries and KV, whose Q.K^T and P.V run as bf16 tile
-// products (simd/tiles.h: AMX, or its scalar twin in tests) on the parts of pack-inl.h: a bf16 input is
-// one part, an f16 one two (exact), P two, so the products see the inputs exactly and P within 2^-17.
-// Per tile, K and V are loaded once (f32, keys no row sees left 0), packed into the pair layout and shared
-// by all rows; S lands in f32, the softmax runs on it with the FMA kernels' SoftmaxRow (the scale applied
-// there, as the queries stay exact), and the output accumulates in f32 in scratch, rescaled there. A tile
-// whose visible V holds Inf or NaN takes P.V on the FMA kernel, which skips each row's masked keys.
+// The tile path: rows of one kv head with 16-bit queries and KV, whose products run as bf16 tile products
+// (simd/tiles.h: AMX, or its scalar twin in tests) on the parts of pack-inl.h: a bf16 input is one part,
+// an f16 one two (exact), P two (hi + lo), so the products see the inputs exactly and P within 2^-17.
+// The products are transposed, S^T = K.Q^T and O^T += V^T.P^T, so that each key's scores and each output
+// dimension are vectors over the rows: the softmax runs one row per lane (SoftmaxColumns, no horizontal
+// reductions), P^T's pairs of keys are two of its rows interleaved, and only Q (once per item) and V (once
+// per tile, shared by all rows) are transposed. Several parts enter one product as blocks along its depth
+// (A = [K_kp] per (q part, kv part), B = [Q_qp^T] likewise). K and V are loaded once per tile in f32 (keys
+// no row sees left 0); the output accumulates in f32 in scratch and is rescaled there. A tile whose
+// visible V holds Inf or NaN takes P.V in f32 instead, key by key over each row's visible keys only.
 bool TilesFit(const rpa_problem& p, const WorkItem& item) {
   const auto sixteen_bit = [](rpa_dtype dtype) { return dtype == RPA_DTYPE_BF16 || dtype == RPA_DTYPE_F16; };
   const int64_t group = p.num_q_heads / p.num_kv_heads;
@@ -464,90 +467,97 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
   const size_t dim = static_cast<size_t>(p.head_dim), width = RoundUp(dim, kTileBlock);
   const size_t rows = static_cast<size_t>(item.row_end - item.row_begin), m = RoundUp(rows, kTileBlock);
   const size_t q_parts = p.query_dtype == RPA_DTYPE_F16 ? 2 : 1, kv_parts = p.kv_dtype == RPA_DTYPE_F16 ? 2 : 1;
-  // Scratch (scratch_floats): the query parts [q_parts][m][width] in bf16, then the item state with
-  // rows of `width` floats, then the packed K and V parts and P's two parts.
-  uint16_t* HWY_RESTRICT q = reinterpret_cast<uint16_t*>(scratch);
+  const size_t k_depth = q_parts * kv_parts * width, v_depth = kv_parts * 2 * kTile;
+  // Scratch (scratch_floats), every region a multiple of 64 floats: Q^T [k_depth / 2][m] pairs, O^T
+  // [width][m] f32, the K and V tiles [kTile][width] f32, S^T [kTile][m], the running max and sum, K
+  // [kTile][k_depth] bf16, V^T [width][v_depth] bf16, P^T [v_depth / 2][m] pairs.
+  uint32_t* HWY_RESTRICT q_pairs = reinterpret_cast<uint32_t*>(scratch);
   ItemState st{p, width, rows, scratch, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}, {}};
-  st.o = scratch + kMaxRows * width;
-  st.k = st.o + kMaxRows * width;
+  float* HWY_RESTRICT o = scratch + 2 * kMaxRows * width;  // O^T
+  st.k = o + kMaxRows * width;
   st.v = st.k + kTile * width;
-  st.s = st.v + kTile * width;
+  st.s = st.v + kTile * width;  // S^T, then the weights when kept
   st.max = st.s + kMaxRows * kTile;
   st.sum = st.max + kMaxRows;
-  uint16_t* HWY_RESTRICT k_pairs = reinterpret_cast<uint16_t*>(st.sum + kMaxRows);  // [kv_parts][kTile * width]
-  uint16_t* HWY_RESTRICT v_pairs = k_pairs + 2 * kTile * width;
-  uint16_t* HWY_RESTRICT p_hi = v_pairs + 2 * kTile * width;  // [kMaxRows][kTile]
-  uint16_t* HWY_RESTRICT p_lo = p_hi + kMaxRows * kTile;
+  uint16_t* HWY_RESTRICT k_rows = reinterpret_cast<uint16_t*>(st.sum + kMaxRows);
+  uint32_t* HWY_RESTRICT v_pairs = reinterpret_cast<uint32_t*>(k_rows + 4 * kTile * width);
+  uint32_t* HWY_RESTRICT p_pairs = v_pairs + 2 * kTile * width;
 
   const auto [begin, end] = RowRanges(st, item);
-  for (size_t r = 0; r < m; ++r) {
-    float* o = st.o + r * width;
-    std::fill(o, o + width, 0.0f);
-    if (r < rows) {
-      LoadQuery(p, item, r, dim, width, o);  // o as the f32 staging row
-      SplitRow(o, width, q + r * width, q_parts == 2 ? q + (m + r) * width : nullptr);
-      std::fill(o, o + width, 0.0f);
-      st.max[r] = kNegInf;
-      st.sum[r] = 0.0f;
-    } else {  // padding rows: zero queries and weights, their outputs are never read
-      for (size_t part = 0; part < q_parts; ++part) std::fill_n(q + (part * m + r) * width, width, uint16_t{0});
-      std::fill_n(p_hi + r * kTile, kTile, uint16_t{0});
-      std::fill_n(p_lo + r * kTile, kTile, uint16_t{0});
-    }
-  }
+  // Q^T, staged in f32 in O^T's place (rows past `rows` are 0, so their scores are 0 and masked).
+  std::fill(o, o + m * width, 0.0f);
+  for (size_t r = 0; r < rows; ++r) LoadQuery(p, item, r, dim, width, o + r * width);
+  for (size_t qp = 0; qp < q_parts; ++qp)
+    for (size_t kp = 0; kp < kv_parts; ++kp)
+      PackRowsAsColumns(o, width, m, width, qp, q_pairs + (qp * kv_parts + kp) * width / 2 * m, m);
+  std::fill(o, o + m * width, 0.0f);
+  std::fill(st.max, st.max + m, kNegInf);
+  std::fill(st.sum, st.sum + m, 0.0f);
 
   const int32_t* table = p.block_tables + item.seq * p.block_table_stride;
   const size_t row_bytes = dim * static_cast<size_t>(dtype_size(p.kv_dtype));
-  const float scale = static_cast<float>(p.softmax_scale);
+  HWY_ALIGN int32_t first[kMaxRows] = {}, last[kMaxRows] = {};  // visible keys of each row within the tile
+  HWY_ALIGN float alpha[kMaxRows];
   for (int64_t t0 = begin; t0 < end; t0 += kTileKeys) {
     const size_t nk = static_cast<size_t>(std::min<int64_t>(kTileKeys, end - t0));
-    size_t a[kMaxRows], b[kMaxRows], lo = kTile, hi = 0;  // visible keys of each row within the tile
+    size_t lo = kTile, hi = 0;
     for (size_t r = 0; r < rows; ++r) {
-      a[r] = static_cast<size_t>(std::clamp<int64_t>(st.first_key[r] - t0, 0, static_cast<int64_t>(nk)));
-      b[r] = static_cast<size_t>(std::clamp<int64_t>(st.end_key[r] - t0, 0, static_cast<int64_t>(nk)));
-      if (a[r] < b[r]) lo = std::min(lo, a[r]), hi = std::max(hi, b[r]);
+      first[r] = static_cast<int32_t>(std::clamp<int64_t>(st.first_key[r] - t0, 0, static_cast<int64_t>(nk)));
+      last[r] = static_cast<int32_t>(std::clamp<int64_t>(st.end_key[r] - t0, 0, static_cast<int64_t>(nk)));
+      if (first[r] < last[r]) lo = std::min<size_t>(lo, first[r]), hi = std::max<size_t>(hi, last[r]);
     }
     if (lo >= hi) continue;  // causal or window bound: no row sees this tile
+    // The largest exponent field among the visible V values tells whether one is Inf or NaN.
+    const hn::RebindToUnsigned<DF> du;
+    const auto exponent = hn::Set(du, 0x7f800000u);
+    auto top_exponent = hn::Zero(du);
     WalkTile<true>(st, table, st.kv_head[0], t0, nk, end, row_bytes,
                    [&](size_t j, const char* k_row, const char* v_row, const char*, const char*) {
                      if (j < lo || j >= hi) return;
                      LoadKvRow(k_row, p.kv_dtype, dim, width, 1.0f, st.k + j * width);
                      LoadKvRow(v_row, p.kv_dtype, dim, width, 1.0f, st.v + j * width);
+                     for (size_t d = 0; d < width; d += kLanes)
+                       top_exponent = hn::Max(top_exponent, hn::And(hn::BitCast(du, hn::Load(df, st.v + j * width + d)), exponent));
                    });
-    VF probe = hn::Zero(df);  // x * 0 is NaN exactly for Inf and NaN
     for (size_t j = 0; j < kTile; ++j)
-      for (size_t d = 0; d < width; d += kLanes) {
-        if (j < lo || j >= hi) {
+      if (j < lo || j >= hi)
+        for (size_t d = 0; d < width; d += kLanes) {
           hn::Store(hn::Zero(df), df, st.k + j * width + d);
           hn::Store(hn::Zero(df), df, st.v + j * width + d);
-        } else {
-          probe = hn::Add(probe, hn::Mul(hn::Load(df, st.v + j * width + d), hn::Zero(df)));
         }
-      }
-    const bool finite_v = !std::isnan(hn::GetLane(hn::SumOfLanes(df, probe)));
-    for (size_t part = 0; part < kv_parts; ++part) {
-      PackKeys(st.k, width, kTile, width, part, k_pairs + part * kTile * width);
-      if (finite_v) PackValues(st.v, width, kTile, width, part, v_pairs + part * kTile * width);
-    }
+    const bool finite_v = hn::GetLane(hn::MaxOfLanes(du, top_exponent)) != 0x7f800000u;
     for (size_t qp = 0; qp < q_parts; ++qp)
-      for (size_t kp = 0; kp < kv_parts; ++kp)
-        product(q + qp * m * width, width, k_pairs + kp * kTile * width, st.s, kTile, m, kTile, width, qp + kp > 0);
-    for (size_t r = 0; r < rows; ++r) {
-      if (a[r] < b[r]) {
-        SoftmaxRow(st.s + r * kTile, 0, kTile, a[r], b[r], scale, p.logits_soft_cap, st.max[r], st.sum[r],
-                   st.o + r * width, width, finite_v ? p_hi + r * kTile : nullptr, finite_v ? p_lo + r * kTile : nullptr);
-        if (!finite_v) AccumulateRows<1>(st.s + r * kTile, TileRows{st.v, width}, width, a[r], b[r], st.o + r * width);
-      } else {
-        std::fill_n(p_hi + r * kTile, kTile, uint16_t{0});
-        std::fill_n(p_lo + r * kTile, kTile, uint16_t{0});
+      for (size_t kp = 0; kp < kv_parts; ++kp) PackRows(st.k, width, kTile, width, kp, k_rows + (qp * kv_parts + kp) * width, k_depth);
+    product(k_rows, k_depth, reinterpret_cast<const uint16_t*>(q_pairs), st.s, m, kTile, m, k_depth, false);
+
+    // P^T's hi and lo pairs for the first V part; a second V part (f16) takes the same weights again.
+    SoftmaxColumns(st.s, kTile, m, first, last, static_cast<float>(p.softmax_scale), p.logits_soft_cap, st.max, st.sum,
+                   alpha, p_pairs, p_pairs + kTile / 2 * m, !finite_v);
+    if (kv_parts == 2) std::copy(p_pairs, p_pairs + kTile * m, p_pairs + kTile * m);
+    bool rescale = false;
+    for (size_t i = 0; i < m; ++i) rescale = rescale || alpha[i] != 1.0f;
+    if (rescale)
+      for (size_t d = 0; d < width; ++d)
+        for (size_t i = 0; i < m; i += kLanes) hn::Store(hn::Mul(hn::Load(df, o + d * m + i), hn::Load(df, alpha + i)), df, o + d * m + i);
+    if (finite_v) {
+      // Each V part twice along the depth, against P's hi and lo parts: packed once, then copied row by row.
+      for (size_t vp = 0; vp < kv_parts; ++vp) {
+        uint32_t* HWY_RESTRICT block = v_pairs + vp * kTile;
+        PackPairsAsColumns(st.v, width, kTile, width, vp, block, v_depth / 2);
+        for (size_t n = 0; n < width; ++n) std::copy_n(block + n * v_depth / 2, kTile / 2, block + n * v_depth / 2 + kTile / 2);
       }
+      product(reinterpret_cast<const uint16_t*>(v_pairs), v_depth, reinterpret_cast<const uint16_t*>(p_pairs), o, m,
+              width, m, v_depth, true);
+    } else {
+      for (size_t r = 0; r < rows; ++r)
+        for (int32_t j = first[r]; j < last[r]; ++j)
+          for (size_t d = 0; d < dim; ++d) o[d * m + r] += st.s[j * m + r] * st.v[j * width + d];
     }
-    if (!finite_v) continue;
-    for (size_t part = 0; part < kv_parts; ++part)
-      for (const uint16_t* weights : {p_hi, p_lo})
-        product(weights, kTile, v_pairs + part * kTile * width, st.o, width, m, width, kTile, true);
   }
-  for (size_t r = 0; r < rows; ++r) FinishRow(st, item, r, st.o + r * width, partial);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t d = 0; d < dim; ++d) st.k[d] = o[d * m + r];  // the row out of O^T
+    FinishRow(st, item, r, st.k, partial);
+  }
 }
 
 // Decode rows (one query token, so every row of a kv head sees the same keys) of a bf16 or quantised cache

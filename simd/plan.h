@@ -54,9 +54,10 @@ inline int64_t partial_row_floats(int64_t head_dim) { return head_dim + 2; }
 // Floats of per-thread scratch one item needs for head_dim (any target).
 inline int64_t scratch_floats(int64_t head_dim) {
   const int64_t padded = (head_dim + kScratchLanes - 1) / kScratchLanes * kScratchLanes;
-  // queries and output accumulators, K and V tiles, scores, running max and sum; the tile path adds the
-  // K and V tiles in its pair layout and the softmax weights in two bf16 parts.
-  return 2 * kMaxRows * padded + 4 * kTileKeys * padded + 2 * kMaxRows * kTileKeys + 2 * kMaxRows + kScratchLanes;
+  // The FMA kernels: queries and output accumulators, K and V tiles, scores, running max and sum. The tile
+  // path (attention.cc's AttendItemTiles), which needs more: up to four copies of Q^T in bf16 pairs, O^T,
+  // the K and V tiles, S^T, the running max and sum, K and V^T in up to four bf16 copies, P^T's pairs.
+  return 4 * kMaxRows * padded + 4 * kTileKeys * padded + 3 * kMaxRows * kTileKeys + 2 * kMaxRows + kScratchLanes;
 }
 
 Plan make_plan(const rpa_problem& problem);

@@ -1,6 +1,8 @@
-// The online-softmax steps of a row: SoftmaxRow turns a tile's scores into exp(score - max) over the
+// The online-softmax steps: SoftmaxRow turns a row's scores of a tile into exp(score - max) over the
 // row's visible keys and folds them into the row's running max and sum (FoldRow), rescaling its
-// unnormalised output when the max grows; AcrossRowLanes reduces the rows of a Grouped vector.
+// unnormalised output when the max grows; AcrossRowLanes reduces the rows of a Grouped vector;
+// SoftmaxColumns is the same step for many rows at once on transposed scores (the tile path), one row per
+// lane, with no horizontal reduction.
 // Per-target code (Highway's -inl.h pattern): include it after <hwy/foreach_target.h> in a file compiled
 // once per target; the toggled guard lets each target's pass include it again.
 #if defined(RPA_SIMD_SOFTMAX_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -40,24 +42,17 @@ HWY_INLINE void FoldRow(float& max, float& sum, float* HWY_RESTRICT o, size_t dp
   max = new_max;
 }
 
-// Scales a row's scores s[j0, j1) (j0 and j1 whole vectors) by `scale` and applies the soft cap `cap`
-// (0: none), masks the keys outside [a, b), replaces the scores by exp(score - new max) and folds the
-// tile into the row's running max and sum and output o[0, dp). Masked scores are overwritten, so
-// NaN there never reaches the sums. With `hi` and `lo`, each weight is also written as its two bf16
-// parts (pack-inl.h) for the tile path's P.V, and the sum adds those parts: the denominator is then the
-// sum of the very weights the product applies.
-HWY_INLINE void SoftmaxRow(float* HWY_RESTRICT s, size_t j0, size_t j1, size_t a, size_t b, float scale, double cap,
-                           float& max, float& sum, float* HWY_RESTRICT o, size_t dp, uint16_t* HWY_RESTRICT hi = nullptr,
-                           uint16_t* HWY_RESTRICT lo = nullptr) {
+// Applies the soft cap `cap` (0: none) to a row's scores s[j0, j1) (j0 and j1 whole vectors), masks the
+// keys outside [a, b), replaces the scores by exp(score - new max) and folds the tile into the row's
+// running max and sum and output o[0, dp). Masked scores are overwritten, so NaN there never reaches the
+// sums.
+HWY_INLINE void SoftmaxRow(float* HWY_RESTRICT s, size_t j0, size_t j1, size_t a, size_t b, double cap, float& max,
+                           float& sum, float* HWY_RESTRICT o, size_t dp) {
   const DF df;
-  if (cap > 0 || scale != 1.0f) {  // the FMA kernels pre-scale their queries: nothing to do there
-    const VF vscale = hn::Set(df, scale);
-    const VF vcap = hn::Set(df, static_cast<float>(cap)), inverse = hn::Set(df, static_cast<float>(cap > 0 ? 1.0 / cap : 0.0));
-    for (size_t j = j0; j < j1; j += kLanes) {
-      VF score = hn::Mul(hn::Load(df, s + j), vscale);
-      if (cap > 0) score = hn::Mul(vcap, hn::Tanh(df, hn::Mul(score, inverse)));
-      hn::Store(score, df, s + j);
-    }
+  if (cap > 0) {
+    const VF vcap = hn::Set(df, static_cast<float>(cap)), inverse = hn::Set(df, static_cast<float>(1.0 / cap));
+    for (size_t j = j0; j < j1; j += kLanes)
+      hn::Store(hn::Mul(vcap, hn::Tanh(df, hn::Mul(hn::Load(df, s + j), inverse))), df, s + j);
   }
   for (size_t j = j0; j < a; ++j) s[j] = kNegInf;
   for (size_t j = b; j < j1; ++j) s[j] = kNegInf;
@@ -69,17 +64,62 @@ HWY_INLINE void SoftmaxRow(float* HWY_RESTRICT s, size_t j0, size_t j1, size_t a
   for (size_t j = j0; j < j1; j += kLanes) {
     const VF e = hn::Exp(df, hn::Sub(hn::Load(df, s + j), shift));  // masked: exp(-inf) = 0
     hn::Store(e, df, s + j);
-    if (hi != nullptr) {
-      const auto h = Bf16Bits(e);
-      const auto l = Bf16Bits(hn::Sub(e, Bf16Value(h)));
-      StoreBf16(h, hi + j);
-      StoreBf16(l, lo + j);
-      total = hn::Add(total, hn::Add(Bf16Value(h), Bf16Value(l)));
-    } else {
-      total = hn::Add(total, e);
-    }
+    total = hn::Add(total, e);
   }
   FoldRow(max, sum, o, dp, new_max, hn::GetLane(hn::SumOfLanes(df, total)));
+}
+
+// The online-softmax step of the tile path, on transposed scores: st[j * m + i] is row i's score of key j
+// (j < keys, even; i < m, m a multiple of kLanes), unscaled. For each row: scale, soft cap (`cap`, 0:
+// none), the mask (keys outside [first[i], end[i]) count as -inf), then exp(score - new max) as the two
+// bf16 parts of pack-inl.h, written as the B operand of O^T += V^T.P^T: the 32-bit pair of keys (2k,
+// 2k + 1) of row i at hi_pairs[k * m + i] (lo_pairs likewise). The running max and sum (max[i], sum[i])
+// fold the tile in, the sum adding exactly the parts the product will apply, and alpha[i] is the factor
+// row i's output must be rescaled by first. With `keep` the weights also stay in st as f32 (the FMA
+// fallback of a tile whose V is not finite), and the sum adds those instead.
+HWY_INLINE void SoftmaxColumns(float* HWY_RESTRICT st, size_t keys, size_t m, const int32_t* HWY_RESTRICT first,
+                               const int32_t* HWY_RESTRICT end, float scale, double cap, float* HWY_RESTRICT max,
+                               float* HWY_RESTRICT sum, float* HWY_RESTRICT alpha, uint32_t* HWY_RESTRICT hi_pairs,
+                               uint32_t* HWY_RESTRICT lo_pairs, bool keep) {
+  const DF df;
+  const hn::RebindToSigned<DF> di;
+  const VF vscale = hn::Set(df, scale), neg_inf = hn::Set(df, kNegInf), one = hn::Set(df, 1.0f);
+  const VF vcap = hn::Set(df, static_cast<float>(cap)), inverse = hn::Set(df, static_cast<float>(cap > 0 ? 1.0 / cap : 0.0));
+  for (size_t i = 0; i < m; i += kLanes) {
+    const auto a = hn::Load(di, first + i), b = hn::Load(di, end + i);
+    VF top = neg_inf;
+    for (size_t j = 0; j < keys; ++j) {
+      VF score = hn::Mul(hn::Load(df, st + j * m + i), vscale);
+      if (cap > 0) score = hn::Mul(vcap, hn::Tanh(df, hn::Mul(score, inverse)));
+      const auto key = hn::Set(di, static_cast<int32_t>(j));
+      const auto visible = hn::RebindMask(df, hn::And(hn::Not(hn::Lt(key, a)), hn::Lt(key, b)));
+      score = hn::IfThenElse(visible, score, neg_inf);  // select: a masked NaN score is dropped
+      hn::Store(score, df, st + j * m + i);
+      top = hn::Max(top, score);
+    }
+    const VF old_max = hn::Load(df, max + i), new_max = hn::Max(old_max, top);
+    // Unchanged max: 1 (also for rows still without a key); a first key: exp(-inf) = 0 on a zero output.
+    hn::Store(hn::IfThenElse(hn::Eq(old_max, new_max), one, hn::Exp(df, hn::Sub(old_max, new_max))), df, alpha + i);
+    const VF shift = hn::IfThenElse(hn::Eq(new_max, neg_inf), hn::Zero(df), new_max);  // no -inf - -inf
+    VF total = hn::Zero(df);
+    for (size_t j = 0; j < keys; j += 2) {
+      const VF e0 = hn::Exp(df, hn::Sub(hn::Load(df, st + j * m + i), shift));  // masked: exp(-inf) = 0
+      const VF e1 = hn::Exp(df, hn::Sub(hn::Load(df, st + (j + 1) * m + i), shift));
+      const auto h0 = Bf16Bits(e0), h1 = Bf16Bits(e1);
+      const auto l0 = Bf16Bits(hn::Sub(e0, Bf16Value(h0))), l1 = Bf16Bits(hn::Sub(e1, Bf16Value(h1)));
+      hn::StoreU(hn::Or(h0, hn::ShiftLeft<16>(h1)), hn::RebindToUnsigned<DF>(), hi_pairs + j / 2 * m + i);
+      hn::StoreU(hn::Or(l0, hn::ShiftLeft<16>(l1)), hn::RebindToUnsigned<DF>(), lo_pairs + j / 2 * m + i);
+      if (keep) {
+        hn::Store(e0, df, st + j * m + i);
+        hn::Store(e1, df, st + (j + 1) * m + i);
+        total = hn::Add(total, hn::Add(e0, e1));
+      } else {
+        total = hn::Add(total, hn::Add(hn::Add(Bf16Value(h0), Bf16Value(l0)), hn::Add(Bf16Value(h1), Bf16Value(l1))));
+      }
+    }
+    hn::Store(hn::Add(hn::Mul(hn::Load(df, sum + i), hn::Load(df, alpha + i)), total), df, sum + i);
+    hn::Store(new_max, df, max + i);
+  }
 }
 
 // Folds each group of kKeys adjacent lanes (one row of a Grouped vector) into all its lanes with `op`.

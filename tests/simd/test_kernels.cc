@@ -25,6 +25,7 @@
 #include <hwy/highway.h>
 
 #include "simd/convert-inl.h"
+#include "simd/pack-inl.h"
 #include "simd/pv-inl.h"
 #include "simd/rows-inl.h"
 #include "simd/score-inl.h"
@@ -229,14 +230,13 @@ void TestAccumulate(const std::string& target, const char* name) {
   }
 }
 
-// Two tiles through SoftmaxRow against a double online softmax: scale, soft cap, masked keys holding
-// NaN, and the output rescaled when the second tile raises the max.
+// Two tiles through SoftmaxRow against a double online softmax: soft cap, masked keys holding NaN, and
+// the output rescaled when the second tile raises the max.
 void TestSoftmax(const std::string& target) {
   std::mt19937 rng(5);
   std::normal_distribution<float> normal(0.0f, 4.0f);
   const size_t dp = 2 * kLanes;
-  for (double cap : {0.0, 5.0})
-    for (float scale : {1.0f, 0.125f}) {
+  for (double cap : {0.0, 5.0}) {
       float max = kNegInf, sum = 0.0f;
       auto o = hwy::AllocateAligned<float>(dp);
       std::fill(o.get(), o.get() + dp, 0.0f);
@@ -249,7 +249,7 @@ void TestSoftmax(const std::string& target) {
         std::vector<double> score(kTile);
         double tile_max = -INFINITY;
         for (size_t j = a; j < b; ++j) {
-          score[j] = double(s[j]) * scale;
+          score[j] = s[j];
           if (cap > 0) score[j] = cap * std::tanh(score[j] / cap);
           tile_max = std::max(tile_max, score[j]);
         }
@@ -261,7 +261,7 @@ void TestSoftmax(const std::string& target) {
           want_o += std::exp(score[j] - new_max);
         }
         want_max = new_max;
-        SoftmaxRow(s.get(), 0, kTile, a, b, scale, cap, max, sum, o.get(), dp);
+        SoftmaxRow(s.get(), 0, kTile, a, b, cap, max, sum, o.get(), dp);
         // The probabilities left in s feed P.V: exactly 0 where masked.
         for (size_t d = 0; d < dp; ++d)
           for (size_t j = 0; j < kTile; ++j) o[d] += s[j];
@@ -269,10 +269,96 @@ void TestSoftmax(const std::string& target) {
           if ((j < a || j >= b) && s[j] != 0.0f) BOOST_ERROR(target << " SoftmaxRow: masked key " << j << " is " << s[j]);
       }
       BOOST_CHECK_MESSAGE(std::abs(max - want_max) < 1e-5 && std::abs(sum / want_sum - 1) < 1e-5,
-                          target << " SoftmaxRow cap " << cap << " scale " << scale << ": max " << max << " vs " << want_max
+                          target << " SoftmaxRow cap " << cap << ": max " << max << " vs " << want_max
                                  << ", sum " << sum << " vs " << want_sum);
       for (size_t d = 0; d < dp; ++d)
         BOOST_CHECK_MESSAGE(std::abs(o[d] / want_o - 1) < 1e-5, target << " SoftmaxRow output " << o[d] << " vs " << want_o);
+    }
+}
+
+// The bf16 parts against float_to_bf16: part 0 is bf16(x), part 1 bf16(x - part 0); for an f16 value
+// the two parts sum to it exactly.
+uint16_t PartOf(float x, size_t part) {
+  const uint16_t hi = float_to_bf16(x);
+  return part == 0 ? hi : float_to_bf16(x - bf16_to_float(hi));
+}
+
+// PackRows, PackRowsAsColumns and PackPairsAsColumns against their layouts, element by element.
+void TestPacking(const std::string& target) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> normal;
+  constexpr size_t rows = 6, width = 4 * kLanes, ld = 40, ld_natural = width + 8;
+  auto x = hwy::AllocateAligned<float>(rows * width);
+  for (size_t i = 0; i < rows * width; ++i) x[i] = f16_to_float(float_to_f16(normal(rng)));
+  size_t bad = 0, inexact = 0;
+  for (size_t part = 0; part < 2; ++part) {
+    std::vector<uint16_t> natural(rows * ld_natural);
+    std::vector<uint32_t> columns(width / 2 * ld), pair_columns(width * ld);
+    PackRows(x.get(), width, rows, width, part, natural.data(), ld_natural);
+    PackRowsAsColumns(x.get(), width, rows, width, part, columns.data(), ld);
+    PackPairsAsColumns(x.get(), width, rows, width, part, pair_columns.data(), ld);
+    for (size_t i = 0; i < rows; ++i)
+      for (size_t d = 0; d < width; ++d) {
+        const uint16_t want = PartOf(x[i * width + d], part);
+        bad += natural[i * ld_natural + d] != want;
+        bad += static_cast<uint16_t>(columns[d / 2 * ld + i] >> (16 * (d % 2))) != want;
+        bad += static_cast<uint16_t>(pair_columns[d * ld + i / 2] >> (16 * (i % 2))) != want;
+        if (part == 1) inexact += bf16_to_float(PartOf(x[i * width + d], 0)) + bf16_to_float(want) != x[i * width + d];
+      }
+  }
+  BOOST_CHECK_MESSAGE(bad == 0, target << " packing: " << bad << " elements differ");
+  BOOST_CHECK_MESSAGE(inexact == 0, target << " packing: " << inexact << " f16 values not equal to hi + lo");
+}
+
+// SoftmaxColumns against a double online softmax per row: rows with no visible key, rows whose max
+// grows, scale and cap, NaN in masked scores; the pairs' parts sum to each weight within 2^-16.
+void TestSoftmaxColumns(const std::string& target) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  constexpr size_t keys = 8, m = 2 * kLanes;
+  for (double cap : {0.0, 4.0})
+    for (bool keep : {false, true}) {
+      auto st = hwy::AllocateAligned<float>(keys * m), max = hwy::AllocateAligned<float>(m),
+           sum = hwy::AllocateAligned<float>(m), alpha = hwy::AllocateAligned<float>(m);
+      auto first = hwy::AllocateAligned<int32_t>(m), end = hwy::AllocateAligned<int32_t>(m);
+      std::vector<uint32_t> hi(keys / 2 * m), lo(keys / 2 * m);
+      for (size_t i = 0; i < m; ++i) {
+        first[i] = static_cast<int32_t>(rng() % keys);
+        end[i] = i % 5 == 0 ? first[i] : static_cast<int32_t>(first[i] + 1 + rng() % (keys - first[i]));
+        max[i] = i % 3 == 0 ? kNegInf : normal(rng);
+        sum[i] = max[i] == kNegInf ? 0.0f : 1.5f;
+        for (size_t j = 0; j < keys; ++j)
+          st[j * m + i] = static_cast<int32_t>(j) < first[i] || static_cast<int32_t>(j) >= end[i] ? kNaN : normal(rng);
+      }
+      const std::vector<float> scores(st.get(), st.get() + keys * m), old_max(max.get(), max.get() + m),
+          old_sum(sum.get(), sum.get() + m);
+      SoftmaxColumns(st.get(), keys, m, first.get(), end.get(), 0.5f, cap, max.get(), sum.get(), alpha.get(), hi.data(),
+                     lo.data(), keep);
+      size_t bad = 0;
+      for (size_t i = 0; i < m; ++i) {
+        double top = old_max[i];
+        std::vector<double> score(keys, -INFINITY);
+        for (int32_t j = first[i]; j < end[i]; ++j) {
+          score[j] = 0.5 * scores[j * m + i];
+          if (cap > 0) score[j] = cap * std::tanh(score[j] / cap);
+          top = std::max(top, score[j]);
+        }
+        const double factor = old_max[i] == top ? 1.0 : std::exp(old_max[i] - top);
+        double total = old_sum[i] * factor;
+        for (size_t j = 0; j < keys; ++j) {
+          const double want = std::isinf(score[j]) ? 0.0 : std::exp(score[j] - top);
+          total += want;
+          const uint32_t shift = 16 * (j % 2);
+          const double got = double(bf16_to_float(static_cast<uint16_t>(hi[j / 2 * m + i] >> shift))) +
+                             bf16_to_float(static_cast<uint16_t>(lo[j / 2 * m + i] >> shift));
+          bad += std::abs(got - want) > std::ldexp(want, -16) + 1e-30;
+          if (keep) bad += std::abs(st[j * m + i] - want) > 1e-6 * want + 1e-30;
+        }
+        bad += (std::isinf(top) ? max[i] != kNegInf : std::abs(max[i] - top) > 1e-6 * std::abs(top));
+        bad += std::abs(alpha[i] - factor) > 1e-6 * factor;
+        bad += std::abs(sum[i] - total) > 1e-5 * total + 1e-30;
+      }
+      BOOST_CHECK_MESSAGE(bad == 0, target << " SoftmaxColumns cap " << cap << " keep " << keep << ": " << bad << " values off");
     }
 }
 
@@ -290,6 +376,8 @@ void TestAllKernels() {
   TestAccumulate<4, RowMajor>(target, "RowMajor");
   TestAccumulate<4, Grouped>(target, "Grouped");
   TestSoftmax(target);
+  TestPacking(target);
+  TestSoftmaxColumns(target);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

@@ -177,22 +177,6 @@ void for_each_target(Body&& body) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
-// Output and lse bytes of one call on a context with `threads` threads.
-std::vector<uint8_t> run_bytes(Prepared& prepared, int threads) {
-  rpa_context_options options;
-  rpa_context_options_init(&options);
-  options.backend = RPA_BACKEND_SIMD;
-  options.num_threads = threads;
-  rpa_context* context = nullptr;
-  BOOST_REQUIRE_EQUAL(rpa_context_create(&options, &context), RPA_STATUS_OK);
-  const rpa_status status = rpa_attention(context, &prepared.args);
-  rpa_context_destroy(context);
-  BOOST_REQUIRE_MESSAGE(status == RPA_STATUS_OK, rpa_last_error());
-  std::vector<uint8_t> bytes = prepared.out;
-  const uint8_t* lse = reinterpret_cast<const uint8_t*>(prepared.lse.data());
-  bytes.insert(bytes.end(), lse, lse + prepared.lse.size() * sizeof(float));
-  return bytes;
-}
 
 }  // namespace
 
@@ -226,10 +210,10 @@ BOOST_AUTO_TEST_CASE(bitwise_identical_for_any_thread_count) {
       Prepared prepared = prepare(v.c);
       SinkStore sinks;
       sinks.attach(prepared, v);
-      const std::vector<uint8_t> first = run_bytes(prepared, counts[0]);
+      const std::vector<uint8_t> first = simd_output_bytes(prepared, counts[0]);
       for (int threads : counts) {
-        BOOST_CHECK_MESSAGE(run_bytes(prepared, threads) == first, target << " " << v.name << ": " << threads << " threads differ");
-        BOOST_CHECK_MESSAGE(run_bytes(prepared, threads) == first, target << " " << v.name << ": a rerun differs");
+        BOOST_CHECK_MESSAGE(simd_output_bytes(prepared, threads) == first, target << " " << v.name << ": " << threads << " threads differ");
+        BOOST_CHECK_MESSAGE(simd_output_bytes(prepared, threads) == first, target << " " << v.name << ": a rerun differs");
       }
     }
   });
@@ -305,7 +289,7 @@ BOOST_AUTO_TEST_CASE(one_context_from_several_threads) {
     Prepared prepared = prepare(v.c);
     SinkStore sinks;
     sinks.attach(prepared, v);
-    alone.push_back(run_bytes(prepared, 2));
+    alone.push_back(simd_output_bytes(prepared, 2));
   }
   rpa_context_options options;
   rpa_context_options_init(&options);
@@ -323,10 +307,7 @@ BOOST_AUTO_TEST_CASE(one_context_from_several_threads) {
       for (int round = 0; round < 5; ++round) {
         std::fill(prepared.out.begin(), prepared.out.end(), 0xff);
         if (rpa_attention(context, &prepared.args) != RPA_STATUS_OK) ++mismatches[i];
-        std::vector<uint8_t> bytes = prepared.out;
-        const uint8_t* lse = reinterpret_cast<const uint8_t*>(prepared.lse.data());
-        bytes.insert(bytes.end(), lse, lse + prepared.lse.size() * sizeof(float));
-        if (bytes != alone[i]) ++mismatches[i];
+        if (output_bytes(prepared) != alone[i]) ++mismatches[i];
       }
     });
   for (std::thread& caller : callers) caller.join();

@@ -39,22 +39,6 @@ rpa::simd::TileProduct product_under_test() {
   return product;
 }
 
-// A simd context's output and lse bytes with `threads` threads.
-std::vector<uint8_t> run_bytes(Prepared& prepared, int threads) {
-  rpa_context_options options;
-  rpa_context_options_init(&options);
-  options.backend = RPA_BACKEND_SIMD;
-  options.num_threads = threads;
-  rpa_context* context = nullptr;
-  BOOST_REQUIRE_EQUAL(rpa_context_create(&options, &context), RPA_STATUS_OK);
-  const rpa_status status = rpa_attention(context, &prepared.args);
-  rpa_context_destroy(context);
-  BOOST_REQUIRE_MESSAGE(status == RPA_STATUS_OK, rpa_last_error());
-  std::vector<uint8_t> bytes = prepared.out;
-  const uint8_t* lse = reinterpret_cast<const uint8_t*>(prepared.lse.data());
-  bytes.insert(bytes.end(), lse, lse + prepared.lse.size() * sizeof(float));
-  return bytes;
-}
 
 // Case `index`: prefill and chunked-prefill sequences (some with decodes beside them), head dims 64..256
 // (and one that is no multiple of 32), groups 1..8, 16-bit queries and KV in every combination, windows,
@@ -171,8 +155,8 @@ BOOST_AUTO_TEST_CASE(bitwise_identical_for_any_thread_count) {
   product_under_test();
   for (int i : {0, 5}) {
     Prepared prepared = prepare(tile_case(i));
-    const std::vector<uint8_t> first = run_bytes(prepared, 1);
-    for (int threads : {2, 5}) BOOST_CHECK_MESSAGE(run_bytes(prepared, threads) == first, "case " << i << ": " << threads << " threads differ");
+    const std::vector<uint8_t> first = simd_output_bytes(prepared, 1);
+    for (int threads : {2, 5}) BOOST_CHECK_MESSAGE(simd_output_bytes(prepared, threads) == first, "case " << i << ": " << threads << " threads differ");
   }
 }
 

@@ -90,6 +90,28 @@ OwnedContext::OwnedContext(rpa_backend backend) {
 
 OwnedContext::~OwnedContext() { rpa_context_destroy(context); }
 
+std::vector<uint8_t> output_bytes(const Prepared& prepared) {
+  std::vector<uint8_t> bytes = prepared.out;
+  const uint8_t* lse = reinterpret_cast<const uint8_t*>(prepared.lse.data());
+  bytes.insert(bytes.end(), lse, lse + prepared.lse.size() * sizeof(float));
+  return bytes;
+}
+
+std::vector<uint8_t> simd_output_bytes(Prepared& prepared, int threads) {
+  rpa_context_options options;
+  rpa_context_options_init(&options);
+  options.backend = RPA_BACKEND_SIMD;
+  options.num_threads = threads;
+  rpa_context* context = nullptr;
+  if (rpa_context_create(&options, &context) != RPA_STATUS_OK)
+    throw std::runtime_error(std::string("creating a simd context: ") + rpa_last_error());
+  const rpa_status status = rpa_attention(context, &prepared.args);
+  const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
+  rpa_context_destroy(context);
+  if (status != RPA_STATUS_OK) throw std::runtime_error("simd call: " + message);
+  return output_bytes(prepared);
+}
+
 std::vector<rpa_backend> available_backends() {
   std::vector<rpa_backend> backends;
   for (rpa_backend b : {RPA_BACKEND_REFERENCE, RPA_BACKEND_SIMD, RPA_BACKEND_GPU})

@@ -80,6 +80,13 @@ struct OwnedContext {
   rpa_context* context = nullptr;
 };
 
+// The bytes of prepared's out followed by those of its lse: what bitwise comparisons compare.
+std::vector<uint8_t> output_bytes(const Prepared& prepared);
+
+// output_bytes after one call of prepared.args on a new simd context of `threads` threads. Throws
+// std::runtime_error carrying the library's message when the context or the call fails.
+std::vector<uint8_t> simd_output_bytes(Prepared& prepared, int threads);
+
 // The backends this build can run (reference first).
 std::vector<rpa_backend> available_backends();
 
