@@ -83,7 +83,9 @@ class SimdBackend final : public Backend {
   int num_threads() const override { return num_threads_; }
 
   std::unique_ptr<BackendPlan> plan(const rpa_problem& p) override {
-    return std::make_unique<Plan>(*this, simd::make_plan(p));
+    simd::Plan plan = simd::make_plan(p);
+    plan.tiles = tiles_;
+    return std::make_unique<Plan>(*this, std::move(plan));
   }
 
  private:
@@ -149,7 +151,7 @@ class SimdBackend final : public Backend {
             handoff_acquire(&call);
             on_scratch([&](float* scratch) {
               for (size_t i = range.begin(); i != range.end(); ++i)
-                simd::attend_item(p, plan.items[i], scratch, partial.data(), tiles_);
+                simd::attend_item(p, plan.items[i], scratch, partial.data(), plan.tiles);
             });
             handoff_release(&call);
           },

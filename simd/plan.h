@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "plugins/plugin_abi.h"
+#include "simd/tiles.h"
 
 namespace rpa::simd {
 
@@ -46,6 +47,7 @@ struct Plan {
   std::vector<WorkItem> items;  // largest cost first
   std::vector<MergeGroup> merges;
   int64_t partial_floats = 0;
+  TileProduct tiles = nullptr;  // the backend's prefill tile product (simd/tiles.h), or null
 };
 
 // Floats in a per-row partial state: max, sum and D values.
