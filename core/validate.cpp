@@ -167,9 +167,10 @@ struct Cache {
   std::vector<Tensor> tensors;  // kv_pages, or k_cache and v_cache (for the overlap checks)
 };
 
+// Given means present, as for a plan: a described view without data is given too (and then refused).
 Cache check_cache(const rpa_tensor& kv_pages, const rpa_tensor& k_cache, const rpa_tensor& v_cache) {
-  if (kv_pages.data) {
-    if (k_cache.data || v_cache.data)
+  if (present(kv_pages)) {
+    if (present(k_cache) || present(v_cache))
       reject("argument 'k_cache': give either kv_pages or k_cache and v_cache, not both");
     const Tensor kv = check_tensor("kv_pages", kv_pages, 4, "[P, page_size, 2*KVH, D]", Kind::kv);
     if (kv.dim(2) % 2 != 0)
@@ -177,7 +178,7 @@ Cache check_cache(const rpa_tensor& kv_pages, const rpa_tensor& k_cache, const r
     return Cache{"kv_pages", kv.dim(2) / 2, kv.dim(0), kv.dim(1), kv.dim(3), kv.dtype,
                  kv_view(kv, 2 * kv.stride(2), 0), kv_view(kv, 2 * kv.stride(2), kv.stride(2)), {kv}};
   }
-  if (!k_cache.data && !v_cache.data)
+  if (!present(k_cache) && !present(v_cache))
     reject("argument 'kv_pages': data is NULL and no separate k_cache/v_cache is given");
   const Tensor k = check_tensor("k_cache", k_cache, 4, "[P, page_size, KVH, D]", Kind::kv);
   const Tensor v = check_tensor("v_cache", v_cache, 4, "[P, page_size, KVH, D]", Kind::kv);

@@ -435,8 +435,14 @@ BOOST_AUTO_TEST_CASE(write_kv_validation_names_the_argument) {
   w.args.slot_mapping.shape[0] = 9, w.args.memory = RPA_MEMORY_DEVICE;
   BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(message.find("'memory'") != std::string::npos, message);
-  // New keys, slots or scales in the cache's own bytes: the write would read what it wrote.
+  // A k_cache described without data beside kv_pages is given too (as for a plan): one layout, not both.
   w.args.memory = RPA_MEMORY_HOST;
+  w.args.k_cache = rpa_tensor{nullptr, RPA_DTYPE_F32, 4, {1, 1, 1, 1}, {0}};
+  BOOST_TEST(write_on(RPA_BACKEND_REFERENCE, w, &message) == RPA_STATUS_INVALID_ARGUMENT);
+  BOOST_TEST(message.find("argument 'k_cache': give either kv_pages or k_cache and v_cache, not both") != std::string::npos,
+             message);
+  w.args.k_cache = rpa_tensor{};
+  // New keys, slots or scales in the cache's own bytes: the write would read what it wrote.
   const float valid_scale = 1.0f;  // so that the scale's value rule passes and the overlap rule decides
   std::memcpy(w.kv.data() + 16, &valid_scale, sizeof valid_scale);
   const std::vector<uint8_t> before = w.kv;
