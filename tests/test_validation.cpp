@@ -41,11 +41,8 @@ void expect_rejected(const std::function<void(Prepared&)>& breaks, std::vector<s
 
   // The same rule fires, with the same message, when the call is planned then run: at plan time for
   // what decides the work, at run time for tensor data and scalars.
-  rpa_context_options options;
-  rpa_context_options_init(&options);
-  options.backend = RPA_BACKEND_REFERENCE;
-  rpa_context* context = nullptr;
-  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  const OwnedContext owned(RPA_BACKEND_REFERENCE);
+  rpa_context* const context = owned.context;
   rpa_plan* plan = nullptr;
   rpa_status planned = rpa_plan_create(context, &p.args, &plan);
   if (planned == RPA_STATUS_OK) {
@@ -55,7 +52,6 @@ void expect_rejected(const std::function<void(Prepared&)>& breaks, std::vector<s
   BOOST_TEST(planned == r.status, "plan/run status " << rpa_status_string(planned));
   BOOST_TEST(std::string(rpa_last_error()) == r.message);
   BOOST_TEST((p.out == out_before), "a rejected plan/run wrote its output");
-  rpa_context_destroy(context);
 }
 
 // Stores an arbitrary integer in a C enum field as a C caller can (a C++ enum may not hold it).
@@ -243,26 +239,19 @@ BOOST_AUTO_TEST_CASE(a_plan_needs_no_float_data) {
   rpa_attention_args layout_only = p.args;
   for (rpa_tensor* t : {&layout_only.queries, &layout_only.kv_pages, &layout_only.out, &layout_only.lse})
     t->data = nullptr;
-  rpa_context_options options;
-  rpa_context_options_init(&options);
-  options.backend = RPA_BACKEND_REFERENCE;
-  rpa_context* context = nullptr;
-  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  const OwnedContext owned(RPA_BACKEND_REFERENCE);
+  rpa_context* const context = owned.context;
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(context, &layout_only, &plan) == RPA_STATUS_OK, rpa_last_error());
   BOOST_TEST(rpa_plan_run(plan, &p.args) == RPA_STATUS_OK, rpa_last_error());
   rpa_plan_destroy(plan);
-  rpa_context_destroy(context);
 }
 
 // A plan of host metadata has no device error record.
 BOOST_AUTO_TEST_CASE(plan_get_error_of_host_metadata_is_ok) {
   Prepared p = valid();
-  rpa_context_options options;
-  rpa_context_options_init(&options);
-  options.backend = RPA_BACKEND_REFERENCE;
-  rpa_context* context = nullptr;
-  BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK);
+  const OwnedContext owned(RPA_BACKEND_REFERENCE);
+  rpa_context* const context = owned.context;
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(context, &p.args, &plan) == RPA_STATUS_OK, rpa_last_error());
   BOOST_TEST(rpa_plan_run(plan, &p.args) == RPA_STATUS_OK, rpa_last_error());
@@ -270,7 +259,6 @@ BOOST_AUTO_TEST_CASE(plan_get_error_of_host_metadata_is_ok) {
   BOOST_TEST(rpa_plan_get_error(nullptr) == RPA_STATUS_INVALID_ARGUMENT);
   BOOST_TEST(std::string(rpa_last_error()).find("'plan'") != std::string::npos);
   rpa_plan_destroy(plan);
-  rpa_context_destroy(context);
 }
 
 // A quantised cache (the f32 bytes read as 8-bit codes: in bounds, and validation reads no KV) with scales
