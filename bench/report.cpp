@@ -10,6 +10,7 @@
 
 #include "bench/machine.h"
 #include "core/dtype.h"
+#include "golden/suite.h"
 #include "rpa/rpa.h"
 
 #ifndef RPA_BENCH_PLOT_SCRIPTS
@@ -50,11 +51,6 @@ std::string utc_timestamp() {
   char text[32];
   std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
   return text;
-}
-
-std::string version() {
-  const int32_t v = rpa_get_version();
-  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
 }
 
 // Whether every field of `fields` but "metric" equals the row's.
@@ -127,7 +123,7 @@ void print_table(const Options& options, const Measurements& m) {
 nlohmann::json to_json(const Options& options, const Measurements& m) {
   const Config& c = options.config;
   nlohmann::json j;
-  j["rpa_version"] = version();
+  j["rpa_version"] = golden::library_version();
   j["timestamp"] = utc_timestamp();
   j["cpu_model"] = cpu_model();
   j["gpu_model"] = gpu_model();

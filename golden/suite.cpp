@@ -116,15 +116,19 @@ const std::vector<SuiteCase>& suite_cases() {
   return cases;
 }
 
+std::string library_version() {
+  const int32_t v = rpa_get_version();
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+}
+
 void make_suite(const std::string& dir) {
   std::error_code error;
   std::filesystem::create_directories(dir, error);
   if (error) throw std::runtime_error("cannot create " + dir + ": " + error.message());
-  const int32_t v = rpa_get_version();
   nlohmann::json manifest = {
       {"suite", "rpa-conformance"},
       {"version", kSuiteVersion},
-      {"rpa_version", std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100)},
+      {"rpa_version", library_version()},
       {"about", "Each case NAME.safetensors holds the inputs of one ragged paged attention call (rpa README, "
                 "'Case files'); write your kernel's output as NAME.out.safetensors (tensor 'output' [T, QH, D], "
                 "optionally 'lse' [T, QH] F32) and run `rpa suite check DIR`."},

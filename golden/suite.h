@@ -15,6 +15,10 @@ namespace rpa::golden {
 
 constexpr int kSuiteVersion = 1;
 
+// The loaded librpa's version (rpa_get_version), "MAJOR.MINOR.PATCH": what manifests, reports and
+// `rpa info` record, which may differ from the headers' RPA_VERSION_STRING.
+std::string library_version();
+
 struct SuiteCase {
   std::string name, probes;
   Spec spec;

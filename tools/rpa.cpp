@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
+#include "golden/suite.h"
 #include "tools/case_commands.h"
 #include "rpa/rpa.h"
 
@@ -13,8 +14,7 @@ namespace {
 
 nlohmann::json describe() {
   nlohmann::json info;
-  const int32_t v = rpa_get_version();
-  info["version"] = std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+  info["version"] = rpa::golden::library_version();
   for (rpa_backend backend : {RPA_BACKEND_REFERENCE, RPA_BACKEND_SIMD, RPA_BACKEND_GPU, RPA_BACKEND_AUTO}) {
     nlohmann::json entry;
     entry["available"] = rpa_backend_available(backend) != 0;
