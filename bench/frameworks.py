@@ -5,10 +5,13 @@
 Each figure is the time of one call when 32 calls are queued back to back, as `rpa bench`'s planned-run
 figure is (median of 10 such groups): CUDA events around the group for torch, the wall clock from the
 first dispatch to the last result for JAX. Host work that cannot keep ahead of the GPU shows in it; host
-work that overlaps the kernels does not. Columns: the `rpa.torch` op with the metadata of the previous
-call (the layers of a step), `Plan.run` of `rpa.torch.plan`, and a jitted `rpa.jax` call (the device-
-metadata plan of XLA's CUDA handler). Compare with `rpa bench --backends gpu --workloads W1 W2 W3` run
-in the same session on the same card.
+work that overlaps the kernels does not. Columns: the `rpa.torch` op with host metadata of the previous
+call (the layers of a step), `Plan.run` of `rpa.torch.plan`, the op with CUDA int32 metadata (device
+metadata, bounds: the workload's maxima) queued and as 32 calls captured in one CUDA graph and replayed,
+and a jitted `rpa.jax` call (the device-metadata plan of XLA's CUDA handler): one call per jit, 32 calls
+in one jit, and 32 calls in one jit with max_query_len/max_context_len (the workload's maxima). Compare
+with `rpa bench --backends gpu --workloads W1 W2 W3` (its plan/call and dev-meta columns) run in the same
+session on the same card.
 """
 
 import os
@@ -48,19 +51,33 @@ def batch(sequences):
     return queries, kv, context_lens, block_tables, qsl
 
 
-def torch_ms(fn):
+def torch_ms(fn, calls=CALLS):
     for _ in range(3):
         fn()
     times = []
     for _ in range(GROUPS):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(CALLS):
+        for _ in range(calls):
             fn()
         stop.record()
         stop.synchronize()
-        times.append(start.elapsed_time(stop) / CALLS)
+        times.append(start.elapsed_time(stop) / calls)
     return statistics.median(times)
+
+
+def graph_ms(fn):
+    """32 calls of fn captured in one CUDA graph (after a warm-up call), the replay timed with events."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.cuda.graph(graph):
+        for _ in range(CALLS):
+            fn()
+    torch.cuda.synchronize()
+    return torch_ms(graph.replay, calls=2) / CALLS
 
 
 def jax_ms(step, args):
@@ -78,7 +95,7 @@ def jax_ms(step, args):
 
 def jax_steps():
     """A jitted call, and a jitted step of CALLS calls, each layer taking the last one's output as its
-    queries (one dispatch for the whole step, as a jitted model runs its layers)."""
+    queries (one dispatch for the whole step, as a jitted model runs its layers); keywords go to each call."""
     try:
         import jax
         import rpa.jax
@@ -86,30 +103,36 @@ def jax_steps():
     except ImportError:
         return None, None, None
 
-    @jax.jit
-    def layers(queries, *rest):
+    def layers(queries, *rest, **bounds):
         for _ in range(CALLS):
-            queries = rpa.jax.ragged_paged_attention(queries, *rest)
+            queries = rpa.jax.ragged_paged_attention(queries, *rest, **bounds)
         return queries
 
     return jax, jax.jit(rpa.jax.ragged_paged_attention), layers
 
 
 jax, step, layers = jax_steps()
-print("workload  torch op (ms)  Plan.run (ms)  jax jit (ms)  jax %d-layer jit (ms/layer)" % CALLS)
+print("workload  torch op  Plan.run  op dev-meta  op graph  jax jit  jax %d-layer jit  same, bounds  (ms per call)"
+      % CALLS)
 for name, sequences in WORKLOADS.items():
     queries, kv, context_lens, block_tables, qsl = batch(sequences)
     n = len(sequences)
+    bounds = dict(max_query_len=max(q for q, _ in sequences), max_context_len=max(c for _, c in sequences))
     out = torch.empty_like(queries)
     op = torch_ms(lambda: rpa.torch.ragged_paged_attention(queries, kv, context_lens, block_tables, qsl, n))
     plan = rpa.torch.plan(queries, kv, context_lens, block_tables, qsl, n, out=out)
     run = torch_ms(lambda: plan.run(queries, kv, out=out))
-    on_jax = in_layers = float("nan")
+    on_device = [m.cuda() for m in (context_lens, block_tables, qsl)]
+    dev_meta = torch_ms(lambda: rpa.torch.ragged_paged_attention(queries, kv, *on_device, n, **bounds))
+    in_graph = graph_ms(lambda: rpa.torch.ragged_paged_attention(queries, kv, *on_device, n, **bounds))
+    on_jax = in_layers = with_bounds = float("nan")
     if step is not None:
         gpu = jax.devices("gpu")[0]
         args = [jax.device_put(t.float().cpu().numpy().astype(jax.numpy.bfloat16) if t.is_floating_point()
                                else t.numpy(), gpu) for t in (queries, kv, context_lens, block_tables, qsl)]
         args.append(jax.device_put(torch.tensor([n], dtype=torch.int32).numpy(), gpu))
         on_jax = jax_ms(step, args)
-        in_layers = jax_ms(layers, args) / CALLS
-    print("%-8s  %13.3f  %13.3f  %12.3f  %26.3f" % (name, op, run, on_jax, in_layers))
+        in_layers = jax_ms(jax.jit(layers), args) / CALLS
+        with_bounds = jax_ms(jax.jit(lambda *a: layers(*a, **bounds)), args) / CALLS
+    print("%-8s  %8.3f  %8.3f  %11.3f  %8.3f  %7.3f  %16.3f  %12.3f"
+          % (name, op, run, dev_meta, in_graph, on_jax, in_layers, with_bounds))

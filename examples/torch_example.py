@@ -1,4 +1,4 @@
-"""rpa from PyTorch: vLLM's cache ([2, P, page, KVH, D]) on the GPU if there is one, eager and compiled."""
+"""rpa from PyTorch: vLLM's cache ([2, P, page, KVH, D]) on the GPU if there is one: eager, compiled, captured."""
 import torch
 
 import rpa.torch
@@ -16,3 +16,15 @@ out = rpa.torch.ragged_paged_attention(queries, (kv_cache[0], kv_cache[1]), cont
 compiled = torch.compile(rpa.torch.ragged_paged_attention)
 again = compiled(queries, (kv_cache[0], kv_cache[1]), context_lens, block_tables, query_start_loc, 4)
 print(out.shape, out.dtype, out.device, "compiled == eager:", torch.equal(out, again))
+
+if device == "cuda":  # int32 metadata on the GPU: read at every replay of a captured graph
+    metadata = [m.to(device) for m in (context_lens, block_tables, query_start_loc)]
+    kv = (kv_cache[0], kv_cache[1])
+    rpa.torch.ragged_paged_attention(queries, kv, *metadata, 4, max_query_len=1)  # warm-up: plans once
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = rpa.torch.ragged_paged_attention(queries, kv, *metadata, 4, max_query_len=1)
+    metadata[0].copy_(torch.tensor([7, 250, 20, 64]))                    # the next step, written in place
+    graph.replay()
+    eager = rpa.torch.ragged_paged_attention(queries, kv, metadata[0].cpu(), block_tables, query_start_loc, 4)
+    print("replayed graph vs eager, max difference:", (captured.float() - eager.float()).abs().max().item())

@@ -17,7 +17,6 @@
 #include <map>
 #include <mutex>
 #include <string>
-#include <utility>
 
 #include <rpa/rpa.h>
 
@@ -55,17 +54,17 @@ ffi::Error describe(const char* name, const ffi::AnyBuffer& buffer, bool optiona
   return ffi::Error::Success();
 }
 
-// One context per (backend, GPU ordinal), kept for the life of the process like the handlers themselves.
-rpa_status context_for(rpa_backend backend, int32_t ordinal, rpa_context** out) {
+// The CPU handler's context of a host backend, one per backend, kept for the life of the process like the
+// handlers themselves (the CUDA handler runs the plans rpa.jax made on contexts of each GPU).
+rpa_status host_context(rpa_backend backend, rpa_context** out) {
   static std::mutex mutex;
-  static std::map<std::pair<int, int>, rpa_context*> contexts;
+  static std::map<int, rpa_context*> contexts;
   std::lock_guard<std::mutex> lock(mutex);
-  rpa_context*& context = contexts[{static_cast<int>(backend), ordinal}];
+  rpa_context*& context = contexts[static_cast<int>(backend)];
   if (!context) {
     rpa_context_options options;
     rpa_context_options_init(&options);
     options.backend = backend;
-    options.device_ordinal = ordinal;
     if (rpa_status status = rpa_context_create(&options, &context); status != RPA_STATUS_OK) return status;
   }
   *out = context;
@@ -73,7 +72,7 @@ rpa_status context_for(rpa_backend backend, int32_t ordinal, rpa_context** out) 
 }
 
 struct Call {
-  ffi::AnyBuffer queries, k, v, metadata, num_seqs, sinks;
+  ffi::AnyBuffer queries, k, v, sinks;
   ffi::Result<ffi::AnyBuffer> out;
   ffi::Result<ffi::AnyBuffer> lse;
   double softmax_scale, logits_soft_cap;
@@ -104,8 +103,7 @@ ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, 
                     ffi::Result<ffi::AnyBuffer> lse, double softmax_scale, double logits_soft_cap,
                     int32_t sliding_window, int32_t combined_kv, int32_t backend, int32_t seqs, int32_t table_width,
                     int64_t /*plans*/, int32_t /*plan_count*/, int32_t /*check_metadata*/) {
-  Call c{queries, k, v, metadata, num_seqs, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window,
-         combined_kv};
+  Call c{queries, k, v, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window, combined_kv};
   rpa_attention_args args;
   rpa_attention_args_init(&args);
   if (ffi::Error e = describe_tensors(c, &args); e.failure()) return e;
@@ -119,10 +117,13 @@ ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, 
   args.query_start_loc = rpa_tensor{packed + s, RPA_DTYPE_I32, 1, {s + 1}, {}};
   args.block_tables = rpa_tensor{packed + 2 * s + 1, RPA_DTYPE_I32, 2, {s, w}, {}};
   args.num_seqs = *static_cast<const int32_t*>(num_seqs.untyped_data());
-  // The CPU platform runs host memory: "auto" means the simd backend here.
+  // The CPU platform runs host memory on a host backend: "auto" means the simd backend here.
+  if (backend != RPA_BACKEND_AUTO && backend != RPA_BACKEND_SIMD && backend != RPA_BACKEND_REFERENCE)
+    return ffi::Error::InvalidArgument("rpa: arrays on the CPU platform run on the simd or reference backend, not " +
+                                       std::string(rpa_backend_string(static_cast<rpa_backend>(backend))));
   const rpa_backend chosen = backend == RPA_BACKEND_AUTO ? RPA_BACKEND_SIMD : static_cast<rpa_backend>(backend);
   rpa_context* context = nullptr;
-  if (rpa_status status = context_for(chosen, 0, &context); status != RPA_STATUS_OK) return rpa_error(status);
+  if (rpa_status status = host_context(chosen, &context); status != RPA_STATUS_OK) return rpa_error(status);
   if (rpa_status status = rpa_attention(context, &args); status != RPA_STATUS_OK) return rpa_error(status);
   return ffi::Error::Success();
 }
@@ -174,8 +175,7 @@ ffi::Error cuda_impl(void* stream, ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi
     return ffi::Error(ffi::ErrorCode::kUnavailable, "rpa: no plan for CUDA device " + std::to_string(ordinal) +
                                    " (rpa.jax plans at trace time for the GPUs rpa's gpu backend can run)");
   const DevicePlan& entry = table[ordinal];
-  Call c{queries, k, v, metadata, num_seqs, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window,
-         combined_kv};
+  Call c{queries, k, v, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window, combined_kv};
   rpa_attention_args args;
   rpa_attention_args_init(&args);
   if (ffi::Error e = describe_tensors(c, &args); e.failure()) return e;

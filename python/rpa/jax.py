@@ -70,15 +70,16 @@ def _packed_metadata(context_lens, block_tables, query_start_loc, num_seqs):
 
 
 _RPA_DTYPES = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.float16): 1, jnp.dtype(jnp.bfloat16): 2}
-_plans = {}  # (shapes, dtypes, window, lse) -> (the DevicePlan table handed to the FFI module, what it holds)
+_plans = {}  # (shapes, dtypes, window, lse, bounds) -> (the DevicePlan table handed to the FFI module, what it holds)
 
 
-def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window):
+def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window, bounds):
     """(address, length) of a table, indexed by CUDA ordinal, of device-metadata plans for these shapes on
     each GPU JAX and rpa share, made once, at trace time (a plan made in the handler could fall inside a
     CUDA graph capture), and kept for the life of the process like the handlers; (0, 0) without a GPU."""
     import rpa
-    key = tuple((a.shape, jnp.dtype(a.dtype)) for a in (queries, k, v, sinks)) + (combined, lse_shape, S, W, window)
+    key = tuple((a.shape, jnp.dtype(a.dtype)) for a in (queries, k, v, sinks)) + (combined, lse_shape, S, W, window,
+                                                                                bounds)
     if key in _plans:
         return _plans[key][0]
     try:
@@ -118,6 +119,7 @@ def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window):
         args.block_tables = tensor(None, address + 4 * (2 * S + 1), i32, (S, W))
         args.num_seqs = S
         args.sliding_window = window
+        args.max_query_len, args.max_context_len = bounds
         args.memory = args.metadata_memory = rpa._tensors.MEMORY_DEVICE
         handle = ctypes.c_void_p()
         rpa._check(rpa._lib.rpa_plan_create(context._handle, ctypes.byref(args), ctypes.byref(handle)))
@@ -130,7 +132,8 @@ def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window):
 
 def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seqs, *,
                            softmax_scale=None, logits_soft_cap=None, sliding_window=None, softmax_aux=None,
-                           return_lse=False, backend="auto", out=None, check_metadata=None):
+                           return_lse=False, backend="auto", out=None, check_metadata=None, max_query_len=None,
+                           max_context_len=None):
     """rpa.ragged_paged_attention for JAX arrays (any argument may be traced; see that function's doc).
 
     kv_pages is the combined cache or the pair (k_cache, v_cache). num_seqs may be an int or a device
@@ -143,7 +146,11 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
     nearer end; a sequence whose metadata break a rule is skipped (its rows are 0, nothing outside the
     arrays is read). check_metadata=True (default: the environment variable RPA_JAX_CHECK_METADATA=1, read
     at trace time) makes each eager call wait for its work and raise the error host validation would give;
-    calls inside a captured command buffer are not checked.
+    calls inside a captured command buffer are not checked. max_query_len and max_context_len (Python ints,
+    static: a new value retraces) bound every sequence's query tokens and context on CUDA (default: T and
+    W * page_size, what the shapes allow); tight bounds, such as max_query_len=1 for a decode step, spare
+    the GPU the work slots of longer sequences (the bounds of rpa's device metadata: a sequence beyond them
+    is skipped and reported as a broken rule). The CPU platform reads the values and ignores them.
     """
     if out is not None:
         raise ValueError("out: JAX arrays are immutable; rpa.jax returns a new array")
@@ -179,7 +186,13 @@ def ragged_paged_attention(queries, kv_pages, context_lens, block_tables, query_
         check_metadata = os.environ.get("RPA_JAX_CHECK_METADATA") == "1"
     metadata, num_seqs, S, W = _packed_metadata(context_lens, block_tables, query_start_loc, num_seqs)
     lse_shape = (T, QH) if return_lse else (0,)
-    plans, plan_count = _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window)
+    bounds = []
+    for name, bound in (("max_query_len", max_query_len), ("max_context_len", max_context_len)):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, np.integer))
+                                  or not 0 <= bound < 2**31):
+            raise ValueError("%s: expected None or an integer in [0, 2**31), got %r" % (name, bound))
+        bounds.append(0 if bound is None else int(bound))
+    plans, plan_count = _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window, tuple(bounds))
     results = [jax.ShapeDtypeStruct(queries.shape, queries.dtype), jax.ShapeDtypeStruct(lse_shape, jnp.float32)]
     call = jax.ffi.ffi_call(_TARGET, results)
     result, lse = call(queries, k, v, metadata, num_seqs, sinks,

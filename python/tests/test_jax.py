@@ -118,6 +118,29 @@ def test_bad_metadata_is_an_error_naming_it(platform):
 
 
 @pytest.mark.skipif("gpu" not in PLATFORMS, reason="needs a GPU")
+def test_gpu_bounds_give_the_same_result_and_a_sequence_beyond_them_is_reported():
+    rng = np.random.default_rng(13)
+    queries, kv, context_lens, block_tables, qsl = random_problem(rng, [1, 1, 3], [9, 40, 20])
+    args = on("gpu", queries, kv, context_lens, block_tables, qsl, np.array([3], np.int32))
+    expected, _ = attention(queries, kv, context_lens, block_tables, qsl, 3)
+    tight = jax.jit(lambda *a: rpa_jax.ragged_paged_attention(*a, max_query_len=3, max_context_len=40))
+    assert np.abs(np.asarray(tight(*args))[:5] - expected[:5]).max() <= 2e-5
+    decode = jax.jit(lambda *a: rpa_jax.ragged_paged_attention(*a, max_query_len=1, check_metadata=True))
+    with pytest.raises(Exception, match="query_start_loc.*more than max_query_len = 1"):
+        jax.block_until_ready(decode(*args))
+    with pytest.raises(ValueError, match="max_query_len"):
+        rpa_jax.ragged_paged_attention(*args, max_query_len=-1)
+
+
+def test_cpu_platform_refuses_the_gpu_backend():
+    rng = np.random.default_rng(14)
+    queries, kv, context_lens, block_tables, qsl = random_problem(rng, [2], [9])
+    args = on("cpu", queries, kv, context_lens, block_tables, qsl, np.array([1], np.int32))
+    with pytest.raises(Exception, match="simd or reference backend, not gpu"):
+        jax.block_until_ready(jax.jit(lambda *a: rpa_jax.ragged_paged_attention(*a, backend="gpu"))(*args))
+
+
+@pytest.mark.skipif("gpu" not in PLATFORMS, reason="needs a GPU")
 def test_unchecked_gpu_call_skips_a_bad_sequence_and_computes_the_others():
     rng = np.random.default_rng(11)
     queries, kv, context_lens, block_tables, qsl = random_problem(rng, [2, 3], [9, 40])
