@@ -60,11 +60,12 @@ bool cpu_and_kernel_allow_amx() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
-// C blocks of 32 x 32 in four tiles (0-3), A in tiles 4-5, B in tiles 6-7.
-void amx_product(const uint16_t* a, size_t lda, const uint16_t* b, float* c, size_t ldc, size_t m, size_t n_cols,
+// C blocks of 32 x 32 in four tiles (0-3), A in tiles 4-5, B in tiles 6-7; a B part is loaded once per
+// depth block and used with every A part.
+void amx_product(const TileOperand& a, const TileOperand& b, float* c, size_t ldc, size_t m, size_t n_cols,
                  size_t depth, bool accumulate) {
   configure_this_thread();
-  const size_t a_stride = lda * sizeof(uint16_t), b_stride = n_cols * 2 * sizeof(uint16_t), c_stride = ldc * sizeof(float);
+  const size_t a_stride = a.ld * sizeof(uint16_t), b_stride = b.ld * sizeof(uint16_t), c_stride = ldc * sizeof(float);
   for (size_t i = 0; i < m; i += kTileBlock)
     for (size_t n = 0; n < n_cols; n += kTileBlock) {
       float* c00 = c + i * ldc + n;
@@ -80,17 +81,21 @@ void amx_product(const uint16_t* a, size_t lda, const uint16_t* b, float* c, siz
         _tile_zero(2);
         _tile_zero(3);
       }
-      for (size_t k = 0; k < depth; k += kTileBlock) {
-        _tile_loadd(4, a + i * lda + k, a_stride);
-        _tile_loadd(5, a + (i + 16) * lda + k, a_stride);
-        const uint16_t* b_rows = b + k / 2 * n_cols * 2 + 2 * n;
-        _tile_loadd(6, b_rows, b_stride);
-        _tile_loadd(7, b_rows + 32, b_stride);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
+      for (size_t k = 0; k < depth; k += kTileBlock)
+        for (size_t pb = 0; pb < b.parts; ++pb) {
+          const uint16_t* b_rows = b.data + pb * b.part_stride + k / 2 * b.ld + 2 * n;
+          _tile_loadd(6, b_rows, b_stride);
+          _tile_loadd(7, b_rows + 32, b_stride);
+          for (size_t pa = 0; pa < a.parts; ++pa) {
+            const uint16_t* a_rows = a.data + pa * a.part_stride + i * a.ld + k;
+            _tile_loadd(4, a_rows, a_stride);
+            _tile_loadd(5, a_rows + 16 * a.ld, a_stride);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+        }
       _tile_stored(0, c00, c_stride);
       _tile_stored(1, c00 + 16, c_stride);
       _tile_stored(2, c10, c_stride);
@@ -135,16 +140,21 @@ double amx_spin(double seconds) {
 
 }  // namespace
 
-void emulated_tile_product(const uint16_t* a, size_t lda, const uint16_t* b, float* c, size_t ldc, size_t m,
-                           size_t n_cols, size_t depth, bool accumulate) {
+void emulated_tile_product(const TileOperand& a, const TileOperand& b, float* c, size_t ldc, size_t m, size_t n_cols,
+                           size_t depth, bool accumulate) {
   for (size_t i = 0; i < m; ++i)
     for (size_t n = 0; n < n_cols; ++n) {
       float acc = accumulate ? c[i * ldc + n] : 0.0f;
-      for (size_t k = 0; k < depth; k += 2) {
-        const uint16_t* pair = b + k / 2 * n_cols * 2 + 2 * n;
-        acc = ftz(acc + daz(a[i * lda + k]) * daz(pair[0]));  // the product of two bf16 is exact in f32
-        acc = ftz(acc + daz(a[i * lda + k + 1]) * daz(pair[1]));
-      }
+      for (size_t k0 = 0; k0 < depth; k0 += kTileBlock)
+        for (size_t pb = 0; pb < b.parts; ++pb)
+          for (size_t pa = 0; pa < a.parts; ++pa) {
+            const uint16_t* row = a.data + pa * a.part_stride + i * a.ld;
+            for (size_t k = k0; k < k0 + kTileBlock; k += 2) {
+              const uint16_t* pair = b.data + pb * b.part_stride + k / 2 * b.ld + 2 * n;
+              acc = ftz(acc + daz(row[k]) * daz(pair[0]));  // the product of two bf16 is exact in f32
+              acc = ftz(acc + daz(row[k + 1]) * daz(pair[1]));
+            }
+          }
       c[i * ldc + n] = acc;
     }
 }
@@ -159,6 +169,19 @@ TileProduct tile_product_in_use() {
   if (choice != nullptr && std::strcmp(choice, "off") == 0) return nullptr;
   if (choice != nullptr && std::strcmp(choice, "emulated") == 0) return emulated_tile_product;
   return amx_tile_product();
+}
+
+const char* tile_path_name() {
+  const TileProduct product = tile_product_in_use();
+  return product == nullptr ? "off" : product == amx_tile_product() ? "amx" : "emulated";
+}
+
+const char* tile_path_reason() {
+  const TileProduct product = tile_product_in_use();
+  if (product == emulated_tile_product) return "RPA_SIMD_TILES=emulated: the scalar twin of the AMX product (tests)";
+  if (product != nullptr) return "";
+  if (amx_tile_product() != nullptr) return "RPA_SIMD_TILES=off";
+  return "this CPU lacks AMX-BF16, or Linux refused the tile state: prefill takes the FMA kernels";
 }
 
 double amx_peak_flops(int threads) {

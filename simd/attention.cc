@@ -137,8 +137,9 @@ struct ItemState {
   float* HWY_RESTRICT s;   // [kMaxRows][kTile] scores, then probabilities
   float* HWY_RESTRICT max; // [kMaxRows] running max
   float* HWY_RESTRICT sum; // [kMaxRows] running sum
-  int64_t first_key[kMaxRows], end_key[kMaxRows];  // visible keys of each row: [first, end)
-  int64_t kv_head[kMaxRows];
+  // Visible keys of each row, [first, end), and its kv head; rows of either path's items.
+  int64_t first_key[std::max(kMaxRows, kTileRows)], end_key[std::max(kMaxRows, kTileRows)];
+  int64_t kv_head[std::max(kMaxRows, kTileRows)];
 };
 
 
@@ -443,121 +444,160 @@ void AttendItemFor(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRI
   }
 }
 
-// The tile path: rows of one kv head with 16-bit queries and KV, whose products run as bf16 tile products
-// (simd/tiles.h: AMX, or its scalar twin in tests) on the parts of pack-inl.h: a bf16 input is one part,
-// an f16 one two (exact), P two (hi + lo), so the products see the inputs exactly and P within 2^-17.
-// The products are transposed, S^T = K.Q^T and O^T += V^T.P^T, so that each key's scores and each output
-// dimension are vectors over the rows: the softmax runs one row per lane (SoftmaxColumns, no horizontal
-// reductions), P^T's pairs of keys are two of its rows interleaved, and only Q (once per item) and V (once
-// per tile, shared by all rows) are transposed. Several parts enter one product as blocks along its depth
-// (A = [K_kp] per (q part, kv part), B = [Q_qp^T] likewise). K and V are loaded once per tile in f32 (keys
-// no row sees left 0); the output accumulates in f32 in scratch and is rescaled there. A tile whose
-// visible V holds Inf or NaN takes P.V in f32 instead, key by key over each row's visible keys only.
-bool TilesFit(const rpa_problem& p, const WorkItem& item) {
-  const auto sixteen_bit = [](rpa_dtype dtype) { return dtype == RPA_DTYPE_BF16 || dtype == RPA_DTYPE_F16; };
-  const int64_t group = p.num_q_heads / p.num_kv_heads;
-  const int64_t head_rows = (p.query_start_loc[item.seq + 1] - p.query_start_loc[item.seq]) * group;
-  return sixteen_bit(p.query_dtype) && sixteen_bit(p.kv_dtype) && head_rows > group &&
-         item.row_end - item.row_begin >= 16 && item.row_begin / head_rows == (item.row_end - 1) / head_rows;
+// The tile path: an item of rows of one kv head with 16-bit queries and KV (plan.h: item.pack), whose
+// products run as bf16 tile products (simd/tiles.h: AMX, or its scalar twin in tests) on the parts of
+// pack-inl.h: a bf16 input is one part, an f16 one two (exact), P two (hi + lo), so the products see the
+// inputs exactly and P within 2^-17. S = Q.K^T and O += P.V in steps of kTileStep keys: Q (A, its parts
+// packed once per item), K^T and V (B, packed once per call for the sequence and kv head by PackKv and
+// read in place by every item), the online softmax row by row (SoftmaxTileRow) writing P's parts (A),
+// the output accumulated in f32 in scratch and rescaled there. A step whose V holds Inf or NaN (the pack's
+// flag) takes P.V in f32 instead, key by key over each row's visible keys only.
+
+// Packs keys [job.key_begin, job.key_end) of a (sequence, kv head) for the tile path (plan.h: Pack): K^T
+// and V in their parts, kTileStep keys at a time through f32 rows in scratch. Keys no row of the
+// sequence sees are 0 (NaN there never enters a product); the flag of each step records whether its V
+// holds Inf or NaN (the exponent field all ones).
+void PackKv(const rpa_problem& p, const PackJob& job, const TileWork& tiles, float* HWY_RESTRICT scratch) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const Pack& pack = tiles.packs[job.pack];
+  const PackLayout layout = pack_layout(p, pack.keys);
+  const size_t width = static_cast<size_t>(layout.width), dim = static_cast<size_t>(p.head_dim);
+  const size_t kv_parts = static_cast<size_t>(layout.kv_parts), step = static_cast<size_t>(kTileStep);
+  const int64_t q_len = p.query_start_loc[pack.seq + 1] - p.query_start_loc[pack.seq];
+  const int64_t context = p.context_lens[pack.seq], first_pos = context - q_len;
+  const int64_t first_key = p.sliding_window > 0 ? std::max<int64_t>(0, first_pos - p.sliding_window + 1) : 0;
+  const int32_t* table = p.block_tables + pack.seq * p.block_table_stride;
+  uint32_t* HWY_RESTRICT k_pairs = reinterpret_cast<uint32_t*>(tiles.buffer + pack.offset);
+  uint32_t* HWY_RESTRICT v_pairs = k_pairs + kv_parts * layout.part_elements / 2;
+  float* HWY_RESTRICT k = scratch;
+  float* HWY_RESTRICT v = scratch + step * width;
+  const auto exponent = hn::Set(du, 0x7f800000u);
+  for (int64_t t0 = job.key_begin; t0 < job.key_end; t0 += kTileStep) {
+    auto top_exponent = hn::Zero(du);
+    for (size_t j = 0; j < step; ++j) {
+      const int64_t key = t0 + static_cast<int64_t>(j);
+      if (key < first_key || key >= context) {
+        std::fill(k + j * width, k + (j + 1) * width, 0.0f);
+        std::fill(v + j * width, v + (j + 1) * width, 0.0f);
+        continue;
+      }
+      const int64_t page = table[key / p.page_size], slot = key % p.page_size;
+      LoadKvRow(Element(p.k.data, p.kv_dtype, pack.kv_head * p.k.head_stride + page * p.k.page_stride + slot * p.k.slot_stride),
+                p.kv_dtype, dim, width, 1.0f, k + j * width);
+      LoadKvRow(Element(p.v.data, p.kv_dtype, pack.kv_head * p.v.head_stride + page * p.v.page_stride + slot * p.v.slot_stride),
+                p.kv_dtype, dim, width, 1.0f, v + j * width);
+      for (size_t d = 0; d < width; d += kLanes)
+        top_exponent = hn::Max(top_exponent, hn::And(hn::BitCast(du, hn::Load(df, v + j * width + d)), exponent));
+    }
+    const size_t column = static_cast<size_t>(t0 - pack.key_begin);
+    for (size_t part = 0; part < kv_parts; ++part) {
+      PackRowsAsColumns(k, width, step, width, part, k_pairs + part * layout.part_elements / 2 + column,
+                        static_cast<size_t>(pack.keys));
+      PackKeyPairs(v, width, step, width, part, v_pairs + part * layout.part_elements / 2 + column / 2 * width, width);
+    }
+    tiles.flags[pack.flags + static_cast<int64_t>(column / step)] = hn::GetLane(hn::MaxOfLanes(du, top_exponent)) == 0x7f800000u;
+  }
 }
 
 void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_RESTRICT scratch,
-                     float* HWY_RESTRICT partial, TileProduct product) {
+                     float* HWY_RESTRICT partial, const TileWork& tiles) {
   const DF df;
-  const size_t dim = static_cast<size_t>(p.head_dim), width = RoundUp(dim, kTileBlock);
+  const Pack& pack = tiles.packs[item.pack];
+  const PackLayout layout = pack_layout(p, pack.keys);
+  const size_t dim = static_cast<size_t>(p.head_dim), width = static_cast<size_t>(layout.width);
   const size_t rows = static_cast<size_t>(item.row_end - item.row_begin), m = RoundUp(rows, kTileBlock);
-  const size_t q_parts = p.query_dtype == RPA_DTYPE_F16 ? 2 : 1, kv_parts = p.kv_dtype == RPA_DTYPE_F16 ? 2 : 1;
-  const size_t k_depth = q_parts * kv_parts * width, v_depth = kv_parts * 2 * kTile;
-  // Scratch (scratch_floats), every region a multiple of 64 floats: Q^T [k_depth / 2][m] pairs, O^T
-  // [width][m] f32, the K and V tiles [kTile][width] f32, S^T [kTile][m], the running max and sum, K
-  // [kTile][k_depth] bf16, V^T [width][v_depth] bf16, P^T [v_depth / 2][m] pairs.
-  uint32_t* HWY_RESTRICT q_pairs = reinterpret_cast<uint32_t*>(scratch);
-  ItemState st{p, width, rows, scratch, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}, {}};
-  float* HWY_RESTRICT o = scratch + 2 * kMaxRows * width;  // O^T
-  st.k = o + kMaxRows * width;
-  st.v = st.k + kTile * width;
-  st.s = st.v + kTile * width;  // S^T, then the weights when kept
-  st.max = st.s + kMaxRows * kTile;
-  st.sum = st.max + kMaxRows;
-  uint16_t* HWY_RESTRICT k_rows = reinterpret_cast<uint16_t*>(st.sum + kMaxRows);
-  uint32_t* HWY_RESTRICT v_pairs = reinterpret_cast<uint32_t*>(k_rows + 4 * kTile * width);
-  uint32_t* HWY_RESTRICT p_pairs = v_pairs + 2 * kTile * width;
+  const size_t q_parts = p.query_dtype == RPA_DTYPE_F16 ? 2 : 1, kv_parts = static_cast<size_t>(layout.kv_parts);
+  const size_t step = static_cast<size_t>(kTileStep), tile_rows = static_cast<size_t>(kTileRows);
+  // Scratch (scratch_floats): Q's parts [q_parts][m][width] bf16, O [m][width], one step's V in f32
+  // [kTileStep][width] (for the f32 P.V), S [m][kTileStep], P's parts [2][m][kTileStep] bf16, the running
+  // max and sum, each row's visible keys within the step.
+  uint16_t* HWY_RESTRICT q = reinterpret_cast<uint16_t*>(scratch);
+  float* HWY_RESTRICT o = scratch + tile_rows * width;
+  float* HWY_RESTRICT v = o + tile_rows * width;
+  ItemState st{p, width, rows, nullptr, o, nullptr, v, v + step * width, nullptr, nullptr, {}, {}, {}};
+  uint16_t* HWY_RESTRICT weights = reinterpret_cast<uint16_t*>(st.s + tile_rows * step);
+  st.max = st.s + 2 * tile_rows * step;
+  st.sum = st.max + tile_rows;
+  int32_t* HWY_RESTRICT first = reinterpret_cast<int32_t*>(st.sum + tile_rows);
+  int32_t* HWY_RESTRICT last = first + tile_rows;
 
   const auto [begin, end] = RowRanges(st, item);
-  // Q^T, staged in f32 in O^T's place (rows past `rows` are 0, so their scores are 0 and masked).
+  // The item's query rows and output rows are each touched once, mostly from DRAM: fetched all at once
+  // first, the misses overlap (the output's lines fetched for writing stay in L2 until the rows end).
+  for (size_t r = 0; r < rows; ++r) {
+    const RowPlace place = PlaceOf(p, item.seq, item.row_begin + static_cast<int64_t>(r));
+    Prefetch(Element(p.queries, p.query_dtype, place.token * p.query_token_stride + place.head * p.query_head_stride),
+             dim * static_cast<size_t>(dtype_size(p.query_dtype)));
+    if (item.partial < 0) {
+      const char* out = static_cast<const char*>(
+          Element(p.out, p.out_dtype, place.token * p.out_token_stride + place.head * p.out_head_stride));
+      for (size_t offset = 0; offset < dim * static_cast<size_t>(dtype_size(p.out_dtype)); offset += 64)
+        __builtin_prefetch(out + offset, 1, 2);
+    }
+  }
+  // Q in f32, staged in O's place (rows past `rows` are 0, so their scores are 0 and unused), then its parts.
   std::fill(o, o + m * width, 0.0f);
   for (size_t r = 0; r < rows; ++r) LoadQuery(p, item, r, dim, width, o + r * width);
-  for (size_t qp = 0; qp < q_parts; ++qp)
-    for (size_t kp = 0; kp < kv_parts; ++kp)
-      PackRowsAsColumns(o, width, m, width, qp, q_pairs + (qp * kv_parts + kp) * width / 2 * m, m);
+  for (size_t part = 0; part < q_parts; ++part) PackRows(o, width, m, width, part, q + part * m * width, width);
   std::fill(o, o + m * width, 0.0f);
   std::fill(st.max, st.max + m, kNegInf);
   std::fill(st.sum, st.sum + m, 0.0f);
+  std::fill(weights, weights + 2 * m * step, uint16_t{0});  // rows past `rows` keep weights 0
 
-  const int32_t* table = p.block_tables + item.seq * p.block_table_stride;
-  const size_t row_bytes = dim * static_cast<size_t>(dtype_size(p.kv_dtype));
-  HWY_ALIGN int32_t first[kMaxRows] = {}, last[kMaxRows] = {};  // visible keys of each row within the tile
-  HWY_ALIGN float alpha[kMaxRows];
-  for (int64_t t0 = begin; t0 < end; t0 += kTileKeys) {
-    const size_t nk = static_cast<size_t>(std::min<int64_t>(kTileKeys, end - t0));
-    size_t lo = kTile, hi = 0;
+  const TileOperand q_operand{q, width, q_parts, m * width}, p_operand{weights, step, 2, m * step};
+  const uint16_t* k_pairs = tiles.buffer + pack.offset;
+  const uint16_t* v_pairs = k_pairs + kv_parts * static_cast<size_t>(layout.part_elements);
+  for (int64_t t0 = begin / kTileStep * kTileStep; t0 < end; t0 += kTileStep) {
+    const size_t column = static_cast<size_t>(t0 - pack.key_begin);
+    bool seen = false;
     for (size_t r = 0; r < rows; ++r) {
-      first[r] = static_cast<int32_t>(std::clamp<int64_t>(st.first_key[r] - t0, 0, static_cast<int64_t>(nk)));
-      last[r] = static_cast<int32_t>(std::clamp<int64_t>(st.end_key[r] - t0, 0, static_cast<int64_t>(nk)));
-      if (first[r] < last[r]) lo = std::min<size_t>(lo, first[r]), hi = std::max<size_t>(hi, last[r]);
+      first[r] = static_cast<int32_t>(std::clamp<int64_t>(st.first_key[r] - t0, 0, kTileStep));
+      last[r] = static_cast<int32_t>(std::clamp<int64_t>(st.end_key[r] - t0, 0, kTileStep));
+      seen = seen || first[r] < last[r];
     }
-    if (lo >= hi) continue;  // causal or window bound: no row sees this tile
-    // The largest exponent field among the visible V values tells whether one is Inf or NaN.
-    const hn::RebindToUnsigned<DF> du;
-    const auto exponent = hn::Set(du, 0x7f800000u);
-    auto top_exponent = hn::Zero(du);
-    WalkTile<true>(st, table, st.kv_head[0], t0, nk, end, row_bytes,
-                   [&](size_t j, const char* k_row, const char* v_row, const char*, const char*) {
-                     if (j < lo || j >= hi) return;
-                     LoadKvRow(k_row, p.kv_dtype, dim, width, 1.0f, st.k + j * width);
-                     LoadKvRow(v_row, p.kv_dtype, dim, width, 1.0f, st.v + j * width);
-                     for (size_t d = 0; d < width; d += kLanes)
-                       top_exponent = hn::Max(top_exponent, hn::And(hn::BitCast(du, hn::Load(df, st.v + j * width + d)), exponent));
-                   });
-    for (size_t j = 0; j < kTile; ++j)
-      if (j < lo || j >= hi)
-        for (size_t d = 0; d < width; d += kLanes) {
-          hn::Store(hn::Zero(df), df, st.k + j * width + d);
-          hn::Store(hn::Zero(df), df, st.v + j * width + d);
-        }
-    const bool finite_v = hn::GetLane(hn::MaxOfLanes(du, top_exponent)) != 0x7f800000u;
-    for (size_t qp = 0; qp < q_parts; ++qp)
-      for (size_t kp = 0; kp < kv_parts; ++kp) PackRows(st.k, width, kTile, width, kp, k_rows + (qp * kv_parts + kp) * width, k_depth);
-    product(k_rows, k_depth, reinterpret_cast<const uint16_t*>(q_pairs), st.s, m, kTile, m, k_depth, false);
-
-    // P^T's hi and lo pairs for the first V part; a second V part (f16) takes the same weights again.
-    SoftmaxColumns(st.s, kTile, m, first, last, static_cast<float>(p.softmax_scale), p.logits_soft_cap, st.max, st.sum,
-                   alpha, p_pairs, p_pairs + kTile / 2 * m, !finite_v);
-    if (kv_parts == 2) std::copy(p_pairs, p_pairs + kTile * m, p_pairs + kTile * m);
-    bool rescale = false;
-    for (size_t i = 0; i < m; ++i) rescale = rescale || alpha[i] != 1.0f;
-    if (rescale)
-      for (size_t d = 0; d < width; ++d)
-        for (size_t i = 0; i < m; i += kLanes) hn::Store(hn::Mul(hn::Load(df, o + d * m + i), hn::Load(df, alpha + i)), df, o + d * m + i);
-    if (finite_v) {
-      // Each V part twice along the depth, against P's hi and lo parts: packed once, then copied row by row.
-      for (size_t vp = 0; vp < kv_parts; ++vp) {
-        uint32_t* HWY_RESTRICT block = v_pairs + vp * kTile;
-        PackPairsAsColumns(st.v, width, kTile, width, vp, block, v_depth / 2);
-        for (size_t n = 0; n < width; ++n) std::copy_n(block + n * v_depth / 2, kTile / 2, block + n * v_depth / 2 + kTile / 2);
+    if (!seen) continue;  // causal or window bound: no row sees this step
+    const bool finite_v = !tiles.flags[pack.flags + static_cast<int64_t>(column) / kTileStep];
+    tiles.product(q_operand,
+                  TileOperand{k_pairs + 2 * column, 2 * static_cast<size_t>(pack.keys), kv_parts,
+                              static_cast<size_t>(layout.part_elements)},
+                  st.s, step, m, step, width, false);
+    for (size_t r = 0; r < rows; ++r) {
+      uint32_t* hi = reinterpret_cast<uint32_t*>(weights + r * step);
+      uint32_t* lo = hi + m * step / 2;
+      if (first[r] >= last[r]) {  // no key of this step: no weight
+        std::fill(hi, hi + step / 2, 0u);
+        std::fill(lo, lo + step / 2, 0u);
+        continue;
       }
-      product(reinterpret_cast<const uint16_t*>(v_pairs), v_depth, reinterpret_cast<const uint16_t*>(p_pairs), o, m,
-              width, m, v_depth, true);
+      const float alpha = SoftmaxTileRow(st.s + r * step, step, static_cast<size_t>(first[r]), static_cast<size_t>(last[r]),
+                                         static_cast<float>(p.softmax_scale), p.logits_soft_cap, st.max[r], st.sum[r],
+                                         hi, lo, !finite_v);
+      if (alpha != 1.0f) {
+        const VF factor = hn::Set(df, alpha);
+        for (size_t d = 0; d < width; d += kLanes)
+          hn::Store(hn::Mul(hn::Load(df, o + r * width + d), factor), df, o + r * width + d);
+      }
+    }
+    if (finite_v) {
+      tiles.product(p_operand,
+                    TileOperand{v_pairs + column * width, 2 * width, kv_parts, static_cast<size_t>(layout.part_elements)},
+                    o, width, m, width, step, true);
     } else {
+      const int32_t lo = *std::min_element(first, first + rows), hi = *std::max_element(last, last + rows);
+      for (int32_t j = lo; j < hi; ++j)
+        UnpackKeyPairs(reinterpret_cast<const uint32_t*>(v_pairs) + column / 2 * width, width, kv_parts,
+                       static_cast<size_t>(layout.part_elements) / 2, static_cast<size_t>(j), width, v + j * width);
       for (size_t r = 0; r < rows; ++r)
-        for (int32_t j = first[r]; j < last[r]; ++j)
-          for (size_t d = 0; d < dim; ++d) o[d * m + r] += st.s[j * m + r] * st.v[j * width + d];
+        for (int32_t j = first[r]; j < last[r]; ++j) {
+          const VF weight = hn::Set(df, st.s[r * step + j]);
+          for (size_t d = 0; d < width; d += kLanes)
+            hn::Store(hn::MulAdd(weight, hn::Load(df, v + j * width + d), hn::Load(df, o + r * width + d)), df,
+                      o + r * width + d);
+        }
     }
   }
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t d = 0; d < dim; ++d) st.k[d] = o[d * m + r];  // the row out of O^T
-    FinishRow(st, item, r, st.k, partial);
-  }
+  for (size_t r = 0; r < rows; ++r) FinishRow(st, item, r, o + r * width, partial);
 }
 
 // Decode rows (one query token, so every row of a kv head sees the same keys) of a bf16 or quantised cache
@@ -579,8 +619,8 @@ void AttendCodes(const rpa_problem& p, const WorkItem& item, float* scratch, flo
   AttendItemFor<0, CodeRows<kDtype>>(p, item, scratch, partial);
 }
 
-void AttendItem(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial, TileProduct tiles) {
-  if (tiles != nullptr && TilesFit(p, item)) return AttendItemTiles(p, item, scratch, partial, tiles);
+void AttendItem(const rpa_problem& p, const WorkItem& item, float* scratch, float* partial, const TileWork& tiles) {
+  if (item.pack >= 0) return AttendItemTiles(p, item, scratch, partial, tiles);
   if (InPlaceFits(p, item)) {
     switch (p.kv_dtype) {
       case RPA_DTYPE_FP8_E4M3: return AttendCodes<RPA_DTYPE_FP8_E4M3>(p, item, scratch, partial);
@@ -632,6 +672,10 @@ void MergeSplits(const rpa_problem& p, const MergeGroup& group, const float* par
   }
 }
 
+void PackKvJob(const rpa_problem& p, const PackJob& job, const TileWork& tiles, float* scratch) {
+  PackKv(p, job, tiles, scratch);
+}
+
 int64_t TargetBits() { return HWY_TARGET; }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -643,11 +687,16 @@ HWY_AFTER_NAMESPACE();
 namespace rpa::simd {
 
 HWY_EXPORT(AttendItem);
+HWY_EXPORT(PackKvJob);
 HWY_EXPORT(MergeSplits);
 HWY_EXPORT(TargetBits);
 
-void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial, TileProduct tiles) {
+void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial, const TileWork& tiles) {
   HWY_DYNAMIC_DISPATCH(AttendItem)(problem, item, scratch, partial, tiles);
+}
+
+void pack_kv(const rpa_problem& problem, const PackJob& job, const TileWork& tiles, float* scratch) {
+  HWY_DYNAMIC_DISPATCH(PackKvJob)(problem, job, tiles, scratch);
 }
 
 void merge_splits(const rpa_problem& problem, const MergeGroup& group, const float* partial, float* scratch) {

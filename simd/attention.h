@@ -10,10 +10,23 @@
 
 namespace rpa::simd {
 
+// What the tile path's items of one wave read: the tile product, the plan's packs, the wave's pack buffer
+// (bf16 elements, then the flag bytes).
+struct TileWork {
+  TileProduct product;
+  const Pack* packs;
+  uint16_t* buffer;
+  uint8_t* flags;
+};
+
+// Packs keys [job.key_begin, job.key_end) of a pack into the buffer (simd/plan.h's PackLayout). Same
+// scratch contract as attend_item.
+void pack_kv(const rpa_problem& problem, const PackJob& job, const TileWork& tiles, float* scratch);
+
 // Computes one work item. `scratch` holds scratch_floats(head_dim) floats, 64-byte aligned, used by
-// no other thread meanwhile; `partial` is the plan's partial buffer. Prefill items of 16-bit queries and
-// KV run their products on `tiles` when it is not null (tile_product_in_use()).
-void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial, TileProduct tiles);
+// no other thread meanwhile; `partial` is the plan's partial buffer. An item with a pack (the tile path)
+// reads it from `tiles`, whose wave's jobs have all run.
+void attend_item(const rpa_problem& problem, const WorkItem& item, float* scratch, float* partial, const TileWork& tiles);
 
 // Merges the splits of one group and writes its rows. Same scratch contract.
 void merge_splits(const rpa_problem& problem, const MergeGroup& group, const float* partial, float* scratch);

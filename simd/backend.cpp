@@ -11,6 +11,7 @@
 #include <cstring>
 #include <hwy/aligned_allocator.h>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,9 +84,7 @@ class SimdBackend final : public Backend {
   int num_threads() const override { return num_threads_; }
 
   std::unique_ptr<BackendPlan> plan(const rpa_problem& p) override {
-    simd::Plan plan = simd::make_plan(p);
-    plan.tiles = tiles_;
-    return std::make_unique<Plan>(*this, std::move(plan));
+    return std::make_unique<Plan>(*this, simd::make_plan(p, tiles_));
   }
 
  private:
@@ -101,6 +100,30 @@ class SimdBackend final : public Backend {
       floats = wanted;
     }
   };
+
+  // The tile path's pack buffer (simd/plan.h's waves): one kept between calls and lent to one call at a
+  // time; a call that finds it lent or too small allocates its own.
+  struct PackBuffer {
+    hwy::AlignedFreeUniquePtr<uint16_t[]> data{nullptr, hwy::AlignedFreer()};
+    size_t elements = 0;
+  };
+  PackBuffer take_pack_buffer(size_t elements) {
+    PackBuffer buffer;
+    {
+      std::lock_guard<std::mutex> lock(pack_mutex_);
+      std::swap(buffer, pack_buffer_);
+    }
+    if (buffer.elements < elements) {
+      buffer.data = hwy::AllocateAligned<uint16_t>(elements);
+      if (!buffer.data) throw std::bad_alloc();
+      buffer.elements = elements;
+    }
+    return buffer;
+  }
+  void give_back_pack_buffer(PackBuffer buffer) {
+    std::lock_guard<std::mutex> lock(pack_mutex_);
+    if (buffer.elements > pack_buffer_.elements) std::swap(buffer, pack_buffer_);
+  }
 
   float* scratch_of_this_thread(size_t floats) {
     const int slot = tbb::this_task_arena::current_thread_index();
@@ -141,43 +164,51 @@ class SimdBackend final : public Backend {
     static const char arena_entry = 0;
     handoff_release(&call);
     handoff_release(&arena_entry);
+    // Each wave's packs (the flags after the bf16 elements), then its items.
+    size_t pack_elements = 0;
+    for (const simd::Wave& wave : plan.waves)
+      pack_elements = std::max(pack_elements, static_cast<size_t>(wave.elements + (wave.flags + 1) / 2));
+    PackBuffer packs = take_pack_buffer(pack_elements);
     arena_.execute([&] {
       handoff_acquire(&arena_entry);
-      // Items run one per task (they are coarse); the arena's threads each own one scratch slot. Each
-      // task's first and last acts are the call's handoffs (TBB's copy of the body holds &call).
-      tbb::parallel_for(
-          tbb::blocked_range<size_t>(0, plan.items.size(), 1),
-          [&](const tbb::blocked_range<size_t>& range) {
-            handoff_acquire(&call);
-            on_scratch([&](float* scratch) {
-              for (size_t i = range.begin(); i != range.end(); ++i)
-                simd::attend_item(p, plan.items[i], scratch, partial.data(), plan.tiles);
-            });
-            handoff_release(&call);
-          },
-          tbb::simple_partitioner());
-      handoff_acquire(&call);
-      handoff_release(&call);
-      tbb::parallel_for(
-          tbb::blocked_range<size_t>(0, plan.merges.size(), 1),
-          [&](const tbb::blocked_range<size_t>& range) {
-            handoff_acquire(&call);
-            on_scratch([&](float* scratch) {
-              for (size_t i = range.begin(); i != range.end(); ++i)
-                simd::merge_splits(p, plan.merges[i], partial.data(), scratch);
-            });
-            handoff_release(&call);
-          },
-          tbb::simple_partitioner());
+      // One task per item or packing job (they are coarse); the arena's threads each own one scratch slot.
+      // Each task's first and last acts are the call's handoffs (TBB's copy of the body holds &call).
+      const auto each = [&](size_t begin, size_t end, const auto& work) {
+        handoff_release(&call);
+        tbb::parallel_for(
+            tbb::blocked_range<size_t>(begin, end, 1),
+            [&](const tbb::blocked_range<size_t>& range) {
+              handoff_acquire(&call);
+              on_scratch([&](float* scratch) {
+                for (size_t i = range.begin(); i != range.end(); ++i) work(i, scratch);
+              });
+              handoff_release(&call);
+            },
+            tbb::simple_partitioner());
+        handoff_acquire(&call);
+      };
+      for (const simd::Wave& wave : plan.waves) {
+        const simd::TileWork tiles{plan.tiles, plan.packs.data(), packs.data.get(),
+                                   reinterpret_cast<uint8_t*>(packs.data.get() + wave.elements)};
+        each(wave.job_begin, wave.job_end,
+             [&](size_t i, float* scratch) { simd::pack_kv(p, plan.jobs[i], tiles, scratch); });
+        each(wave.item_begin, wave.item_end,
+             [&](size_t i, float* scratch) { simd::attend_item(p, plan.items[i], scratch, partial.data(), tiles); });
+      }
+      each(0, plan.merges.size(),
+           [&](size_t i, float* scratch) { simd::merge_splits(p, plan.merges[i], partial.data(), scratch); });
       handoff_release(&call);
     });
     handoff_acquire(&call);
+    give_back_pack_buffer(std::move(packs));
   }
 
   int num_threads_;
   tbb::task_arena arena_;
   simd::TileProduct tiles_;  // the prefill products (AMX), or null
   std::vector<Scratch> scratch_;
+  std::mutex pack_mutex_;
+  PackBuffer pack_buffer_;
 };
 
 }  // namespace

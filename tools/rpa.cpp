@@ -9,6 +9,7 @@
 #include "golden/suite.h"
 #include "tools/case_commands.h"
 #include "rpa/rpa.h"
+#include "simd/tiles.h"
 
 namespace {
 
@@ -35,6 +36,8 @@ nlohmann::json describe() {
     }
     info["backends"][rpa_backend_string(backend)] = entry;
   }
+  // Prefill products of the simd backend (16-bit queries and KV): AMX tiles, their scalar twin, or FMA.
+  info["simd_tiles"] = {{"path", rpa::simd::tile_path_name()}, {"reason", rpa::simd::tile_path_reason()}};
   info["plugins"] = nlohmann::json::array();
   for (int32_t i = 0; i < rpa_plugin_report_count(); ++i) {
     rpa_plugin_report report;
@@ -54,6 +57,9 @@ void print_info(const nlohmann::json& info) {
     else
       std::printf("  %-10s unavailable: %s\n", name.c_str(), entry["why_not"].get<std::string>().c_str());
   }
+  const std::string tiles_reason = info["simd_tiles"]["reason"].get<std::string>();
+  std::printf("\nsimd prefill tiles: %s%s%s\n", info["simd_tiles"]["path"].get<std::string>().c_str(),
+              tiles_reason.empty() ? "" : " (", tiles_reason.empty() ? "" : (tiles_reason + ")").c_str());
   std::printf("\nplugins:%s\n", info["plugins"].empty() ? " none found" : "");
   for (const auto& plugin : info["plugins"])
     std::printf("  %s (%s): %s, %s\n", plugin["path"].get<std::string>().c_str(),

@@ -283,83 +283,86 @@ uint16_t PartOf(float x, size_t part) {
   return part == 0 ? hi : float_to_bf16(x - bf16_to_float(hi));
 }
 
-// PackRows, PackRowsAsColumns and PackPairsAsColumns against their layouts, element by element.
+// PackRows, PackRowsAsColumns and PackKeyPairs against their layouts, element by element, and
+// UnpackKeyPairs back.
 void TestPacking(const std::string& target) {
   std::mt19937 rng(6);
   std::normal_distribution<float> normal;
-  constexpr size_t rows = 6, width = 4 * kLanes, ld = 40, ld_natural = width + 8;
+  constexpr size_t rows = 4 * kPairSpan, width = 4 * kLanes, ld = rows + 8, ld_natural = width + 8;
   auto x = hwy::AllocateAligned<float>(rows * width);
   for (size_t i = 0; i < rows * width; ++i) x[i] = f16_to_float(float_to_f16(normal(rng)));
   size_t bad = 0, inexact = 0;
   for (size_t part = 0; part < 2; ++part) {
     std::vector<uint16_t> natural(rows * ld_natural);
-    std::vector<uint32_t> columns(width / 2 * ld), pair_columns(width * ld);
+    std::vector<uint32_t> columns(width / 2 * ld), pairs(rows / 2 * (width + 8));
     PackRows(x.get(), width, rows, width, part, natural.data(), ld_natural);
     PackRowsAsColumns(x.get(), width, rows, width, part, columns.data(), ld);
-    PackPairsAsColumns(x.get(), width, rows, width, part, pair_columns.data(), ld);
+    PackKeyPairs(x.get(), width, rows, width, part, pairs.data(), width + 8);
     for (size_t i = 0; i < rows; ++i)
       for (size_t d = 0; d < width; ++d) {
         const uint16_t want = PartOf(x[i * width + d], part);
         bad += natural[i * ld_natural + d] != want;
         bad += static_cast<uint16_t>(columns[d / 2 * ld + i] >> (16 * (d % 2))) != want;
-        bad += static_cast<uint16_t>(pair_columns[d * ld + i / 2] >> (16 * (i % 2))) != want;
+        bad += static_cast<uint16_t>(pairs[PairRow(i) * (width + 8) + d] >> (16 * PairHalf(i))) != want;
         if (part == 1) inexact += bf16_to_float(PartOf(x[i * width + d], 0)) + bf16_to_float(want) != x[i * width + d];
       }
   }
   BOOST_CHECK_MESSAGE(bad == 0, target << " packing: " << bad << " elements differ");
+  // Both parts of every row back from PackKeyPairs: the f16 values exactly.
+  std::vector<uint32_t> both(2 * rows / 2 * width);
+  for (size_t part = 0; part < 2; ++part) PackKeyPairs(x.get(), width, rows, width, part, both.data() + part * rows / 2 * width, width);
+  auto row = hwy::AllocateAligned<float>(width);
+  for (size_t i = 0; i < rows; ++i) {
+    UnpackKeyPairs(both.data(), width, 2, rows / 2 * width, i, width, row.get());
+    for (size_t d = 0; d < width; ++d) bad += row[d] != x[i * width + d];
+  }
+  BOOST_CHECK_MESSAGE(bad == 0, target << " UnpackKeyPairs: " << bad << " elements differ");
   BOOST_CHECK_MESSAGE(inexact == 0, target << " packing: " << inexact << " f16 values not equal to hi + lo");
 }
 
-// SoftmaxColumns against a double online softmax per row: rows with no visible key, rows whose max
-// grows, scale and cap, NaN in masked scores; the pairs' parts sum to each weight within 2^-16.
-void TestSoftmaxColumns(const std::string& target) {
+// SoftmaxTileRow against a double online softmax: rows with a first key (max -inf before), rows whose
+// max grows or stays, visible ranges inside and across vectors and blocks, scale and cap, NaN in masked
+// scores; the parts, where PairRow and PairHalf put them, sum to each weight within 2^-16 and are 0
+// where masked.
+void TestSoftmaxTileRow(const std::string& target) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 3.0f);
-  constexpr size_t keys = 8, m = 2 * kLanes;
-  for (double cap : {0.0, 4.0})
-    for (bool keep : {false, true}) {
-      auto st = hwy::AllocateAligned<float>(keys * m), max = hwy::AllocateAligned<float>(m),
-           sum = hwy::AllocateAligned<float>(m), alpha = hwy::AllocateAligned<float>(m);
-      auto first = hwy::AllocateAligned<int32_t>(m), end = hwy::AllocateAligned<int32_t>(m);
-      std::vector<uint32_t> hi(keys / 2 * m), lo(keys / 2 * m);
-      for (size_t i = 0; i < m; ++i) {
-        first[i] = static_cast<int32_t>(rng() % keys);
-        end[i] = i % 5 == 0 ? first[i] : static_cast<int32_t>(first[i] + 1 + rng() % (keys - first[i]));
-        max[i] = i % 3 == 0 ? kNegInf : normal(rng);
-        sum[i] = max[i] == kNegInf ? 0.0f : 1.5f;
-        for (size_t j = 0; j < keys; ++j)
-          st[j * m + i] = static_cast<int32_t>(j) < first[i] || static_cast<int32_t>(j) >= end[i] ? kNaN : normal(rng);
-      }
-      const std::vector<float> scores(st.get(), st.get() + keys * m), old_max(max.get(), max.get() + m),
-          old_sum(sum.get(), sum.get() + m);
-      SoftmaxColumns(st.get(), keys, m, first.get(), end.get(), 0.5f, cap, max.get(), sum.get(), alpha.get(), hi.data(),
-                     lo.data(), keep);
-      size_t bad = 0;
-      for (size_t i = 0; i < m; ++i) {
-        double top = old_max[i];
+  constexpr size_t keys = 4 * kPairSpan;
+  auto s = hwy::AllocateAligned<float>(keys);
+  std::vector<uint32_t> hi(keys / 2), lo(keys / 2);
+  size_t bad = 0;
+  for (int trial = 0; trial < 40; ++trial)
+    for (double cap : {0.0, 4.0})
+      for (bool keep : {false, true}) {
+        const size_t a = rng() % keys, b = a + 1 + rng() % (keys - a);
+        float max = trial % 3 == 0 ? kNegInf : normal(rng), sum = max == kNegInf ? 0.0f : 1.5f;
+        for (size_t j = 0; j < keys; ++j) s[j] = j < a || j >= b ? kNaN : normal(rng);
+        const std::vector<float> scores(s.get(), s.get() + keys);
+        const float old_max = max, old_sum = sum;
+        const float alpha = SoftmaxTileRow(s.get(), keys, a, b, 0.5f, cap, max, sum, hi.data(), lo.data(), keep);
+        double top = old_max;
         std::vector<double> score(keys, -INFINITY);
-        for (int32_t j = first[i]; j < end[i]; ++j) {
-          score[j] = 0.5 * scores[j * m + i];
+        for (size_t j = a; j < b; ++j) {
+          score[j] = 0.5 * scores[j];
           if (cap > 0) score[j] = cap * std::tanh(score[j] / cap);
           top = std::max(top, score[j]);
         }
-        const double factor = old_max[i] == top ? 1.0 : std::exp(old_max[i] - top);
-        double total = old_sum[i] * factor;
+        const double factor = old_max == top ? 1.0 : std::exp(old_max - top);
+        double total = old_sum * factor;
         for (size_t j = 0; j < keys; ++j) {
           const double want = std::isinf(score[j]) ? 0.0 : std::exp(score[j] - top);
           total += want;
-          const uint32_t shift = 16 * (j % 2);
-          const double got = double(bf16_to_float(static_cast<uint16_t>(hi[j / 2 * m + i] >> shift))) +
-                             bf16_to_float(static_cast<uint16_t>(lo[j / 2 * m + i] >> shift));
+          const uint32_t shift = 16 * PairHalf(j);
+          const double got = double(bf16_to_float(static_cast<uint16_t>(hi[PairRow(j)] >> shift))) +
+                             bf16_to_float(static_cast<uint16_t>(lo[PairRow(j)] >> shift));
           bad += std::abs(got - want) > std::ldexp(want, -16) + 1e-30;
-          if (keep) bad += std::abs(st[j * m + i] - want) > 1e-6 * want + 1e-30;
+          if (keep && j >= a && j < b) bad += !(std::abs(s[j] - want) <= 1e-6 * want + 1e-30);
         }
-        bad += (std::isinf(top) ? max[i] != kNegInf : std::abs(max[i] - top) > 1e-6 * std::abs(top));
-        bad += std::abs(alpha[i] - factor) > 1e-6 * factor;
-        bad += std::abs(sum[i] - total) > 1e-5 * total + 1e-30;
+        bad += std::abs(max - top) > 1e-6 * std::abs(top);
+        bad += std::abs(alpha - factor) > 1e-6 * factor;
+        bad += std::abs(sum - total) > 1e-5 * total;
       }
-      BOOST_CHECK_MESSAGE(bad == 0, target << " SoftmaxColumns cap " << cap << " keep " << keep << ": " << bad << " values off");
-    }
+  BOOST_CHECK_MESSAGE(bad == 0, target << " SoftmaxTileRow: " << bad << " values off");
 }
 
 }  // namespace
@@ -377,7 +380,7 @@ void TestAllKernels() {
   TestAccumulate<4, Grouped>(target, "Grouped");
   TestSoftmax(target);
   TestPacking(target);
-  TestSoftmaxColumns(target);
+  TestSoftmaxTileRow(target);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

@@ -87,40 +87,51 @@ constexpr int kCases = 24;
 }  // namespace
 
 // The product in AMX's pair layout against a double product of the same bf16 values, with a subnormal
-// input (counts as 0) and accumulation onto a C that holds values already.
+// input (counts as 0), operands of two parts (padded rows, so ld exceeds the width), and accumulation
+// onto a C that holds values already.
 BOOST_AUTO_TEST_CASE(product_is_the_bf16_matrix_product) {
   const rpa::simd::TileProduct product = product_under_test();
-  constexpr size_t m = 64, n = 32, depth = 96;
+  constexpr size_t m = 64, n = 32, depth = 96, lda = depth + 32, ldb = 2 * n + 32;
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
-  std::vector<uint16_t> a(m * depth), b(depth * n);
-  std::vector<float> B(depth * n);
-  for (uint16_t& x : a) x = rpa::float_to_bf16(normal(rng));
-  a[5] = 0x0001;  // a subnormal: treated as 0
-  for (size_t k = 0; k < depth; ++k)
-    for (size_t j = 0; j < n; ++j) {
-      const uint16_t bits = rpa::float_to_bf16(normal(rng));
-      B[k * n + j] = rpa::bf16_to_float(bits);
-      b[k / 2 * 2 * n + 2 * j + k % 2] = bits;
-    }
-  std::vector<float> c(m * n);
-  for (float& x : c) x = normal(rng);
-  const std::vector<float> before = c;
-  product(a.data(), depth, b.data(), c.data(), n, m, n, depth, true);
-  double worst = 0;
-  for (size_t i = 0; i < m; ++i)
-    for (size_t j = 0; j < n; ++j) {
-      double want = before[i * n + j];
+  for (size_t parts : {1, 2}) {
+    std::vector<uint16_t> a(parts * m * lda), b(parts * depth / 2 * ldb);
+    std::vector<double> A(m * depth), B(depth * n);  // sums of the parts
+    for (size_t part = 0; part < parts; ++part) {
+      for (size_t i = 0; i < m; ++i)
+        for (size_t k = 0; k < depth; ++k) {
+          const uint16_t bits = rpa::float_to_bf16(normal(rng));
+          a[part * m * lda + i * lda + k] = bits;
+          A[i * depth + k] += rpa::bf16_to_float(bits);
+        }
       for (size_t k = 0; k < depth; ++k)
-        if (i * depth + k != 5) want += double(rpa::bf16_to_float(a[i * depth + k])) * B[k * n + j];
-      worst = std::max(worst, std::abs(c[i * n + j] - want));
+        for (size_t j = 0; j < n; ++j) {
+          const uint16_t bits = rpa::float_to_bf16(normal(rng));
+          b[part * depth / 2 * ldb + k / 2 * ldb + 2 * j + k % 2] = bits;
+          B[k * n + j] += rpa::bf16_to_float(bits);
+        }
     }
-  BOOST_CHECK_MESSAGE(worst < 1e-4, "tile product off by " << worst);
-  product(a.data(), depth, b.data(), c.data(), n, m, n, depth, false);  // without accumulation: C ignored
-  std::vector<float> again = c;
-  std::fill(c.begin(), c.end(), std::nanf(""));
-  product(a.data(), depth, b.data(), c.data(), n, m, n, depth, false);
-  BOOST_CHECK(c == again);
+    A[5] -= rpa::bf16_to_float(a[5]);
+    a[5] = 0x0001;  // a subnormal: treated as 0
+    std::vector<float> c(m * n);
+    for (float& x : c) x = normal(rng);
+    const std::vector<float> before = c;
+    const rpa::simd::TileOperand a_operand{a.data(), lda, parts, m * lda}, b_operand{b.data(), ldb, parts, depth / 2 * ldb};
+    product(a_operand, b_operand, c.data(), n, m, n, depth, true);
+    double worst = 0;
+    for (size_t i = 0; i < m; ++i)
+      for (size_t j = 0; j < n; ++j) {
+        double want = before[i * n + j];
+        for (size_t k = 0; k < depth; ++k) want += A[i * depth + k] * B[k * n + j];
+        worst = std::max(worst, std::abs(c[i * n + j] - want));
+      }
+    BOOST_CHECK_MESSAGE(worst < 1e-4 * parts, parts << " parts: tile product off by " << worst);
+    product(a_operand, b_operand, c.data(), n, m, n, depth, false);  // without accumulation: C ignored
+    std::vector<float> again = c;
+    std::fill(c.begin(), c.end(), std::nanf(""));
+    product(a_operand, b_operand, c.data(), n, m, n, depth, false);
+    BOOST_CHECK(c == again);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(tile_path_matches_reference) {

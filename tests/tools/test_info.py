@@ -1,6 +1,7 @@
 """`rpa info` against a plugin directory holding what is not a plugin: a FIFO and a directory named like
 plugins (dlopen of a FIFO used to block forever) and a file whose name is not UTF-8 (`--json` used to
-abort on it). Usage: test_info.py PATH_TO_RPA"""
+abort on it); and the simd prefill tiles it reports as RPA_SIMD_TILES selects them. Usage: test_info.py
+PATH_TO_RPA"""
 import json
 import os
 import subprocess
@@ -32,6 +33,14 @@ with tempfile.TemporaryDirectory() as directory:
                     failures.append("%s: reason %r" % (name, reasons.get(name)))
             if reasons.get("librpa_\ufffd\ufffd.so", "").find("cannot be loaded") != 0:
                 failures.append("the non-UTF-8 file: %r" % reasons)
+    for choice, want in (("emulated", "emulated"), ("off", "off")):
+        run = subprocess.run([rpa, "info", "--json"], env=dict(env, RPA_SIMD_TILES=choice), capture_output=True, timeout=60)
+        tiles = json.loads(run.stdout.decode("utf-8"))["simd_tiles"]
+        if tiles["path"] != want or "RPA_SIMD_TILES" not in tiles["reason"] and tiles["path"] != "off":
+            failures.append("RPA_SIMD_TILES=%s: simd_tiles %r" % (choice, tiles))
+        text = subprocess.run([rpa, "info"], env=dict(env, RPA_SIMD_TILES=choice), capture_output=True, timeout=60)
+        if ("simd prefill tiles: " + want).encode() not in text.stdout:
+            failures.append("RPA_SIMD_TILES=%s: text %r" % (choice, text.stdout[-500:]))
     if failures:
         sys.exit("\n".join(failures))
     print("ok")
