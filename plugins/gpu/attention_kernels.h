@@ -714,6 +714,51 @@ struct DecodeCombine {
   float row_scale[ROWS];
 };
 
+// The end of a decode tile whose groups left their (max, sum, unnormalised accumulator) in `combine`
+// (max in natural-log units; a group that saw no key: -inf, 0, 0): their log-sum-exp combination, times
+// out_factor (a quantised cache's V scale), into out and lse, or into a split's partial state.
+template <int D_MAX, int ROWS, int GROUPS>
+__device__ __forceinline__ void decode_finish(const Params& p, const Tile& tile, DecodeCombine<D_MAX, ROWS, GROUPS>& combine,
+                                              float out_factor) {
+  const int tile_rows = tile.heads;
+  const bool partial = tile.partial >= 0;
+  if (threadIdx.x < tile_rows) {
+    const int r = threadIdx.x, head = tile.head_begin + r;
+    float max_logit = -INFINITY, sum = 0.0f;
+    for (int g = 0; g < GROUPS; ++g) max_logit = fmaxf(max_logit, combine.max[g][r]);
+    for (int g = 0; g < GROUPS; ++g) {
+      const float factor = combine.max[g][r] == -INFINITY ? 0.0f : expf(combine.max[g][r] - max_logit);
+      combine.factor[g][r] = factor;
+      sum += combine.sum[g][r] * factor;
+    }
+    if (partial) {  // one split of a long key range: keep the unnormalised state for the merge
+      p.partial_stats[(int64_t(tile.partial) + r) * 2] = max_logit;
+      p.partial_stats[(int64_t(tile.partial) + r) * 2 + 1] = sum;
+      combine.row_scale[r] = 1.0f;
+    } else {
+      float scale, lse;
+      finish_row(p, head, max_logit, sum, scale, lse);
+      combine.row_scale[r] = scale;
+      store_lse(p, tile.row_begin, head, lse);
+    }
+  }
+  __syncthreads();
+  const float* acc_of = reinterpret_cast<const float*>(combine.acc);
+  for (int e = threadIdx.x; e < tile_rows * p.head_dim; e += kThreads) {
+    const int r = e / p.head_dim, d = e % p.head_dim;
+    float value = 0.0f;
+    for (int g = 0; g < GROUPS; ++g)  // a group that saw no key has factor 0 and accumulator 0
+      value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], combine.factor[g][r], value);
+    value *= out_factor;
+    if (partial) {
+      p.partial_acc[(int64_t(tile.partial) + r) * p.head_dim + d] = value;
+    } else {
+      const int64_t base = int64_t(tile.row_begin) * p.out_token_stride + int64_t(tile.head_begin + r) * p.out_head_stride;
+      store_element(p.out, p.out_dtype, base + d, value * combine.row_scale[r]);
+    }
+  }
+}
+
 template <typename Kv, int D_MAX, int ROWS>
 __device__ __forceinline__ void decode_kernel(Params p) {
   using G = DecodeGeometry<Kv, D_MAX, ROWS>;
@@ -896,42 +941,7 @@ __device__ __forceinline__ void decode_kernel(Params p) {
           make_float4(acc[r][4 * e], acc[r][4 * e + 1], acc[r][4 * e + 2], acc[r][4 * e + 3]);
   }
   __syncthreads();
-  const bool partial = tile.partial >= 0;
-  if (threadIdx.x < tile_rows) {
-    const int r = threadIdx.x, head = tile.head_begin + r;
-    float max_logit = -INFINITY, sum = 0.0f;
-    for (int g = 0; g < G::kGroups; ++g) max_logit = fmaxf(max_logit, combine.max[g][r]);
-    for (int g = 0; g < G::kGroups; ++g) {
-      const float factor = combine.max[g][r] == -INFINITY ? 0.0f : expf(combine.max[g][r] - max_logit);
-      combine.factor[g][r] = factor;
-      sum += combine.sum[g][r] * factor;
-    }
-    if (partial) {  // one split of a long key range: keep the unnormalised state for the merge
-      p.partial_stats[(int64_t(tile.partial) + r) * 2] = max_logit;
-      p.partial_stats[(int64_t(tile.partial) + r) * 2 + 1] = sum;
-      combine.row_scale[r] = 1.0f;
-    } else {
-      float scale, lse;
-      finish_row(p, head, max_logit, sum, scale, lse);
-      combine.row_scale[r] = scale;
-      store_lse(p, tile.row_begin, head, lse);
-    }
-  }
-  __syncthreads();
-  const float* acc_of = reinterpret_cast<const float*>(combine.acc);
-  for (int e = threadIdx.x; e < tile_rows * p.head_dim; e += kThreads) {
-    const int r = e / p.head_dim, d = e % p.head_dim;
-    float value = 0.0f;
-    for (int g = 0; g < G::kGroups; ++g)  // a group that saw no key has factor 0 and accumulator 0
-      value = fmaf(acc_of[(g * ROWS + r) * D_MAX + d], combine.factor[g][r], value);
-    if constexpr (Kv::kQuantised) value = value * Kv::kUnscale * v_scale;
-    if (partial) {
-      p.partial_acc[(int64_t(tile.partial) + r) * p.head_dim + d] = value;
-    } else {
-      const int64_t base = int64_t(tile.row_begin) * p.out_token_stride + int64_t(tile.head_begin + r) * p.out_head_stride;
-      store_element(p.out, p.out_dtype, base + d, value * combine.row_scale[r]);
-    }
-  }
+  decode_finish<D_MAX, ROWS, G::kGroups>(p, tile, combine, Kv::kQuantised ? Kv::kUnscale * v_scale : 1.0f);
 }
 
 // Combines the `splits` partial states of one merge tile (whose slots start at tile.partial) by

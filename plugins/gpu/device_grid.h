@@ -102,7 +102,7 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
 RPA_HOST_DEVICE inline bool grid_tile(const DeviceGrid& g, GridKind kind, int64_t block, Tile& tile) {
   const bool decode = kind == kGridDecode || kind == kGridMergeDecode;
   const bool merge = kind == kGridMergeDecode || kind == kGridMergeAttention;
-  const GridPart& part = decode ? g.decode : g.attention;
+  const GridPart part = decode ? g.decode : g.attention;  // a copy: selecting a reference would put the kernel parameters in local memory
   const int64_t unit = merge ? block : block / part.splits;
   if (!unit_tile(g, part, decode, unit, tile)) return false;
   const int32_t keys = tile.key_end - tile.key_begin;

@@ -4,6 +4,7 @@
 // first use (kernel_set.cpp).
 #include "plugins/gpu/attention_kernels.h"
 #include "plugins/gpu/kernel_list.h"
+#include "plugins/gpu/nvidia/code_decode_kernel.h"
 #include "plugins/gpu/nvidia/matrix_core_kernel.h"
 
 #define RPA_GPU_DEFINE_ENTRY(name, bounds, body, parameters, arguments) \

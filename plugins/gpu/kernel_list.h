@@ -13,10 +13,17 @@
 
 #define RPA_GPU_ATTENTION_ENTRY(X, kv, Kv, d, rows) \
   X(rpa_attention_##kv##_##d, RPA_GPU_BOUNDS, (rpa_gpu::attention_kernel<rpa_gpu::Kv, d>), RPA_GPU_PARAMS, RPA_GPU_ARGS)
-#define RPA_GPU_DECODE_ENTRY(X, kv, Kv, d, rows)                                                          \
-  X(rpa_decode_##kv##_##d##_##rows,                                                                      \
-    __launch_bounds__(rpa_gpu::kThreads, (rpa_gpu::DecodeGeometry<rpa_gpu::Kv, d, rows>::kMinBlocks)),   \
-    (rpa_gpu::decode_kernel<rpa_gpu::Kv, d, rows>), RPA_GPU_PARAMS, RPA_GPU_ARGS)
+// NVIDIA: 8-bit caches of head dims up to 128 decode on the tensor cores (nvidia/code_decode_kernel.h).
+#if defined(RPA_GPU_CUDA)
+#define RPA_GPU_DECODE_KERNEL NvidiaDecode, nvidia_decode_kernel
+#else
+#define RPA_GPU_DECODE_KERNEL DecodeGeometry, decode_kernel
+#endif
+#define RPA_GPU_DECODE_ENTRY_OF(X, kv, Kv, d, rows, Bounds, kernel)                                      \
+  X(rpa_decode_##kv##_##d##_##rows, __launch_bounds__(rpa_gpu::kThreads, (rpa_gpu::Bounds<rpa_gpu::Kv, d, rows>::kMinBlocks)), \
+    (rpa_gpu::kernel<rpa_gpu::Kv, d, rows>), RPA_GPU_PARAMS, RPA_GPU_ARGS)
+#define RPA_GPU_DECODE_ENTRY_EXPAND(X, kv, Kv, d, rows, ...) RPA_GPU_DECODE_ENTRY_OF(X, kv, Kv, d, rows, __VA_ARGS__)
+#define RPA_GPU_DECODE_ENTRY(X, kv, Kv, d, rows) RPA_GPU_DECODE_ENTRY_EXPAND(X, kv, Kv, d, rows, RPA_GPU_DECODE_KERNEL)
 #define RPA_GPU_HEAD_DIMS(X, ENTRY, kv, Kv, rows) \
   ENTRY(X, kv, Kv, 64, rows) ENTRY(X, kv, Kv, 128, rows) ENTRY(X, kv, Kv, 256, rows)
 // The 16/32-bit KV dtypes, then the quantised (8-bit) ones, in the order of kernel_set.h's dtype_index.
@@ -43,8 +50,9 @@
   RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 4) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 4)                \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 8) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 8)
 
-// NVIDIA only: the tensor-core variant of the attention kernel, for 16-bit inputs and head dims <= 128,
-// per product policy (kv f16, bf16; head dim 64, 128).
+// NVIDIA only: the tensor-core variant of the attention kernel, for 16-bit inputs (or bf16 queries and an
+// 8-bit cache) and head dims <= 128, per product policy (kv f16, bf16; head dim 64, 128), then the 8-bit
+// caches per policy (kv e4m3, e5m2, int8; head dim 64, 128).
 #define RPA_GPU_MATRIX_ENTRY(X, policy, Policy, kv, Kv, d)                                               \
   X(rpa_matrix_##policy##_##kv##_##d,                                                                    \
     __launch_bounds__(rpa_gpu::kMatrixThreads, 512 / rpa_gpu::kMatrixThreads),                           \
@@ -52,7 +60,13 @@
 #define RPA_GPU_MATRIX_POLICY(X, policy, Policy)                                                          \
   RPA_GPU_MATRIX_ENTRY(X, policy, Policy, f16, KvF16, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, f16, KvF16, 128) \
   RPA_GPU_MATRIX_ENTRY(X, policy, Policy, bf16, KvBf16, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, bf16, KvBf16, 128)
-#define RPA_GPU_MATRIX_KERNELS(X) RPA_GPU_MATRIX_POLICY(X, mma, WarpMma) RPA_GPU_MATRIX_POLICY(X, wgmma, WarpgroupMma)
+#define RPA_GPU_MATRIX_CODES(X, policy, Policy)                                                           \
+  RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e4m3, KvE4m3, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e4m3, KvE4m3, 128) \
+  RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e5m2, KvE5m2, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e5m2, KvE5m2, 128) \
+  RPA_GPU_MATRIX_ENTRY(X, policy, Policy, int8, KvInt8, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, int8, KvInt8, 128)
+#define RPA_GPU_MATRIX_KERNELS(X)                                                                         \
+  RPA_GPU_MATRIX_POLICY(X, mma, WarpMma) RPA_GPU_MATRIX_POLICY(X, wgmma, WarpgroupMma)                   \
+  RPA_GPU_MATRIX_CODES(X, mma, WarpMma) RPA_GPU_MATRIX_CODES(X, wgmma, WarpgroupMma)
 
 #if defined(RPA_GPU_CUDA)
 #define RPA_GPU_KERNELS(X) RPA_GPU_COMMON_KERNELS(X) RPA_GPU_MATRIX_KERNELS(X)

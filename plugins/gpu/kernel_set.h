@@ -51,11 +51,15 @@ static_assert(int(Kernel::rpa_attention_int8_256) == int(Kernel::rpa_attention_f
 static_assert(int(Kernel::rpa_decode_int8_256_4) == int(Kernel::rpa_decode_f32_64_4) + 17, "kernel_list.h order");
 static_assert(int(Kernel::rpa_decode_int8_256_8) == int(Kernel::rpa_decode_f32_64_8) + 17, "kernel_list.h order");
 #if defined(RPA_GPU_CUDA)
-// matrix_core_kernel<Kv, D_MAX, WarpMma or WarpgroupMma> (ordered by policy, dtype, head dim).
+// matrix_core_kernel<Kv, D_MAX, WarpMma or WarpgroupMma> (ordered by policy, dtype, head dim; the 16-bit
+// caches, then the 8-bit ones).
 inline Kernel matrix_entry(bool warpgroup, rpa_dtype kv, int d_max) {
+  if (dtype_index(kv) >= 3)
+    return Kernel(int(Kernel::rpa_matrix_mma_e4m3_64) + 6 * warpgroup + 2 * (dtype_index(kv) - 3) + (d_max == 128));
   return Kernel(int(Kernel::rpa_matrix_mma_f16_64) + 4 * warpgroup + 2 * (kv == RPA_DTYPE_BF16) + (d_max == 128));
 }
 static_assert(int(Kernel::rpa_matrix_wgmma_bf16_128) == int(Kernel::rpa_matrix_mma_f16_64) + 7, "kernel_list.h order");
+static_assert(int(Kernel::rpa_matrix_wgmma_int8_128) == int(Kernel::rpa_matrix_mma_e4m3_64) + 11, "kernel_list.h order");
 #endif
 
 // A file built into the plugin (embed.py): the AMD code objects by architecture, the kernel source.

@@ -23,14 +23,14 @@ auto by_head_dim(int d_max, F&& f) {
 }
 
 #if defined(RPA_GPU_CUDA)
-// Dynamic shared memory of matrix_core_kernel with product policy MmaOf, for an f16 or bf16 cache and a
-// head-dim bucket of 64 or 128.
+// Dynamic shared memory of matrix_core_kernel with product policy MmaOf, for an f16, bf16 or 8-bit (bf16
+// tiles) cache and a head-dim bucket of 64 or 128.
 template <template <bool, int, int> class MmaOf>
 int matrix_shared_of(rpa_dtype kv, int d_max) {
   const auto bytes = [&](auto d) {
     constexpr int D = decltype(d)::value;
-    return kv == RPA_DTYPE_BF16 ? int(MatrixGeometry<D, MatrixMma<KvBf16, D, MmaOf>>::kSharedBytes)
-                                : int(MatrixGeometry<D, MatrixMma<KvF16, D, MmaOf>>::kSharedBytes);
+    return kv != RPA_DTYPE_F16 ? int(MatrixGeometry<D, MatrixMma<KvBf16, D, MmaOf>>::kSharedBytes)
+                               : int(MatrixGeometry<D, MatrixMma<KvF16, D, MmaOf>>::kSharedBytes);
   };
   return d_max == 64 ? bytes(std::integral_constant<int, 64>{}) : bytes(std::integral_constant<int, 128>{});
 }
@@ -154,7 +154,7 @@ void allow_shared_memory_all(const KernelSet& kernels) {
     for (int d_max : {64, 128, 256}) {
       check(kernels.allow_shared(attention_entry(kv, d_max), int(attention_shared(d_max))));
 #if defined(RPA_GPU_CUDA)
-      if ((kv == RPA_DTYPE_F16 || kv == RPA_DTYPE_BF16) && d_max <= 128)
+      if (kv != RPA_DTYPE_F32 && d_max <= 128)
         for (bool warpgroup : {false, true})
           check(kernels.allow_shared(matrix_entry(warpgroup, kv, d_max), matrix_shared(warpgroup, kv, d_max)));
 #endif
@@ -193,9 +193,11 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
   Schedule schedule{};
   schedule.d_max = head_dim_bucket(p.head_dim);
   schedule.vector_kv = vector_kv;
-  // Matrix cores for 16-bit Q and KV of one type, rows that allow 16-byte copies, head dims up to 128.
-  const bool matrix_cores = state.matrix_path != MatrixPath::none && p.query_dtype == p.kv_dtype &&
-                            p.kv_dtype != RPA_DTYPE_F32 && schedule.d_max <= 128 && vector_kv;
+  // Matrix cores for 16-bit Q and KV of one type or bf16 Q and an 8-bit cache (widened into bf16 tiles),
+  // rows that allow 16-byte copies, head dims up to 128.
+  const bool matrix_types = (p.query_dtype == p.kv_dtype && p.kv_dtype != RPA_DTYPE_F32) ||
+                            (p.query_dtype == RPA_DTYPE_BF16 && rpa::is_quantised_dtype(p.kv_dtype));
+  const bool matrix_cores = state.matrix_path != MatrixPath::none && matrix_types && schedule.d_max <= 128 && vector_kv;
   schedule.matrix_path = matrix_cores ? state.matrix_path : MatrixPath::none;
   PlanLimits limits{};
   // decode_kernel reads 8 elements a lane (16 bytes; an 8-bit cache 16 or 8).

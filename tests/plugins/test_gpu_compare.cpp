@@ -263,9 +263,11 @@ BOOST_AUTO_TEST_CASE(nan_reaches_only_the_rows_that_see_it) {
 }
 
 // Quantised caches (fp8 e4m3, fp8 e5m2, int8) with absent, per-tensor and per-head scales over every shape:
-// decode (8-bit pages read in place, 8 codes a lane, up to 8 q heads a tile), prefill (tiles dequantised
-// into shared memory), split contexts, the element-wise path (head dims not a multiple of 16); NaN and
-// infinity codes in every invisible slot; host and device memory.
+// decode (on NVIDIA the tensor-core kernel up to head dim 128, 4 or 8 q heads a tile, head dims 64, 80,
+// 128; decode_kernel for 256), prefill (bf16 queries: codes widened into the tensor-core kernel's bf16
+// tiles; f32 queries: tiles dequantised into shared memory), split contexts, the element-wise path (head
+// dims not a multiple of 16); NaN and infinity codes in every invisible slot; host and device memory;
+// f32 outputs within 2e-5.
 BOOST_AUTO_TEST_CASE(quantised_kv_matches_reference_within_2e5) {
   std::mt19937_64 rng(99);
   const std::vector<RandomSpec> specs = shapes();
@@ -276,6 +278,7 @@ BOOST_AUTO_TEST_CASE(quantised_kv_matches_reference_within_2e5) {
         Case c = random_case(specs[i], 7000 + n);
         if (n % 2) add_features(c, rng);
         c.kv_dtype = dtype;
+        if (n % 3 != 0) c.query_dtype = RPA_DTYPE_BF16;
         if (dtype == RPA_DTYPE_INT8 && scales != 0)
           for (float& x : c.kv) x *= 20.0f;
         c.round_to_dtypes();

@@ -1,4 +1,5 @@
-// The matrix-core path of the tiled kernel, for 16-bit queries and KV of one type on NVIDIA GPUs:
+// The matrix-core path of the tiled kernel, for 16-bit queries and KV of one type, or bf16 queries and an
+// 8-bit cache, on NVIDIA GPUs:
 // S = Q K^T and O += P V on the tensor cores with f32 accumulators, by one of two product policies:
 // WarpgroupMma (wgmma, Hopper's sm_90a code) or WarpMma (mma.sync, sm_80 on). On AMD (and for f32 inputs
 // or head dims over 128) attention_kernel's FMA products run instead.
@@ -11,11 +12,16 @@
 // with bf16, less with f16), and the row's denominator sums those same hi + lo: a weight's error then
 // cancels between numerator and denominator, leaving only its share of the spread of V.
 //
+// An 8-bit cache's codes are widened exactly into the bf16 tiles (code_widen.h: e4m3 as 2^-8 of its
+// value); its K scale (and e4m3's 256) multiplies the f32 scores, its V scale the output, so the tiles
+// hold exact values and the bounds above stay.
+//
 // Masked keys have probability exactly 0, which a product multiplies by V: a tile whose V holds an Inf or
 // NaN therefore takes P V on the FMA path, which skips masked keys (select, never multiply by 0).
 #pragma once
 
 #include "plugins/gpu/attention_kernels.h"
+#include "plugins/gpu/nvidia/code_widen.h"
 #include "plugins/gpu/nvidia/warp_mma.h"
 #include "plugins/gpu/nvidia/warpgroup_mma.h"
 
@@ -27,9 +33,11 @@ namespace rpa_gpu {
 
 constexpr int kMatrixKeys = 32;  // keys per K/V tile: small enough for 4 blocks per SM
 
-// The product policy MmaOf (WarpMma or WarpgroupMma) for Kv's type and D_MAX.
+// The product policy MmaOf (WarpMma or WarpgroupMma) for Kv's type (an 8-bit cache: bf16 tiles) and D_MAX.
+template <typename Kv>
+constexpr bool kBf16Tiles = Kv::kQuantised || Kv::kDtype == RPA_DTYPE_BF16;
 template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
-using MatrixMma = MmaOf<Kv::kDtype == RPA_DTYPE_BF16, D_MAX, kMatrixKeys>;
+using MatrixMma = MmaOf<kBf16Tiles<Kv>, D_MAX, kMatrixKeys>;
 
 // Shared memory of matrix_core_kernel in Mma's layout: Q [kMatrixRows][D_MAX], then two stages of K and
 // V [kMatrixKeys][D_MAX] each, all 16-bit.
@@ -99,7 +107,7 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   using Mma = MatrixMma<Kv, D_MAX, MmaOf>;
   using Layout = typename Mma::Layout;
   using G = MatrixGeometry<D_MAX, Mma>;
-  constexpr bool kBf16 = Kv::kDtype == RPA_DTYPE_BF16;
+  constexpr bool kBf16 = kBf16Tiles<Kv>;
   constexpr int kKeyTiles = G::kKeys / 8, kDimTiles = D_MAX / 8;
   extern __shared__ float4 shared_raw[];
   uint16_t* q_rows = reinterpret_cast<uint16_t*>(shared_raw) + (-shared_address(shared_raw) % G::kAlignment) / 2;
@@ -112,12 +120,15 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
   // This thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i * kCopyKeys of each tile
-  // (consecutive threads, consecutive chunks of a row: whole sectors, and no bank conflicts in either layout).
-  constexpr int kCopyKeys = kMatrixThreads / G::kChunks, kCopies = G::kKeys / kCopyKeys;
-  const int copy_key = threadIdx.x / G::kChunks, copy_dim = threadIdx.x % G::kChunks * 8;
+  // (consecutive threads, consecutive chunks of a row: whole sectors, and no bank conflicts in either layout);
+  // 8-bit codes: 16 dims a chunk, widened into two 16-byte tile chunks.
+  constexpr int kChunkDims = 16 / Kv::kBytes, kRowChunks = D_MAX / kChunkDims;
+  constexpr int kCopyKeys = kMatrixThreads / kRowChunks, kCopies = G::kKeys / kCopyKeys;
+  const int copy_key = threadIdx.x / kRowChunks, copy_dim = threadIdx.x % kRowChunks * kChunkDims;
   const bool copy_dim_valid = copy_dim < p.head_dim;
-  const auto* k_head = static_cast<const uint16_t*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim);
-  const auto* v_head = static_cast<const uint16_t*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim);
+  const char* k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim) * Kv::kBytes;
+  const char* v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim) * Kv::kBytes;
+  uint4 k_codes[Kv::kQuantised ? kCopies : 1], v_codes[Kv::kQuantised ? kCopies : 1];  // a tile ahead
 
   // The block-table entries of this thread's keys of a tile, read a tile ahead of the copies that use them.
   int32_t entries[kCopies];
@@ -129,7 +140,8 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
     }
   };
   // Issues the copies of keys [key0, key0 + kKeys) into a stage (zeros past key_end and head_dim), then
-  // fetches the entries of the tile after.
+  // fetches the entries of the tile after. 8-bit codes are loaded into registers instead (an empty copy
+  // group keeps the wait counts), and store_codes widens them into the stage once it is free.
   const auto load_stage = [&](int key0, uint16_t* stage) {
 #pragma unroll
     for (int i = 0; i < kCopies; ++i) {
@@ -138,16 +150,38 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
       // Unsigned 32 x 64-bit products: page and slot are non-negative (a key past key_end reads nothing
       // and takes page 0).
       const uint64_t page = uint32_t(entries[i]), slot = uint32_t(j - page_index(p, j) * p.page_size);
-      const uint64_t k_at = page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride);
-      const uint64_t v_at = page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride);
-      copy_async16(stage + Layout::at(key, copy_dim, G::kKeys), k_head + k_at, valid);
-      copy_async16(stage + G::kStageElements / 2 + Layout::at(key, copy_dim, G::kKeys), v_head + v_at, valid);
+      const uint64_t k_at = (page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride)) * Kv::kBytes;
+      const uint64_t v_at = (page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride)) * Kv::kBytes;
+      if constexpr (Kv::kQuantised) {
+        k_codes[i] = valid ? *reinterpret_cast<const uint4*>(k_head + k_at) : make_uint4(0, 0, 0, 0);
+        v_codes[i] = valid ? *reinterpret_cast<const uint4*>(v_head + v_at) : make_uint4(0, 0, 0, 0);
+      } else {
+        copy_async16(stage + Layout::at(key, copy_dim, G::kKeys), k_head + k_at, valid);
+        copy_async16(stage + G::kStageElements / 2 + Layout::at(key, copy_dim, G::kKeys), v_head + v_at, valid);
+      }
     }
     copy_async_commit();
     fetch_entries(key0 + G::kKeys);
   };
+  const auto store_codes = [&](uint16_t* stage) {
+    if constexpr (Kv::kQuantised) {
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int key = copy_key + i * kCopyKeys;
+#pragma unroll
+        for (int part = 0; part < 2; ++part) {
+          uint32_t words[8];
+          widen_chunk<Kv::kDtype, kBf16>(part == 0 ? k_codes[i] : v_codes[i], words);
+          uint16_t* rows = stage + part * (G::kStageElements / 2);
+          *reinterpret_cast<uint4*>(rows + Layout::at(key, copy_dim, G::kKeys)) = make_uint4(words[0], words[1], words[2], words[3]);
+          *reinterpret_cast<uint4*>(rows + Layout::at(key, copy_dim + 8, G::kKeys)) = make_uint4(words[4], words[5], words[6], words[7]);
+        }
+      }
+    }
+  };
   fetch_entries(tile.key_begin);
   load_stage(tile.key_begin, stages);
+  store_codes(stages);
 
   // Tile row r is query row r / heads of q head head_begin + r % heads; Q is stored as the KV type. Each
   // row's offset is computed once (in the second stage, free until the first tile), then the loads of a
@@ -198,8 +232,10 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
     return rows[h] < tile_rows && j < tile.key_end && j <= pos[h] && (p.window == 0 || j > pos[h] - p.window);
   };
   constexpr float kLog2e = 1.4426950408889634f;
-  const float scale_log2 = p.softmax_scale * kLog2e, cap_log2 = p.soft_cap * kLog2e;
-  const float scale_over_cap = p.soft_cap > 0.0f ? p.softmax_scale / p.soft_cap : 0.0f;
+  // An 8-bit cache: the dot of the tiles' values times k_scale (and e4m3's 256) is the score's.
+  const float dot_scale = Kv::kQuantised ? scale_of(p.k_scales, kv_head) * Kv::kUnscale : 1.0f;
+  const float scale_log2 = p.softmax_scale * dot_scale * kLog2e, cap_log2 = p.soft_cap * kLog2e;
+  const float scale_over_cap = p.soft_cap > 0.0f ? p.softmax_scale * dot_scale / p.soft_cap : 0.0f;
   float out[kDimTiles][4], row_sum[2] = {0.0f, 0.0f};
   float row_max[2] = {-INFINITY, -INFINITY};  // in log2 units, like the scores
 #pragma unroll
@@ -209,7 +245,8 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   for (int key0 = tile.key_begin; key0 < tile.key_end; key0 += G::kKeys, stage_index ^= 1) {
     const uint16_t* k_rows = stages + stage_index * G::kStageElements;
     const uint16_t* v_rows = k_rows + G::kStageElements / 2;
-    if (key0 + G::kKeys < tile.key_end) load_stage(key0 + G::kKeys, stages + (stage_index ^ 1) * G::kStageElements);
+    const bool next = key0 + G::kKeys < tile.key_end;
+    if (next) load_stage(key0 + G::kKeys, stages + (stage_index ^ 1) * G::kStageElements);
     else copy_async_commit();  // an empty group keeps the wait count uniform
     copy_async_wait<1>();
     Mma::publish_shared();  // this thread's copies (and, the first time, its Q stores)
@@ -314,6 +351,7 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
         }
       }
     }
+    if (next) store_codes(stages + (stage_index ^ 1) * G::kStageElements);  // read last in the previous tile
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
@@ -328,15 +366,17 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
     if (row >= tile_rows) continue;
     const int head = tile.head_begin + row % tile.heads;
     row_max[h] /= kLog2e;  // back to natural log units
-    float scale = 1.0f;
+    // An 8-bit cache's V scale (and e4m3's 256) multiplies the output, or the split's partial state.
+    float scale = Kv::kQuantised ? scale_of(p.v_scales, kv_head) * Kv::kUnscale : 1.0f;
     if (tile.partial >= 0) {  // one split of a long key range: keep the unnormalised state for the merge
       if (lane % 4 == 0) {
         p.partial_stats[(int64_t(tile.partial) + row) * 2] = row_max[h];
         p.partial_stats[(int64_t(tile.partial) + row) * 2 + 1] = row_sum[h];
       }
     } else {
-      float lse;
-      finish_row(p, head, row_max[h], row_sum[h], scale, lse);
+      float lse, row_scale;
+      finish_row(p, head, row_max[h], row_sum[h], row_scale, lse);
+      scale *= row_scale;
       if (lane % 4 == 0) store_lse(p, tile.row_begin + row / tile.heads, head, lse);
     }
     // The output's type is chosen once for the row; a lane's two adjacent dims go out as one store when
