@@ -3,7 +3,8 @@
 // lookup, dots, reductions, softmax per key and lane), so with half the bytes they bound the kernel by
 // instruction issue; here mma.sync m16n8k16 takes the products and the reductions.
 //
-// Every code widens exactly to binary16 (code_widen.h), so nothing is rounded in K or V. A block holds up
+// Every code widens exactly to binary16 (code_widen.h; e4m3 by the hardware conversion from sm_89 on), so
+// nothing is rounded in K or V. A block holds up
 // to 8 q heads of one kv head (one query); each of its 4 warps takes every 4th step of 16 keys:
 // - S = Q K^T, M = 16 rows: the queries (times k_scale, a power of two 2^e per head that puts their
 //   largest magnitude in [2^14, 2^15), and e4m3's 256) as binary16 hi parts in rows 0-7 and lo parts in
@@ -15,8 +16,10 @@
 //   matrix-core prefill), V^T's A fragment comes from byte permutes of the lane's 4 keys x D/8 bytes.
 // K/V steps stream through a per-warp shared-memory ring (cp.async, kStages deep), 16-byte copies of
 // whole rows (one page lookup per copy), read back after a __syncwarp. A step holding a non-finite code
-// (an e4m3 NaN code, e5m2's infinities and NaN) computes its scores and P V with FMAs from the exact
-// values instead: a hi/lo part 0 times Inf would give NaN where the reference gives +-Inf.
+// (e5m2's infinities and NaN; e4m3's NaN codes when widened by byte permutes, which would read them as
+// 1.875) computes its scores and P V with FMAs from the exact values instead: a hi/lo part 0 times Inf
+// would give NaN where the reference gives +-Inf. e4m3 NaN codes from the hardware conversion are NaN in
+// the products, as in the reference.
 #pragma once
 
 #include "plugins/gpu/attention_kernels.h"
@@ -50,6 +53,9 @@ template <typename Kv, int D_MAX, int ROWS>
 __device__ __forceinline__ void code_decode_kernel(Params p) {
   using G = CodeDecodeGeometry<D_MAX>;
   constexpr rpa_dtype kType = Kv::kDtype;
+  constexpr bool kCvt = kType == RPA_DTYPE_FP8_E4M3 && RPA_GPU_E4M3_CVT;
+  constexpr float kUnscale = kCvt ? 1.0f : Kv::kUnscale;  // widened value = code's value / kUnscale
+  constexpr bool kCheck = kType != RPA_DTYPE_INT8 && !kCvt;  // codes the products cannot take
   __shared__ __align__(16) unsigned char ring[G::kWarps][G::kStages][G::kStageBytes];
   __shared__ float q_scaled[8][D_MAX];  // queries times k_scale, for steps on the FMA path
   using Combine = DecodeCombine<D_MAX, ROWS, G::kWarps>;
@@ -122,7 +128,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
   largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, 2));
   int exponent = 0;  // 2^exponent puts the head's largest |q| * kUnscale in [2^14, 2^15)
   if (largest > 0.0f && largest <= 3.0e38f) {
-    frexpf(largest * Kv::kUnscale, &exponent);
+    frexpf(largest * kUnscale, &exponent);
     exponent = min(max(15 - exponent, -100), 100);
   }
   uint32_t qa[G::kKWords][4];  // A fragments: hi (rows 0-7) and lo (rows 8-15) of dims 4k..4k+3 of the lane's
@@ -130,7 +136,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
   for (int k = 0; k < G::kKWords; ++k) {
     float x[4], y0, y1;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) x[i] = ldexpf(q[4 * k + i] * Kv::kUnscale, exponent);
+    for (int i = 0; i < 4; ++i) x[i] = ldexpf(q[4 * k + i] * kUnscale, exponent);
     split_pair<false>(x[0], x[1], qa[k][0], qa[k][1], y0, y1);
     split_pair<false>(x[2], x[3], qa[k][2], qa[k][3], y0, y1);
   }
@@ -174,7 +180,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
       }
     }
     bool fma_path = false;
-    if constexpr (kType != RPA_DTYPE_INT8) {
+    if constexpr (kCheck) {
       uint32_t bits = 0;
 #pragma unroll
       for (int t = 0; t < 2; ++t)
@@ -195,7 +201,8 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int k = 0; k < G::kKWords; ++k)
-          mma16816<false>(acc, qa[k], widen_word<kType>(kw[t][k], 0), widen_word<kType>(kw[t][k], 1));
+          if constexpr (kCvt) mma16816<false>(acc, qa[k], cvt_e4m3_pair(kw[t][k]), cvt_e4m3_pair(kw[t][k] >> 16));
+          else mma16816<false>(acc, qa[k], widen_word<kType>(kw[t][k], 0), widen_word<kType>(kw[t][k], 1));
         s[t][0] = (acc[0] + acc[2]) * unscale_q, s[t][1] = (acc[1] + acc[3]) * unscale_q;
       }
     } else {
@@ -248,8 +255,16 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
 #pragma unroll
       for (int m = 0; m < D_MAX / 16; ++m) {
         const int w = m / 2, j = 2 * (m % 2);
-        const uint32_t a[4] = {widen_across<kType>(vw[0][w], vw[1][w], j), widen_across<kType>(vw[0][w], vw[1][w], j + 1),
-                               widen_across<kType>(vw[2][w], vw[3][w], j), widen_across<kType>(vw[2][w], vw[3][w], j + 1)};
+        uint32_t a[4];
+        if constexpr (kCvt) {  // bytes j (then j + 1) of two keys into the low 16 bits
+          a[0] = cvt_e4m3_pair(__byte_perm(vw[0][w], vw[1][w], j | (4 + j) << 4));
+          a[1] = cvt_e4m3_pair(__byte_perm(vw[0][w], vw[1][w], (j + 1) | (5 + j) << 4));
+          a[2] = cvt_e4m3_pair(__byte_perm(vw[2][w], vw[3][w], j | (4 + j) << 4));
+          a[3] = cvt_e4m3_pair(__byte_perm(vw[2][w], vw[3][w], (j + 1) | (5 + j) << 4));
+        } else {
+          a[0] = widen_across<kType>(vw[0][w], vw[1][w], j), a[1] = widen_across<kType>(vw[0][w], vw[1][w], j + 1);
+          a[2] = widen_across<kType>(vw[2][w], vw[3][w], j), a[3] = widen_across<kType>(vw[2][w], vw[3][w], j + 1);
+        }
         mma16816<false>(o[m], a, hi[0], hi[1]);
         mma16816<false>(o[m], a, lo[0], lo[1]);
       }
@@ -263,8 +278,8 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
         const unsigned char* row = v_rows + key * G::kVRow + r * (D_MAX / 8);
 #pragma unroll
         for (int m = 0; m < D_MAX / 16; ++m) {
-          const float v0 = rpa::code_to_float(kType, row[2 * m]) / Kv::kUnscale;
-          const float v1 = rpa::code_to_float(kType, row[2 * m + 1]) / Kv::kUnscale;
+          const float v0 = rpa::code_to_float(kType, row[2 * m]) / kUnscale;
+          const float v1 = rpa::code_to_float(kType, row[2 * m + 1]) / kUnscale;
           o[m][0] = fmaf(p0, v0, o[m][0]), o[m][1] = fmaf(p1, v0, o[m][1]);
           o[m][2] = fmaf(p0, v1, o[m][2]), o[m][3] = fmaf(p1, v1, o[m][3]);
         }
@@ -288,7 +303,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
     for (int m = 0; m < D_MAX / 16; ++m) to[2 * m] = o[m][h], to[2 * m + 1] = o[m][2 + h];
   }
   __syncthreads();
-  decode_finish<D_MAX, ROWS, G::kWarps>(p, tile, combine, Kv::kUnscale * v_scale);
+  decode_finish<D_MAX, ROWS, G::kWarps>(p, tile, combine, kUnscale * v_scale);
 }
 
 // The decode entries of kernel_list.h on NVIDIA: 8-bit caches with head dims up to 128 take the tensor
