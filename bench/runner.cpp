@@ -420,7 +420,7 @@ void run_case_file(const Options& options, const std::vector<rpa_backend>& backe
     std::vector<double> ms(static_cast<size_t>(options.repeats));
     check(rpa_time_attention(engine.context, &args, options.repeats, ms.data()), "timing the case");
     const golden::Report report = golden::check(c, candidate);
-    Row row{"case", options.case_file, rpa_backend_string(backend), engine.threads};
+    Row row{"case", options.case_file, rpa_backend_string(backend), engine.threads, {}};
     row.ms = median(ms);
     row.kv_bytes = kv_bytes;
     row.flops = flops;
@@ -536,7 +536,7 @@ Measurements run(const Options& options) {
     };
 
     auto measure = [&](Engine& engine) {
-      Row row{shape.name, shape.what, rpa_backend_string(engine.backend), engine.threads};
+      Row row{shape.name, shape.what, rpa_backend_string(engine.backend), engine.threads, {}};
       row.kv_bytes = problem.kv_bytes;
       row.flops = problem.flops;
       row.path = engine.on_device() ? "" : cpu_path(config.query_dtype, config.kv_dtype,
