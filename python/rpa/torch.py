@@ -238,7 +238,7 @@ def plan(queries, kv_pages, context_lens, block_tables, query_start_loc, num_seq
     With device_metadata=True (CUDA int32 metadata tensors) the plan reads the metadata on the device at
     every run instead: rewrite it in place between replays; see rpa.Context.plan and Plan.check().
     """
-    ordinal = queries.device.index or 0 if queries.device.type == "cuda" else 0
+    ordinal = (queries.device.index or 0) if queries.device.type == "cuda" else 0
     key = (backend, ordinal)
     if key not in _contexts:
         _contexts[key] = rpa.Context(backend=backend, device=ordinal)
