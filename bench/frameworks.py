@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 import rpa  # noqa: E402
 import rpa.torch  # noqa: E402
+import torch_timing  # noqa: E402  (beside this script)
 
 QH, KVH, D, PAGE = 32, 8, 128, 16
 WORKLOADS = {  # (q_len, context_len) per sequence, as bench/workloads.cpp has them
@@ -52,18 +53,7 @@ def batch(sequences):
 
 
 def torch_ms(fn, calls=CALLS):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(GROUPS):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / calls)
-    return statistics.median(times)
+    return torch_timing.ms_per_call(fn, calls, GROUPS, warmup=3)
 
 
 def graph_ms(fn):

@@ -9,36 +9,22 @@ back calls (CUDA events around a group of at least ~2 ms); TFLOP/s counts the ca
 (4 D flops per visible (query, key) pair and head). Set RPA_GPU_MATRIX_CORES to compare rpa's kernels.
 """
 
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 import rpa  # noqa: F401
 import rpa.torch
+import torch_timing  # beside this script
 
 QH, KVH, D, PAGE = 32, 8, 128, 16
 GROUPS = 5
 
 
 def ms_per_call(fn):
-    fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    stop.record()
-    stop.synchronize()
-    calls = max(1, min(64, int(2.0 / max(start.elapsed_time(stop), 1e-3)) + 1))
-    times = []
-    for _ in range(GROUPS):
-        start.record()
-        for _ in range(calls):
-            fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / calls)
-    return statistics.median(times)
+    # One timed call sizes the groups: at least ~2 ms each, at most 64 calls.
+    one = torch_timing.ms_per_call(fn, calls=1, groups=1, warmup=1)
+    return torch_timing.ms_per_call(fn, max(1, min(64, int(2.0 / max(one, 1e-3)) + 1)), GROUPS, warmup=0)
 
 
 def case(seqs, length):
