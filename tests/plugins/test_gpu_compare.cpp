@@ -336,6 +336,54 @@ BOOST_AUTO_TEST_CASE(decode_reads_every_8bit_code) {
   }
 }
 
+// e5m2 infinities that rows see, which the tensor-core decode's unchecked pass either keeps as scores of
+// -Inf or turns into non-finite sums (the tile then runs again, checking each step): a key whose score is
+// -Inf (-Inf K codes where every q head of its group is positive), the same with an Inf V code (NaN in that
+// column, 0 * Inf as in the reference), Inf and -Inf V codes of a visible key (infinite columns), and then
+// a score of +Inf (NaN rows, so without lse). 4 and 8 q heads a tile, head dims 64 and 128, one key among
+// many steps and warps.
+BOOST_AUTO_TEST_CASE(e5m2_infinities_in_view_match_the_reference) {
+  for (int64_t group : {4, 8}) {
+    RandomSpec spec;
+    spec.q_lens = {1, 1, 1, 1, 1}, spec.context_lens = {40, 300, 650, 90, 17};
+    spec.num_kv_heads = 2, spec.num_q_heads = 2 * group, spec.head_dim = group == 4 ? 128 : 64, spec.page_size = 16;
+    Case c = random_case(spec, 77 + group);
+    c.kv_dtype = RPA_DTYPE_FP8_E5M2;
+    const auto at = [&](int32_t s, int64_t j) {  // (page, slot) of key j of sequence s
+      return std::pair<int64_t, int64_t>{c.block_tables[s * c.pages_per_seq + j / c.page_size], j % c.page_size};
+    };
+    // Key j of sequence s, kv head h: K = sign * Inf at dimension d, where its q heads are made positive.
+    const auto infinite_k = [&](int32_t s, int64_t j, int64_t h, int64_t d, float sign) {
+      for (int64_t q = h * group; q < (h + 1) * group; ++q) c.q(s, q, d) = 0.25f + std::abs(c.q(s, q, d));
+      const auto [page, slot] = at(s, j);
+      c.k(page, slot, h, d) = sign * INFINITY;
+    };
+    infinite_k(0, 5, 0, 3, -1.0f), infinite_k(0, 5, 0, 40, -1.0f);
+    infinite_k(2, 400, 1, 7, -1.0f);
+    c.v(at(2, 400).first, at(2, 400).second, 1, 20) = INFINITY;
+    c.v(at(1, 100).first, at(1, 100).second, 0, 10) = INFINITY;
+    c.v(at(1, 100).first, at(1, 100).second, 0, 11) = -INFINITY;
+    c.round_to_dtypes();
+    const std::string what = "e5m2 infinities, " + std::to_string(group) + " q heads a kv head";
+    {
+      const Result expected = run_case(c, RPA_BACKEND_REFERENCE);
+      BOOST_REQUIRE(expected.status == RPA_STATUS_OK);
+      const auto out = [&](int64_t t, int64_t q, int64_t d) { return expected.out[(t * c.num_q_heads + q) * c.head_dim + d]; };
+      BOOST_REQUIRE(std::isfinite(out(0, 0, 3)) && std::isnan(out(2, group, 20)) && std::isfinite(out(2, group, 21)));
+      BOOST_REQUIRE(out(1, 0, 10) == INFINITY && out(1, 0, 11) == -INFINITY);
+    }
+    compare(c, what);
+    infinite_k(3, 2, 1, 9, 1.0f);
+    c.round_to_dtypes();
+    Prepared prepared = prepare(c, false);
+    const Result expected = run_prepared(prepared, RPA_BACKEND_REFERENCE);
+    BOOST_REQUIRE(expected.status == RPA_STATUS_OK);
+    BOOST_REQUIRE(std::isnan(expected.out[(3 * c.num_q_heads + group) * c.head_dim]));
+    expect_close(run_prepared(prepared, RPA_BACKEND_GPU), expected, c.out_dtype, what + ", a score of +Inf");
+    expect_close(run_on_device(prepared), expected, c.out_dtype, what + ", a score of +Inf (device memory)");
+  }
+}
+
 // The GPU takes at most 128 kv heads of a quantised cache (their scales are kernel parameters):
 // rpa_context_supports says so, the gpu backend refuses, and an AUTO context runs the host-memory call on the
 // CPU instead.

@@ -15,11 +15,18 @@
 //   (hi + lo parts of P as two products, the row's denominator summing the same parts as the
 //   matrix-core prefill), V^T's A fragment comes from byte permutes of the lane's 4 keys x D/8 bytes.
 // K/V steps stream through a per-warp shared-memory ring (cp.async, kStages deep), 16-byte copies of
-// whole rows (one page lookup per copy), read back after a __syncwarp. A step holding a non-finite code
-// (e5m2's infinities and NaN; e4m3's NaN codes when widened by byte permutes, which would read them as
-// 1.875) computes its scores and P V with FMAs from the exact values instead: a hi/lo part 0 times Inf
-// would give NaN where the reference gives +-Inf. e4m3 NaN codes from the hardware conversion are NaN in
-// the products, as in the reference.
+// whole rows (one page lookup per copy), read back after a __syncwarp. (Issuing a step's copies before
+// the wait for the step before it, kStages steps in flight while a warp waits, measured 1-2 us slower on
+// W1 on an H100.)
+// Non-finite codes: the products' hi/lo parts would make NaN of them where the reference has +-Inf (a
+// part 0 times Inf), so a step holding one computes its scores and P V with FMAs from the exact values
+// instead. e4m3 widened by byte permutes (sm_80) reads its NaN codes as 1.875, so each step checks its
+// words. e5m2's Inf/NaN codes widen to binary16 Inf/NaN, and whatever the products make of them either
+// leaves a non-finite value in the warp's row sums or accumulators (non-finite stays so through products,
+// sums and rescales, and finite codes keep every value finite) or gives only scores of -Inf, which the
+// reference gives too (every infinite term -Inf, none NaN). So an e5m2 tile runs unchecked and, when a
+// warp's state ends non-finite (a non-finite code in view: rare), the block runs it again checking each
+// step. e4m3 NaN codes from the hardware conversion are NaN in the products, as in the reference.
 #pragma once
 
 #include "plugins/gpu/attention_kernels.h"
@@ -49,21 +56,35 @@ struct CodeDecodeGeometry {
 };
 constexpr int kCodeDecodeBlocks = 4;  // resident blocks: W1's 512 tiles in one wave on 132 multiprocessors
 
-template <typename Kv, int D_MAX, int ROWS>
-__device__ __forceinline__ void code_decode_kernel(Params p) {
+template <typename Kv>
+struct CodeChecks {
+  static constexpr bool kCvt = Kv::kDtype == RPA_DTYPE_FP8_E4M3 && RPA_GPU_E4M3_CVT;
+  static constexpr bool kCheck = Kv::kDtype != RPA_DTYPE_INT8 && !kCvt;  // codes the products cannot take
+  static constexpr bool kDeferred = Kv::kDtype == RPA_DTYPE_FP8_E5M2;    // checked only after a non-finite state
+};
+template <int D_MAX, bool kFmaSteps>
+struct CodeDecodeShared {
+  using G = CodeDecodeGeometry<D_MAX>;
+  unsigned char ring[G::kWarps][G::kStages][G::kStageBytes];
+  float q_scaled[kFmaSteps ? 8 : 1][D_MAX];  // queries times k_scale, for steps on the FMA path
+};
+
+// One tile, each step's codes checked (kChecked) or not. Unchecked with kDeferred codes: returns false,
+// having written nothing, when a warp's state ends non-finite.
+template <typename Kv, int D_MAX, int ROWS, bool kChecked>
+__device__ __forceinline__ bool code_decode_tile(const Params& p, CodeDecodeShared<D_MAX, CodeChecks<Kv>::kCheck>& shared) {
   using G = CodeDecodeGeometry<D_MAX>;
   constexpr rpa_dtype kType = Kv::kDtype;
-  constexpr bool kCvt = kType == RPA_DTYPE_FP8_E4M3 && RPA_GPU_E4M3_CVT;
+  constexpr bool kCvt = CodeChecks<Kv>::kCvt;
   constexpr float kUnscale = kCvt ? 1.0f : Kv::kUnscale;  // widened value = code's value / kUnscale
-  constexpr bool kCheck = kType != RPA_DTYPE_INT8 && !kCvt;  // codes the products cannot take
-  __shared__ __align__(16) unsigned char ring[G::kWarps][G::kStages][G::kStageBytes];
-  __shared__ float q_scaled[8][D_MAX];  // queries times k_scale, for steps on the FMA path
+  auto& ring = shared.ring;
+  auto& q_scaled = shared.q_scaled;
   using Combine = DecodeCombine<D_MAX, ROWS, G::kWarps>;
   static_assert(sizeof(Combine) <= sizeof(ring), "the combination reuses the ring");
   static_assert(ROWS <= 8, "a block's heads are the 8 columns of the products");
 
   Tile tile;
-  if (!fetch_tile(p, tile)) return;
+  if (!fetch_tile(p, tile)) return true;
   const int tile_rows = tile.heads;
   const int kv_head = tile.head_begin / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
@@ -120,7 +141,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
     for (int e = 0; e < kDims; ++e) {
       const int d = c * kDims + e;
       q[e] = r < tile_rows && d < p.head_dim ? load_element(p.queries, p.query_dtype, base + d) * k_scale : 0.0f;
-      if (warp == 0) q_scaled[r][d] = q[e];
+      if (kChecked && warp == 0) q_scaled[r][d] = q[e];
       largest = fmaxf(largest, fabsf(q[e]));
     }
   }
@@ -144,7 +165,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
   const float unscale_q = ldexpf(1.0f, -exponent);
   const float scale_log2 = p.softmax_scale * kLog2e, cap_log2 = p.soft_cap * kLog2e;
   const float scale_over_cap = p.soft_cap > 0.0f ? p.softmax_scale / p.soft_cap : 0.0f;
-  __syncthreads();  // q_scaled
+  if constexpr (kChecked) __syncthreads();  // q_scaled
 
   float o[D_MAX / 16][4];  // O^T: dims (D/8) r + 2m (+1 in 2, 3) of heads 2c, 2c + 1
 #pragma unroll
@@ -180,7 +201,7 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
       }
     }
     bool fma_path = false;
-    if constexpr (kCheck) {
+    if constexpr (kChecked) {
       uint32_t bits = 0;
 #pragma unroll
       for (int t = 0; t < 2; ++t)
@@ -287,10 +308,16 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
     }
   }
 
+  copy_async_wait<0>();
+  if constexpr (!kChecked && CodeChecks<Kv>::kDeferred) {
+    float sum = row_sum;  // non-finite when any of its terms is
+#pragma unroll
+    for (int m = 0; m < D_MAX / 16; ++m) sum += o[m][0] + o[m][1] + o[m][2] + o[m][3];
+    if (__syncthreads_or(!is_finite(sum))) return false;
+  }
   // The warps' states into the ring (natural-log max), combined by decode_finish.
   row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
   row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
-  copy_async_wait<0>();
   __syncthreads();
   Combine& combine = *reinterpret_cast<Combine*>(ring);
   if (c == 0 && r < ROWS) combine.max[warp][r] = row_max / kLog2e, combine.sum[warp][r] = row_sum;
@@ -304,6 +331,17 @@ __device__ __forceinline__ void code_decode_kernel(Params p) {
   }
   __syncthreads();
   decode_finish<D_MAX, ROWS, G::kWarps>(p, tile, combine, kUnscale * v_scale);
+  return true;
+}
+
+template <typename Kv, int D_MAX, int ROWS>
+__device__ __forceinline__ void code_decode_kernel(Params p) {
+  using Checks = CodeChecks<Kv>;
+  __shared__ __align__(16) CodeDecodeShared<D_MAX, Checks::kCheck> shared;  // one for both passes
+  // A failed unchecked pass ends on a barrier after its last ring read.
+  if constexpr (Checks::kDeferred)
+    if (code_decode_tile<Kv, D_MAX, ROWS, false>(p, shared)) return;
+  code_decode_tile<Kv, D_MAX, ROWS, Checks::kCheck>(p, shared);
 }
 
 // The decode entries of kernel_list.h on NVIDIA: 8-bit caches with head dims up to 128 take the tensor
