@@ -34,6 +34,19 @@ struct KvView {
   int64_t page_stride, slot_stride, head_stride;
 };
 
+// Device metadata: what prepare_metadata_kernel and the decode slots check, and where the checks go.
+struct MetadataCheck {
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+  const int32_t* block_tables;
+  int64_t block_table_stride;
+  int32_t* seq_ok;       // [num_seqs]
+  int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
+  int32_t* blocks_done;  // blocks of this run done checking (0 between runs)
+  int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
+  int32_t num_seqs, max_query_len, max_context_len, window;
+};
+
 struct Params {
   const void* queries;
   int64_t query_token_stride, query_head_stride;
@@ -58,6 +71,7 @@ struct Params {
   const Tile* tiles;     // this launch's tiles; null: device metadata, the slots of grid_kind in grid
   DeviceGrid grid;
   GridKind grid_kind;
+  MetadataCheck check;   // device metadata only
   // Splits of a long key range: each split tile writes its tile rows from row `partial` on.
   float* partial_acc;    // [partial row][head_dim]
   float* partial_stats;  // [partial row][2]: running max, running sum
@@ -102,31 +116,44 @@ struct Geometry {
                 "thread mappings must tile exactly");
 };
 
-// Device metadata: what check_metadata_kernel reads and writes.
-struct MetadataCheck {
-  const int32_t* context_lens;
-  const int32_t* query_start_loc;
-  const int32_t* block_tables;
-  int64_t block_table_stride;
-  int32_t* seq_ok;       // [num_seqs]
-  int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
-  int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
-  int32_t num_seqs, max_query_len, max_context_len, window;
-};
-
-// Rows a block of zero_uncovered_rows_kernel covers.
-constexpr int kZeroRows = 16;
+// The most blocks of prepare_metadata_kernel (more sequences: a block checks several).
+constexpr int kPrepareBlocks = 65535;
 
 // The rest is device code; the AMD plugin's host code (RPA_GPU_AMD_HOST) needs only the layout above.
 #if !defined(RPA_GPU_AMD_HOST)
 
+// Device metadata: the rules of a sequence (rows [row_begin, row_end), `context` keys) that need no page:
+// host validation's, plus the plan's bounds.
+__device__ inline bool sequence_fits(const MetadataCheck& c, int64_t row_begin, int64_t row_end, int64_t context) {
+  const int64_t q_len = row_end - row_begin;
+  return row_begin >= 0 && q_len >= 0 && row_end <= c.num_tokens && q_len <= c.max_query_len && context >= q_len &&
+         context <= c.table_keys && context <= c.max_context_len;
+}
+
+// Device metadata: whether the block table of `seq` (within its W columns: sequence_fits) names a page of
+// the cache for every key of [first_key, end_key). Called by every thread of the block; all get the answer.
+__device__ inline bool pages_fit(const MetadataCheck& c, int32_t seq, int64_t first_key, int64_t end_key) {
+  const int32_t* table = c.block_tables + seq * c.block_table_stride;
+  int fits = 1;
+  for (int64_t page = first_key / c.page_size + threadIdx.x; page <= (end_key - 1) / c.page_size; page += blockDim.x)
+    if (table[page] < 0 || table[page] >= c.num_pages) fits = 0;
+  return __syncthreads_and(fits);
+}
+
 // This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
+// Decode slots run beside prepare_metadata_kernel (launch.cpp), so they check their own sequence, by
+// the same rules, over the keys they read (its seq_ok is not written yet); the other slots run after it.
 __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
   if (p.tiles) {
     tile = p.tiles[blockIdx.x];
     return true;
   }
-  return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+  if (p.grid_kind != kGridDecode) return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+  if (!grid_tile(p.grid, kGridDecode, blockIdx.x, tile, false)) return false;
+  const int32_t seq = tile.seq;
+  return sequence_fits(p.check, p.check.query_start_loc[seq], p.check.query_start_loc[seq + 1],
+                       p.check.context_lens[seq]) &&
+         pages_fit(p.check, seq, tile.key_begin, tile.key_end);
 }
 
 // 16 bytes from global to shared memory, zero-filled when !valid. NVIDIA: cp.async, without registers,
@@ -984,79 +1011,84 @@ __device__ __forceinline__ void merge_kernel(Params p) {
 }
 
 
-// Device metadata, one block per sequence: the rules host validation applies to it (and the plan's bounds).
-// A sequence that breaks one is marked in seq_ok, so no tile reads or writes for it, and recorded.
-__device__ __forceinline__ void check_metadata_kernel(MetadataCheck c) {
-  __shared__ int ok;
-  const int32_t seq = blockIdx.x;
+// Device metadata: sequence `seq` against the rules host validation applies (and the plan's bounds), by
+// one block. A sequence that breaks one is marked in seq_ok, so no later tile reads or writes for it, and
+// recorded.
+__device__ __forceinline__ void check_sequence(const MetadataCheck& c, int32_t seq) {
   const int64_t row_begin = c.query_start_loc[seq], row_end = c.query_start_loc[seq + 1];
   const int64_t context = c.context_lens[seq], q_len = row_end - row_begin;
-  if (threadIdx.x == 0)
-    ok = row_begin >= 0 && q_len >= 0 && row_end <= c.num_tokens && q_len <= c.max_query_len && context >= q_len &&
-         context <= c.table_keys && context <= c.max_context_len;
-  __syncthreads();
-  if (ok && q_len > 0) {
-    // The pages of the keys the sequence can see, as host validation checks them.
+  bool ok = sequence_fits(c, row_begin, row_end, context);
+  if (ok && q_len > 0) {  // the pages of the keys the sequence can see, as host validation checks them
     const int64_t first_pos = context - q_len;
-    const int64_t first_key = c.window > 0 && first_pos - c.window + 1 > 0 ? first_pos - c.window + 1 : 0;
-    const int32_t* table = c.block_tables + seq * c.block_table_stride;
-    for (int64_t page = first_key / c.page_size + threadIdx.x; page <= (context - 1) / c.page_size; page += kThreads)
-      if (table[page] < 0 || table[page] >= c.num_pages) ok = 0;  // every writer stores 0: no race on the value
+    ok = pages_fit(c, seq, c.window > 0 && first_pos - c.window + 1 > 0 ? first_pos - c.window + 1 : 0, context);
   }
-  __syncthreads();
   if (threadIdx.x == 0) {
     c.seq_ok[seq] = ok;
     if (!ok) atomicMin(c.first_error, seq);
   }
 }
 
-// Device metadata, one block after check_metadata_kernel: numbers the non-decode row chunks of all
+// Device metadata, by one block once every seq_ok is written: numbers the non-decode row chunks of all
 // sequences (DeviceGrid::chunk_offsets), so those tiles' slots are as many as the batch's tokens need.
-__device__ __forceinline__ void chunk_offsets_kernel(DeviceGrid g, int32_t* offsets) {
+// seq_ok is read through volatile: other blocks of this launch wrote it.
+__device__ __forceinline__ void number_chunks(const DeviceGrid& g, const volatile int32_t* seq_ok, int32_t* offsets) {
   __shared__ int32_t sums[kThreads];
   const int32_t per_thread = (g.num_seqs + kThreads - 1) / kThreads;
   const int32_t begin = threadIdx.x * per_thread;
   const int32_t end = begin + per_thread < g.num_seqs ? begin + per_thread : g.num_seqs;
   int32_t sum = 0;
-  for (int32_t s = begin; s < end; ++s) sum += attention_chunks(g, s);
+  for (int32_t s = begin; s < end; ++s) sum += attention_chunks(g, s, seq_ok[s]);
   sums[threadIdx.x] = sum;
   __syncthreads();
-  if (threadIdx.x == 0) {  // exclusive scan of kThreads sums
-    int32_t running = 0;
-    for (int i = 0; i < kThreads; ++i) {
-      const int32_t own = sums[i];
-      sums[i] = running;
-      running += own;
-    }
-    offsets[g.num_seqs] = running;
+  for (int step = 1; step < kThreads; step *= 2) {  // inclusive scan, log2(kThreads) steps
+    const int32_t before = threadIdx.x >= step ? sums[threadIdx.x - step] : 0;
+    __syncthreads();
+    sums[threadIdx.x] += before;
+    __syncthreads();
   }
-  __syncthreads();
-  int32_t running = sums[threadIdx.x];
+  if (threadIdx.x == kThreads - 1) offsets[g.num_seqs] = sums[threadIdx.x];
+  int32_t running = sums[threadIdx.x] - sum;
   for (int32_t s = begin; s < end; ++s) {
     offsets[s] = running;
-    running += attention_chunks(g, s);
+    running += attention_chunks(g, s, seq_ok[s]);
   }
 }
 
-// Device metadata: rows before query_start_loc[0] and from query_start_loc[num_seqs] on (clamped to
-// [0, T]) get out 0 and lse -inf. kZeroRows rows a block; a block of covered rows returns at once.
-__device__ __forceinline__ void zero_uncovered_rows_kernel(Params p, const int32_t* query_start_loc,
-                                                              int32_t num_seqs, int64_t num_tokens) {
-  const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > num_tokens ? num_tokens : row; };
-  const int64_t covered_begin = clamp_row(query_start_loc[0]), covered_end = clamp_row(query_start_loc[num_seqs]);
-  const int64_t row_begin = int64_t(blockIdx.x) * kZeroRows;
-  const int64_t row_end = row_begin + kZeroRows < num_tokens ? row_begin + kZeroRows : num_tokens;
-  if (row_begin >= covered_begin && row_end <= covered_end) return;
+// Device metadata, the one launch before the tiles (a block per sequence, at most kPrepareBlocks, each
+// taking every gridDim.x-th): checks the sequences (check_sequence), gives the rows outside
+// [query_start_loc[0], query_start_loc[num_seqs]) (clamped to [0, T]) out 0 and lse -inf, and, in the
+// block that finishes last, numbers the row chunks (number_chunks). One launch, not three: each launch
+// costs microseconds beside a run of one or two attention kernels.
+__device__ __forceinline__ void prepare_metadata_kernel(Params p) {
+  const MetadataCheck& c = p.check;
+  for (int32_t seq = blockIdx.x; seq < c.num_seqs; seq += gridDim.x) check_sequence(c, seq);
+
+  const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > c.num_tokens ? c.num_tokens : row; };
+  const int64_t head_rows = clamp_row(c.query_start_loc[0]), end = clamp_row(c.query_start_loc[c.num_seqs]);
+  const int64_t tail_begin = end > head_rows ? end : head_rows;  // end < begin: every row is uncovered
   const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
-  for (int64_t e = threadIdx.x; e < (row_end - row_begin) * per_row; e += kThreads) {
-    const int64_t row = row_begin + e / per_row, head = (e % per_row) / p.head_dim, d = e % p.head_dim;
-    if (row >= covered_begin && row < covered_end) continue;
+  const int64_t uncovered = (head_rows + c.num_tokens - tail_begin) * per_row;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < uncovered; e += int64_t(gridDim.x) * kThreads) {
+    const int64_t index = e / per_row;
+    const int64_t row = index < head_rows ? index : tail_begin + index - head_rows;
+    const int64_t head = (e % per_row) / p.head_dim, d = e % p.head_dim;
     store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
     if (d == 0) store_lse(p, row, int(head), -INFINITY);
   }
+
+  if (p.grid.attention.chunks == 0) return;  // no row chunk to number
+  // The last block to count itself sees every block's seq_ok: each fenced its writes before counting.
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(c.blocks_done, 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  number_chunks(p.grid, c.seq_ok, const_cast<int32_t*>(p.grid.chunk_offsets));
+  if (threadIdx.x == 0) *c.blocks_done = 0;  // the next run counts from 0 (its launch follows this one)
 }
 
-// Rows [row_begin, row_end) that no processed sequence covers: out 0, lse -inf.
 // rpa_merge_states on device memory: one warp per (token, head) row, grid-stride. Every lane reads the
 // row's two lse values before lane 0 writes the merged one, so lse may alias lse_a or lse_b.
 __device__ __forceinline__ void merge_states_kernel(rpa_merge_problem p) {
@@ -1085,6 +1117,7 @@ __device__ __forceinline__ void merge_states_kernel(rpa_merge_problem p) {
   }
 }
 
+// Rows [row_begin, row_end) that no processed sequence covers: out 0, lse -inf.
 __device__ __forceinline__ void zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
   const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
   const int64_t total = (row_end - row_begin) * per_row;

@@ -41,9 +41,9 @@ RPA_HOST_DEVICE inline int64_t grid_units(const DeviceGrid& g, const GridPart& p
   return int64_t(part.chunks) * g.kv_heads * part.head_chunks;
 }
 
-// Row chunks of the non-decode kind that sequence `seq` has this run (0 when it broke a rule).
-RPA_HOST_DEVICE inline int32_t attention_chunks(const DeviceGrid& g, int32_t seq) {
-  if (!g.seq_ok[seq]) return 0;
+// Row chunks of the non-decode kind that sequence `seq` has this run (0 when it broke a rule: !seq_ok).
+RPA_HOST_DEVICE inline int32_t attention_chunks(const DeviceGrid& g, int32_t seq, int32_t seq_ok) {
+  if (!seq_ok) return 0;
   const int32_t q_len = g.query_start_loc[seq + 1] - g.query_start_loc[seq];
   if (g.decode_eligible && q_len == 1) return 0;
   return (q_len + g.attention.rows - 1) / g.attention.rows;
@@ -59,7 +59,8 @@ RPA_HOST_DEVICE inline int64_t grid_blocks(const DeviceGrid& g, GridKind kind) {
 }
 
 // The whole (unsplit) tile of `unit`, as make_tile_plan makes it; false when there is none.
-RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part, bool decode, int64_t unit, Tile& tile) {
+RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part, bool decode, int64_t unit, Tile& tile,
+                                      bool use_seq_ok) {
   const int32_t head_chunk = int32_t(unit % part.head_chunks);
   unit /= part.head_chunks;
   const int32_t kv_head = int32_t(unit % g.kv_heads);
@@ -78,7 +79,7 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
     // in slot order, so the longest tiles of a sequence start first (the host planner sorts all tiles).
     row_chunk = g.chunk_offsets[seq + 1] - 1 - chunk;
   }
-  if (!g.seq_ok[seq]) return false;
+  if (use_seq_ok && !g.seq_ok[seq]) return false;
   const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;
   if ((g.decode_eligible && q_len == 1) != decode) return false;
   const int32_t row = row_chunk * part.rows, head = head_chunk * part.heads;
@@ -98,13 +99,15 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
 
 // Slot `block` of a launch of `kind` as a tile; false when the slot has no work this run. A unit uses
 // as many splits as its keys need (at most part.splits; its last split takes the rest of the keys), and
-// a merge exists only for units split in two or more.
-RPA_HOST_DEVICE inline bool grid_tile(const DeviceGrid& g, GridKind kind, int64_t block, Tile& tile) {
+// a merge exists only for units split in two or more. Without use_seq_ok a broken sequence gets tiles too
+// (from whatever its metadata holds): the caller checks them before reading anything through them.
+RPA_HOST_DEVICE inline bool grid_tile(const DeviceGrid& g, GridKind kind, int64_t block, Tile& tile,
+                                      bool use_seq_ok = true) {
   const bool decode = kind == kGridDecode || kind == kGridMergeDecode;
   const bool merge = kind == kGridMergeDecode || kind == kGridMergeAttention;
   const GridPart part = decode ? g.decode : g.attention;  // a copy: selecting a reference would put the kernel parameters in local memory
   const int64_t unit = merge ? block : block / part.splits;
-  if (!unit_tile(g, part, decode, unit, tile)) return false;
+  if (!unit_tile(g, part, decode, unit, tile, use_seq_ok)) return false;
   const int32_t keys = tile.key_end - tile.key_begin;
   int32_t used = (keys + part.chunk_keys - 1) / part.chunk_keys;
   used = used < 1 ? 1 : used > part.splits ? part.splits : used;

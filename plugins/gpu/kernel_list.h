@@ -40,12 +40,7 @@
   X(rpa_merge, RPA_GPU_BOUNDS, rpa_gpu::merge_kernel, RPA_GPU_PARAMS, RPA_GPU_ARGS)                        \
   X(rpa_merge_states_kernel, RPA_GPU_BOUNDS, rpa_gpu::merge_states_kernel, (rpa_merge_problem p), (p))    \
   X(rpa_write_kv_kernel, RPA_GPU_BOUNDS, rpa_gpu::write_kv_kernel, (rpa_gpu::WriteParams w), (w))         \
-  X(rpa_check_metadata, RPA_GPU_BOUNDS, rpa_gpu::check_metadata_kernel, (rpa_gpu::MetadataCheck c), (c))    \
-  X(rpa_chunk_offsets, RPA_GPU_BOUNDS, rpa_gpu::chunk_offsets_kernel, (rpa_gpu::DeviceGrid g, int32_t* offsets), \
-    (g, offsets))                                                                                          \
-  X(rpa_zero_uncovered_rows, RPA_GPU_BOUNDS, rpa_gpu::zero_uncovered_rows_kernel,                          \
-    (rpa_gpu::Params p, const int32_t* query_start_loc, int32_t num_seqs, int64_t num_tokens),             \
-    (p, query_start_loc, num_seqs, num_tokens))                                                            \
+  X(rpa_prepare_metadata, RPA_GPU_BOUNDS, rpa_gpu::prepare_metadata_kernel, RPA_GPU_PARAMS, RPA_GPU_ARGS) \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_ATTENTION_ENTRY, 0) RPA_GPU_CODE_KV(X, RPA_GPU_ATTENTION_ENTRY, 0)          \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 4) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 4)                \
   RPA_GPU_FLOAT_KV(X, RPA_GPU_DECODE_ENTRY, 8) RPA_GPU_CODE_KV(X, RPA_GPU_DECODE_ENTRY, 8)

@@ -65,24 +65,32 @@ void launch_attention(const Launch& launch, const Params& params) {
 }
 
 // With both kinds of tiles, the decode tiles (memory bound) run on the side stream beside the others
-// (compute bound), and the merge waits for both.
+// (compute bound), and the merge waits for both. Device metadata: prepare_metadata_kernel runs before the
+// other tiles on their stream; decode slots check their own sequence (fetch_tile), so they never wait for
+// it, and with decode tiles alone it runs on the side stream beside them.
 void launch_tiles(const Launch& launch) {
   Params params = launch.params;
-  const bool beside = launch.decode_blocks > 0 && launch.attention_blocks > 0;
-  const hipStream_t decode_stream = beside ? launch.side_stream : launch.stream;
+  const bool decode = launch.decode_blocks > 0, attention = launch.attention_blocks > 0;
+  const bool beside = decode && (attention || launch.device_metadata);
+  const hipStream_t decode_stream = beside && attention ? launch.side_stream : launch.stream;
+  const hipStream_t prepare_stream = beside && !attention ? launch.side_stream : launch.stream;
   if (beside) {
     check(hipEventRecord(launch.fork, launch.stream), "hipEventRecord (fork)");
     check(hipStreamWaitEvent(launch.side_stream, launch.fork, 0), "hipStreamWaitEvent (fork)");
   }
-  if (launch.decode_blocks > 0) {
+  if (decode) {
     const int rows = launch.decode_rows <= 4 ? 4 : 8;
     params.grid_kind = kGridDecode;
     check(launch.kernels->launch(decode_entry(launch.kv_dtype, launch.d_max, rows), launch.decode_blocks,
                                  kThreads, 0, decode_stream, params));
   }
+  if (launch.device_metadata) {
+    const auto blocks = static_cast<unsigned>(std::clamp<int64_t>(params.check.num_seqs, 1, kPrepareBlocks));
+    check(launch.kernels->launch(Kernel::rpa_prepare_metadata, blocks, kThreads, 0, prepare_stream, params));
+  }
   if (params.tiles) params.tiles += launch.decode_blocks;
   params.grid_kind = kGridAttention;
-  if (launch.attention_blocks > 0) launch_attention(launch, params);
+  if (attention) launch_attention(launch, params);
   if (params.tiles) params.tiles += launch.attention_blocks;
   if (beside) {
     check(hipEventRecord(launch.join, launch.side_stream), "hipEventRecord (join)");
@@ -131,18 +139,7 @@ bool kv_vectorizable(const rpa_problem& p) {
 
 
 void enqueue(const Launch& launch) {
-  if (launch.device_metadata) {
-    // The metadata's rules first (the tiles skip broken sequences), then the rows no sequence covers.
-    const MetadataCheck& c = launch.metadata_check;
-    if (c.num_seqs > 0)
-      check(launch.kernels->launch(Kernel::rpa_check_metadata, c.num_seqs, kThreads, 0, launch.stream, c));
-    if (launch.params.grid.attention.chunks > 0)
-      check(launch.kernels->launch(Kernel::rpa_chunk_offsets, 1, kThreads, 0, launch.stream, launch.params.grid,
-                                   const_cast<int32_t*>(launch.params.grid.chunk_offsets)));
-    const int64_t blocks = (launch.num_tokens + kZeroRows - 1) / kZeroRows;
-    check(launch.kernels->launch(Kernel::rpa_zero_uncovered_rows, static_cast<unsigned>(blocks), kThreads, 0,
-                                 launch.stream, launch.params, c.query_start_loc, c.num_seqs, launch.num_tokens));
-  } else {
+  if (!launch.device_metadata) {  // device metadata: prepare_metadata_kernel zeroes the rows no sequence covers
     launch_zero_rows(launch, 0, launch.covered_begin);
     launch_zero_rows(launch, launch.covered_end, launch.num_tokens);
   }
@@ -227,9 +224,9 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
 }
 
 void write_metadata(char* host, const rpa_problem& p, const Schedule& schedule) {
-  if (schedule.device_metadata) {
-    const int32_t none = INT32_MAX;
-    std::memcpy(host, &none, sizeof none);
+  if (schedule.device_metadata) {  // the empty error record, then a zero block count (launch.h)
+    const int32_t words[2] = {INT32_MAX, 0};
+    std::memcpy(host, words, sizeof words);
     return;
   }
   for (int32_t s = 0; s < p.num_seqs; ++s)
@@ -272,10 +269,11 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
     k.grid = schedule.grid;
     k.grid.seq_ok = reinterpret_cast<const int32_t*>(metadata + schedule.tiles_offset);
     k.grid.chunk_offsets = k.grid.seq_ok + p.num_seqs;
-    launch.metadata_check = MetadataCheck{
+    k.check = MetadataCheck{
         p.context_lens, p.query_start_loc, p.block_tables, p.block_table_stride,
         reinterpret_cast<int32_t*>(const_cast<char*>(metadata + schedule.tiles_offset)),
-        reinterpret_cast<int32_t*>(const_cast<char*>(metadata)), p.num_tokens, p.num_pages, p.page_size,
+        reinterpret_cast<int32_t*>(const_cast<char*>(metadata)),
+        reinterpret_cast<int32_t*>(const_cast<char*>(metadata)) + 1, p.num_tokens, p.num_pages, p.page_size,
         p.pages_per_seq * p.page_size, p.num_seqs, p.max_query_len, p.max_context_len,
         static_cast<int32_t>(p.sliding_window)};
   } else {
@@ -311,7 +309,7 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
     launch.attention_blocks = static_cast<int>(tiles.attention_tiles - tiles.decode_tiles);
     launch.merge_blocks = static_cast<int>(tiles.tiles.size() - tiles.attention_tiles);
   }
-  if (!schedule.device_metadata) {  // device metadata: zero_uncovered_rows_kernel reads these on the device
+  if (!schedule.device_metadata) {  // device metadata: prepare_metadata_kernel reads these on the device
     launch.covered_begin = p.num_seqs > 0 ? p.query_start_loc[0] : p.num_tokens;
     launch.covered_end = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : p.num_tokens;
   }

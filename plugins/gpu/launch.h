@@ -19,8 +19,8 @@ struct Schedule {
   MatrixPath matrix_path;  // none: the attention tiles take attention_kernel, else matrix_core_kernel
   size_t tiles_offset, metadata_bytes, partial_bytes;  // device metadata: block tables, then tiles
   // Device metadata (problem.metadata_memory): the slot grid, and the plan's device words: the error
-  // record (the lowest broken sequence, INT32_MAX for none) at 0, then seq_ok [num_seqs] at tiles_offset,
-  // then chunk_offsets [num_seqs + 1].
+  // record (the lowest broken sequence, INT32_MAX for none) at 0, prepare_metadata_kernel's block count
+  // at 4, then seq_ok [num_seqs] at tiles_offset, then chunk_offsets [num_seqs + 1].
   bool device_metadata;
   DeviceGrid grid;
 };
@@ -31,7 +31,7 @@ void check_supported(const rpa_problem& p);
 Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool vector_kv);
 
 // The schedule's device metadata as it is uploaded: block tables of its sequences, then its tiles; with
-// device metadata an empty error record.
+// device metadata an empty error record and a zero block count.
 void write_metadata(char* host, const rpa_problem& p, const Schedule& schedule);
 
 // Kernels and launch parameters of one planned call, ready to be launched (again, when timing).
@@ -44,7 +44,6 @@ struct Launch {
   // Device metadata: its slot grid replaces the tiles (merge_blocks then counts the attention merges).
   bool device_metadata;
   int merge_decode_blocks;
-  MetadataCheck metadata_check;
   int64_t covered_begin, covered_end, num_tokens;
   hipStream_t stream, side_stream;
   hipEvent_t fork, join;

@@ -10,11 +10,13 @@
 #define BOOST_TEST_MODULE gpu_graph
 #define BOOST_TEST_NO_MAIN
 #include <boost/test/unit_test.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bench/cuda_graph.h"
@@ -52,9 +54,10 @@ struct Context {
 };
 
 // A mixed batch (decodes with split long contexts, a chunked prefill), bf16 in and out.
-Case layer_case(uint64_t seed) {
+// Sequences of 1, 1, 9 and 1 query tokens (with `decodes_only` one each).
+Case layer_case(uint64_t seed, bool decodes_only = false) {
   RandomSpec spec;
-  spec.q_lens = {1, 1, 9, 1};
+  spec.q_lens = {1, 1, decodes_only ? 1 : 9, 1};
   spec.context_lens = {40, 1800, 120, 700};
   spec.num_q_heads = 8, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = 16, spec.padding_tokens = 2;
   Case c = random_case(spec, 77);  // one metadata for every layer
@@ -217,7 +220,8 @@ struct DeviceMetadataLayer {
   void *context_lens, *block_tables, *query_start_loc;
   std::vector<void*> owned;
 
-  DeviceMetadataLayer(Context& gpu, uint64_t seed) : gpu(gpu), c(layer_case(seed)), host(prepare(c)) {
+  DeviceMetadataLayer(Context& gpu, uint64_t seed, bool decodes_only = false)
+      : gpu(gpu), c(layer_case(seed, decodes_only)), host(prepare(c)) {
     args = host.args;
     for (rpa_tensor* t : {&args.queries, &args.kv_pages, &args.out})
       owned.push_back(t->data = gpu.upload(t->data, bytes(*t)));
@@ -228,7 +232,9 @@ struct DeviceMetadataLayer {
                         gpu.upload(args.query_start_loc.data, bytes(args.query_start_loc)));
     args.memory = RPA_MEMORY_DEVICE;
     args.metadata_memory = RPA_MEMORY_DEVICE;
-    args.max_query_len = 12;  // case_with's sequences have at most 9 (and later 8) query tokens
+    // case_with's sequences have at most 9 (and later 8) query tokens; decodes only: one-token bounds, so
+    // decode slots alone, the metadata check beside them.
+    args.max_query_len = decodes_only ? 1 : 12;
     args.synchronize = 1;
   }
   ~DeviceMetadataLayer() {
@@ -307,11 +313,15 @@ BOOST_AUTO_TEST_CASE(device_metadata_is_read_at_every_replay) {
   driver.stream_destroy(stream);
 }
 
-// A run over device metadata that breaks a rule skips the broken sequence (the others' rows are as before,
-// bitwise) and rpa_plan_get_error reports it with host validation's message, once.
-BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) {
+namespace {
+
+// A run over device metadata that breaks a rule skips the broken sequence (its rows are not written, the
+// others' are as before, bitwise) and rpa_plan_get_error reports it with host validation's message, once:
+// beside a prefill (decode slots beside the other slots) and with one-token bounds (decode slots alone,
+// the metadata check beside them). Decode slots check their own sequence, the others read the check.
+void expect_broken_rules_reported(bool decodes_only) {
   Context gpu;
-  DeviceMetadataLayer layer(gpu, 32);
+  DeviceMetadataLayer layer(gpu, 32, decodes_only);
   layer.args.max_context_len = 1800;  // the longest context of layer_case
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
@@ -328,7 +338,7 @@ BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) {
   std::vector<Broken> rules = {
       {"negative context", 1, [](Case& m) { m.context_lens[1] = -1; }, ""},
       {"context beyond W * page_size", 3, [](Case& m) { m.context_lens[3] = int32_t(m.pages_per_seq * m.page_size) + 1; }, ""},
-      {"fewer keys than queries", 2, [](Case& m) { m.context_lens[2] = 8; }, ""},
+      {"fewer keys than queries", 2, [](Case& m) { m.context_lens[2] = m.query_start_loc[3] - m.query_start_loc[2] - 1; }, ""},
       {"page outside the pool", 3, [](Case& m) { m.block_tables[3 * m.pages_per_seq + 2] = int32_t(m.num_pages); }, ""},
       {"negative page", 0, [](Case& m) { m.block_tables[0] = -3; }, ""},
       {"context above max_context_len", 1, [](Case& m) { m.context_lens[1] = 1801; },  // its pages cover 1808
@@ -346,16 +356,23 @@ BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) {
         expected = rpa_last_error();
       }
       layer.write_metadata(broken);
+      // The broken sequence's rows marked, to see that no kernel writes them.
+      const auto rows_of = [&](int32_t s) {
+        return std::pair{size_t(layer.c.query_start_loc[s] * row_bytes), size_t(layer.c.query_start_loc[s + 1] * row_bytes)};
+      };
+      std::vector<uint8_t> marked = valid_out;
+      std::fill(marked.begin() + rows_of(rule.seq).first, marked.begin() + rows_of(rule.seq).second, uint8_t{0xA5});
+      BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.out.data, marked.data(), marked.size(),
+                                         RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
       BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
       BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_INVALID_ARGUMENT);
       BOOST_TEST(std::string(rpa_last_error()) == expected);
       BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, "the record was not cleared");
       const std::vector<uint8_t> out = layer.out();
       for (int32_t s = 0; s < 4; ++s) {
-        if (s == rule.seq) continue;
-        const size_t begin = size_t(layer.c.query_start_loc[s] * row_bytes), end = size_t(layer.c.query_start_loc[s + 1] * row_bytes);
-        BOOST_TEST(std::equal(out.begin() + begin, out.begin() + end, valid_out.begin() + begin),
-                   "sequence " << s << " changed");
+        const auto [begin, end] = rows_of(s);
+        BOOST_TEST(std::equal(out.begin() + begin, out.begin() + end, marked.begin() + begin),
+                   "sequence " << s << (s == rule.seq ? " (broken) was written" : " changed"));
       }
       // One call reports it before returning.
       BOOST_TEST(rpa_attention(gpu.context, &layer.args) == RPA_STATUS_INVALID_ARGUMENT);
@@ -364,6 +381,48 @@ BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) {
     }
   }
   rpa_plan_destroy(plan);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) { expect_broken_rules_reported(false); }
+
+BOOST_AUTO_TEST_CASE(device_metadata_errors_of_decode_slots_alone) { expect_broken_rules_reported(true); }
+
+// One-token bounds: decode slots alone, the metadata check beside them on the side stream; a captured graph
+// follows rewritten metadata, as with other tiles.
+BOOST_AUTO_TEST_CASE(device_metadata_decode_slots_alone_match_the_reference) {
+  Context gpu;
+  DeviceMetadataLayer layer(gpu, 33, true);
+  rpa_plan* plan = nullptr;
+  BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+  expect_matches_reference(layer.c, layer.out(), "decode slots alone");
+  void* stream = nullptr;
+  BOOST_TEST_REQUIRE(driver.stream_create(&stream, 1) == 0);
+  layer.args.stream = stream;
+  layer.args.synchronize = 0;
+  void* graph = nullptr;
+  void* exec = nullptr;
+  BOOST_TEST_REQUIRE(driver.begin_capture(stream, kThreadLocalCapture) == 0);
+  const rpa_status status = rpa_plan_run(plan, &layer.args);
+  BOOST_TEST_REQUIRE(driver.end_capture(stream, &graph) == 0);
+  BOOST_TEST_REQUIRE(status == RPA_STATUS_OK);
+  BOOST_TEST_REQUIRE(driver.instantiate(&exec, graph, 0) == 0);
+  Case updated = layer.c;  // other contexts (the longest 1800 still), the pages drawn from the whole pool
+  updated.context_lens = {1800, 3, 650, 1};
+  std::mt19937 rng(4);
+  for (int32_t& entry : updated.block_tables) entry = static_cast<int32_t>(rng() % updated.num_pages);
+  layer.write_metadata(updated);
+  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  expect_matches_reference(updated, layer.out(), "decode slots alone, replayed after the metadata was rewritten");
+  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+  driver.exec_destroy(exec);
+  driver.graph_destroy(graph);
+  rpa_plan_destroy(plan);
+  driver.stream_destroy(stream);
 }
 
 // Meson counts exit status 77 as a skipped test.

@@ -187,10 +187,11 @@ BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
 namespace {
 
 // Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges;
-// chunk_offsets as chunk_offsets_kernel writes them.
+// chunk_offsets as number_chunks writes them.
 TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
   std::vector<int32_t> offsets(static_cast<size_t>(grid.num_seqs) + 1, 0);
-  for (int32_t s = 0; s < grid.num_seqs; ++s) offsets[s + 1] = offsets[s] + rpa_gpu::attention_chunks(grid, s);
+  for (int32_t s = 0; s < grid.num_seqs; ++s)
+    offsets[s + 1] = offsets[s] + rpa_gpu::attention_chunks(grid, s, grid.seq_ok[s]);
   BOOST_TEST_REQUIRE(offsets.back() <= grid.attention.chunks, "more row chunks than the grid's bound");
   grid.chunk_offsets = offsets.data();
   TilePlan plan;
@@ -299,4 +300,64 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_follow_the_tokens) {
   BOOST_TEST(plan.attention_tiles - plan.decode_tiles >= 2u * 32 * 8);
   expect_exact_cover(m.problem, plan, limits);
   expect_exact_cover(m.problem, rpa_gpu::make_tile_plan(m.problem, limits), limits);  // the host planner's too
+}
+
+// The launches the bounds leave (rpa bench's W1-W3 shapes on an H100: 132 multiprocessors x 3 blocks):
+// one-token bounds launch no other slots; decode slots beside other slots take one split, so a prefill
+// batch (W2) or a mixed one (W3) launches no merge however its tokens divide; only decode slots alone
+// split to fill the device. Each grid still covers its batch exactly.
+BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
+  const PlanLimits limits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 396};
+  const auto blocks = [](const rpa_gpu::DeviceGrid& grid, rpa_gpu::GridKind kind) {
+    return rpa_gpu::grid_blocks(grid, kind);
+  };
+  int64_t partial_rows = 0;
+  {  // W1: 64 decodes of 2048 keys, max_query_len 1
+    Metadata m = metadata(std::vector<int32_t>(64, 1), std::vector<int32_t>(64, 2048), 32, 8, 0);
+    m.problem.max_query_len = 1, m.problem.max_context_len = 2048;
+    const rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 64 * 8);  // 512 units fill 396 slots unsplit
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridAttention) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
+    // Fewer decodes alone split (8 units of 2048 keys: 8 splits of 256), and merge.
+    Metadata few = metadata({1}, {2048}, 32, 8, 0);
+    few.problem.max_query_len = 1, few.problem.max_context_len = 2048;
+    const rpa_gpu::DeviceGrid alone = rpa_gpu::make_device_grid(few.problem, limits, partial_rows);
+    BOOST_TEST(alone.decode.splits == 8);
+    BOOST_TEST(blocks(alone, rpa_gpu::kGridMergeDecode) == 8);
+  }
+  {  // W2: 4 prefills of 1024 tokens: 32 decode units would have split in 4
+    Metadata m = metadata(std::vector<int32_t>(4, 1024), std::vector<int32_t>(4, 1024), 32, 8, 0);
+    m.problem.max_query_len = 1024, m.problem.max_context_len = 1024;
+    rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+    BOOST_TEST(grid.decode.splits == 1);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 4 * 8);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridAttention) >= 4 * 64 * 8);  // 16 rows a tile
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
+    BOOST_TEST(partial_rows == 0);
+    // The same bounds hold a batch of decodes too: unsplit, still covered exactly.
+    Metadata decodes = metadata({1, 1, 1, 1}, {1024, 900, 1, 1024}, 32, 8, 0);
+    grid.context_lens = decodes.problem.context_lens, grid.query_start_loc = decodes.problem.query_start_loc;
+    const std::vector<int32_t> seq_ok(4, 1);
+    grid.seq_ok = seq_ok.data();
+    const TilePlan plan = resolve_grid(grid);
+    BOOST_TEST(plan.decode_tiles == 4u * 8);
+    BOOST_TEST(plan.attention_tiles == plan.decode_tiles);
+    expect_exact_cover(decodes.problem, plan, limits);
+  }
+  {  // W3: 32 decodes of 2048 keys and 2 prefills of 512 tokens
+    std::vector<int32_t> q_lens(32, 1), contexts(32, 2048);
+    q_lens.push_back(512), q_lens.push_back(512), contexts.push_back(1024), contexts.push_back(1024);
+    Metadata m = metadata(q_lens, contexts, 32, 8, 0);
+    m.problem.max_query_len = 512, m.problem.max_context_len = 2048;
+    rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 34 * 8);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
+    const std::vector<int32_t> seq_ok(34, 1);
+    grid.seq_ok = seq_ok.data();
+    expect_exact_cover(m.problem, resolve_grid(grid), limits);
+  }
 }
