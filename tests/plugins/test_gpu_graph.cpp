@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <random>
 #include <tuple>
 #include <utility>
@@ -31,15 +32,8 @@ rpa::cuda_graph::Driver driver;
 constexpr int kThreadLocalCapture = rpa::cuda_graph::Driver::kThreadLocalCapture;
 constexpr int kLayers = 32;
 
-struct Context {
-  rpa_context* context = nullptr;
-  Context() {
-    rpa_context_options options;
-    rpa_context_options_init(&options);
-    options.backend = RPA_BACKEND_GPU;
-    BOOST_TEST_REQUIRE(rpa_context_create(&options, &context) == RPA_STATUS_OK, rpa_last_error());
-  }
-  ~Context() { rpa_context_destroy(context); }
+struct Context : OwnedContext {
+  Context() : OwnedContext(RPA_BACKEND_GPU) {}
   void* upload(const void* host, size_t bytes) {
     void* device = nullptr;
     BOOST_TEST_REQUIRE(rpa_device_alloc(context, bytes, &device) == RPA_STATUS_OK, rpa_last_error());
@@ -51,6 +45,41 @@ struct Context {
     BOOST_TEST_REQUIRE(rpa_device_copy(context, host.data(), device, bytes, RPA_COPY_DEVICE_TO_HOST) == RPA_STATUS_OK);
     return host;
   }
+};
+
+// A stream of the test's own and one graph captured on it (thread-local capture mode, so an allocation, a
+// synchronous copy or a synchronisation inside a run fails the capture).
+class CapturedGraph {
+ public:
+  CapturedGraph() { BOOST_TEST_REQUIRE(driver.stream_create(&stream_, 1 /* non-blocking */) == 0); }
+  ~CapturedGraph() {
+    if (exec_) driver.exec_destroy(exec_);
+    if (graph_) driver.graph_destroy(graph_);
+    if (stream_) driver.stream_destroy(stream_);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  void* stream() const { return stream_; }
+  // Captures the runs `record` issues on stream(); it returns the first failing status (the test fails with
+  // that run's message) or RPA_STATUS_OK.
+  template <class Record>
+  void capture(Record record) {
+    BOOST_TEST_REQUIRE(driver.begin_capture(stream_, kThreadLocalCapture) == 0);
+    const rpa_status status = record();
+    const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
+    BOOST_TEST_REQUIRE(driver.end_capture(stream_, &graph_) == 0);
+    BOOST_TEST_REQUIRE(status == RPA_STATUS_OK, "a run failed while capturing: " << message);
+    BOOST_TEST_REQUIRE(driver.instantiate(&exec_, graph_, 0) == 0);
+  }
+  void replay() {
+    BOOST_TEST_REQUIRE(driver.launch(exec_, stream_) == 0);
+    BOOST_TEST_REQUIRE(driver.stream_synchronize(stream_) == 0);
+  }
+
+ private:
+  void* stream_ = nullptr;
+  void* graph_ = nullptr;
+  void* exec_ = nullptr;
 };
 
 // A mixed batch (decodes with split long contexts, a chunked prefill), bf16 in and out.
@@ -70,10 +99,54 @@ Case layer_case(uint64_t seed, bool decodes_only = false) {
   return c;
 }
 
-struct Layer {
+size_t tensor_bytes(const rpa_tensor& t) {
+  size_t count = 1;
+  for (int i = 0; i < t.ndim; ++i) count *= static_cast<size_t>(t.shape[i]);
+  return count * (t.dtype == RPA_DTYPE_BF16 ? 2 : 4);
+}
+
+// One layer of layer_case with its queries, KV, out and lse in device memory (freed with the object);
+// metadata_on_device() moves the metadata there too.
+struct DeviceLayer {
+  Context& gpu;
+  Case c;
   Prepared host;
-  void *queries = nullptr, *kv = nullptr, *out = nullptr, *lse = nullptr;
   rpa_attention_args args;
+  void *context_lens = nullptr, *block_tables = nullptr, *query_start_loc = nullptr;
+  std::vector<void*> owned;
+
+  DeviceLayer(Context& gpu, uint64_t seed, bool decodes_only = false)
+      : gpu(gpu), c(layer_case(seed, decodes_only)), host(prepare(c)) {
+    args = host.args;
+    for (rpa_tensor* t : {&args.queries, &args.kv_pages, &args.out, &args.lse})
+      owned.push_back(t->data = gpu.upload(t->data, tensor_bytes(*t)));
+    args.memory = RPA_MEMORY_DEVICE;
+  }
+  ~DeviceLayer() {
+    for (void* p : owned) rpa_device_free(gpu.context, p);
+  }
+  DeviceLayer(const DeviceLayer&) = delete;
+  DeviceLayer& operator=(const DeviceLayer&) = delete;
+
+  // Planned with bounds: layer_case's sequences have at most 9 (and other_metadata's 8) query tokens;
+  // decodes only: one-token bounds, so decode slots alone, the metadata check beside them.
+  void metadata_on_device(bool decodes_only) {
+    owned.push_back(context_lens = args.context_lens.data = gpu.upload(args.context_lens.data, tensor_bytes(args.context_lens)));
+    owned.push_back(block_tables = args.block_tables.data = gpu.upload(args.block_tables.data, tensor_bytes(args.block_tables)));
+    owned.push_back(query_start_loc = args.query_start_loc.data =
+                        gpu.upload(args.query_start_loc.data, tensor_bytes(args.query_start_loc)));
+    args.metadata_memory = RPA_MEMORY_DEVICE;
+    args.max_query_len = decodes_only ? 1 : 12;
+    args.synchronize = 1;  // outputs are read right after uncaptured runs
+  }
+  // Writes the metadata of `m` (same shapes) over the device metadata, in place.
+  void write_metadata(const Case& m) {
+    for (auto [device, host, count] : {std::tuple{context_lens, m.context_lens.data(), m.context_lens.size()},
+                                      std::tuple{block_tables, m.block_tables.data(), m.block_tables.size()},
+                                      std::tuple{query_start_loc, m.query_start_loc.data(), m.query_start_loc.size()}})
+      BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, device, host, count * 4, RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+  }
+  std::vector<uint8_t> out() { return gpu.download(args.out.data, tensor_bytes(args.out)); }
 };
 
 void expect_matches_reference(const Case& c, const std::vector<uint8_t>& out, const std::string& what) {
@@ -91,79 +164,52 @@ void expect_matches_reference(const Case& c, const std::vector<uint8_t>& out, co
 
 BOOST_AUTO_TEST_CASE(thirty_two_planned_layers_in_one_graph) {
   Context gpu;
-  std::vector<Case> cases;
-  std::vector<Layer> layers(kLayers);
+  CapturedGraph graph;
+  std::deque<DeviceLayer> layers;
   for (int l = 0; l < kLayers; ++l) {
-    cases.push_back(layer_case(1000 + l));
-    Layer& layer = layers[l];
-    layer.host = prepare(cases.back());
-    layer.args = layer.host.args;
-    layer.queries = layer.args.queries.data = gpu.upload(layer.host.queries.data(), layer.host.queries.size());
-    layer.kv = layer.args.kv_pages.data = gpu.upload(layer.host.kv.data(), layer.host.kv.size());
-    layer.out = layer.args.out.data = gpu.upload(layer.host.out.data(), layer.host.out.size());
-    layer.lse = layer.args.lse.data = gpu.upload(layer.host.lse.data(), layer.host.lse.size() * sizeof(float));
-    layer.args.memory = RPA_MEMORY_DEVICE;
+    layers.emplace_back(gpu, 1000 + l);
+    layers.back().args.stream = graph.stream();
   }
-  void* stream = nullptr;
-  BOOST_TEST_REQUIRE(driver.stream_create(&stream, 1 /* non-blocking */) == 0);
   rpa_plan* plan = nullptr;
-  layers[0].args.stream = stream;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layers[0].args, &plan) == RPA_STATUS_OK, rpa_last_error());
+  const auto run_all = [&] {
+    for (DeviceLayer& layer : layers)
+      if (const rpa_status status = rpa_plan_run(plan, &layer.args); status != RPA_STATUS_OK) return status;
+    return RPA_STATUS_OK;
+  };
 
   // Uncaptured runs: the bitwise expectation.
+  BOOST_TEST_REQUIRE(run_all() == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST_REQUIRE(driver.stream_synchronize(graph.stream()) == 0);
   std::vector<std::vector<uint8_t>> direct;
-  for (Layer& layer : layers) {
-    layer.args.stream = stream;
-    BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
-  }
-  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
-  for (Layer& layer : layers) direct.push_back(gpu.download(layer.out, layer.host.out.size()));
-  expect_matches_reference(cases[0], direct[0], "layer 0, uncaptured");
+  for (DeviceLayer& layer : layers) direct.push_back(layer.out());
+  expect_matches_reference(layers[0].c, direct[0], "layer 0, uncaptured");
 
-  void* graph = nullptr;
-  void* exec = nullptr;
-  BOOST_TEST_REQUIRE(driver.begin_capture(stream, kThreadLocalCapture) == 0);
-  rpa_status status = RPA_STATUS_OK;
-  for (Layer& layer : layers)
-    if (status == RPA_STATUS_OK) status = rpa_plan_run(plan, &layer.args);
-  const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
-  BOOST_TEST_REQUIRE(driver.end_capture(stream, &graph) == 0);
-  BOOST_TEST_REQUIRE(status == RPA_STATUS_OK, "a run failed while capturing: " << message);
-  BOOST_TEST_REQUIRE(driver.instantiate(&exec, graph, 0) == 0);
-
-  for (Layer& layer : layers) {  // the graph must write every output again
-    std::vector<uint8_t> poison(layer.host.out.size(), 0xff);
+  graph.capture(run_all);
+  for (DeviceLayer& layer : layers) {  // the graph must write every output again
+    std::vector<uint8_t> poison(direct[0].size(), 0xff);
     void* scratch = gpu.upload(poison.data(), poison.size());
-    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.out, scratch, poison.size(), RPA_COPY_DEVICE_TO_DEVICE) ==
-                       RPA_STATUS_OK);
+    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.out.data, scratch, poison.size(),
+                                       RPA_COPY_DEVICE_TO_DEVICE) == RPA_STATUS_OK);
     BOOST_TEST_REQUIRE(rpa_device_free(gpu.context, scratch) == RPA_STATUS_OK);
   }
-  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
-  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
-  for (int l = 0; l < kLayers; ++l)
-    BOOST_TEST((gpu.download(layers[l].out, layers[l].host.out.size()) == direct[l]), "replay of layer " << l);
+  graph.replay();
+  for (int l = 0; l < kLayers; ++l) BOOST_TEST((layers[l].out() == direct[l]), "replay of layer " << l);
 
   // New queries and KV in the same buffers, then replay: the graph reads them.
   for (int l = 0; l < kLayers; ++l) {
-    cases[l] = layer_case(5000 + l);
-    const Prepared fresh = prepare(cases[l]);
-    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layers[l].queries, fresh.queries.data(), fresh.queries.size(),
+    DeviceLayer& layer = layers[l];
+    layer.c = layer_case(5000 + l);
+    const Prepared fresh = prepare(layer.c);
+    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.queries.data, fresh.queries.data(), fresh.queries.size(),
                                        RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
-    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layers[l].kv, fresh.kv.data(), fresh.kv.size(),
+    BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.kv_pages.data, fresh.kv.data(), fresh.kv.size(),
                                        RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
   }
-  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
-  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  graph.replay();
   for (int l = 0; l < kLayers; ++l)
-    expect_matches_reference(cases[l], gpu.download(layers[l].out, layers[l].host.out.size()),
-                             "replay with new data, layer " + std::to_string(l));
-
-  driver.exec_destroy(exec);
-  driver.graph_destroy(graph);
+    expect_matches_reference(layers[l].c, layers[l].out(), "replay with new data, layer " + std::to_string(l));
   rpa_plan_destroy(plan);
-  driver.stream_destroy(stream);
-  for (Layer& layer : layers)
-    for (void* p : {layer.queries, layer.kv, layer.out, layer.lse}) rpa_device_free(gpu.context, p);
 }
 
 BOOST_AUTO_TEST_CASE(merge_states_on_the_device_equals_the_host_merge) {
@@ -211,50 +257,6 @@ BOOST_AUTO_TEST_CASE(merge_states_on_the_device_equals_the_host_merge) {
 
 namespace {
 
-// Device metadata: one layer of layer_case whose metadata also lives on the device, planned with bounds.
-struct DeviceMetadataLayer {
-  Context& gpu;
-  Case c;
-  Prepared host;
-  rpa_attention_args args;
-  void *context_lens, *block_tables, *query_start_loc;
-  std::vector<void*> owned;
-
-  DeviceMetadataLayer(Context& gpu, uint64_t seed, bool decodes_only = false)
-      : gpu(gpu), c(layer_case(seed, decodes_only)), host(prepare(c)) {
-    args = host.args;
-    for (rpa_tensor* t : {&args.queries, &args.kv_pages, &args.out})
-      owned.push_back(t->data = gpu.upload(t->data, bytes(*t)));
-    owned.push_back(args.lse.data = gpu.upload(args.lse.data, bytes(args.lse)));
-    owned.push_back(context_lens = args.context_lens.data = gpu.upload(args.context_lens.data, bytes(args.context_lens)));
-    owned.push_back(block_tables = args.block_tables.data = gpu.upload(args.block_tables.data, bytes(args.block_tables)));
-    owned.push_back(query_start_loc = args.query_start_loc.data =
-                        gpu.upload(args.query_start_loc.data, bytes(args.query_start_loc)));
-    args.memory = RPA_MEMORY_DEVICE;
-    args.metadata_memory = RPA_MEMORY_DEVICE;
-    // case_with's sequences have at most 9 (and later 8) query tokens; decodes only: one-token bounds, so
-    // decode slots alone, the metadata check beside them.
-    args.max_query_len = decodes_only ? 1 : 12;
-    args.synchronize = 1;
-  }
-  ~DeviceMetadataLayer() {
-    for (void* p : owned) rpa_device_free(gpu.context, p);
-  }
-  static size_t bytes(const rpa_tensor& t) {
-    size_t count = 1;
-    for (int i = 0; i < t.ndim; ++i) count *= static_cast<size_t>(t.shape[i]);
-    return count * (t.dtype == RPA_DTYPE_BF16 ? 2 : 4);
-  }
-  // Writes the metadata of `m` (same shapes) over the device metadata, in place.
-  void write_metadata(const Case& m) {
-    for (auto [device, host, count] : {std::tuple{context_lens, m.context_lens.data(), m.context_lens.size()},
-                                      std::tuple{block_tables, m.block_tables.data(), m.block_tables.size()},
-                                      std::tuple{query_start_loc, m.query_start_loc.data(), m.query_start_loc.size()}})
-      BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, device, host, count * 4, RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
-  }
-  std::vector<uint8_t> out() { return gpu.download(args.out.data, bytes(args.out)); }
-};
-
 // The layer's case with other metadata of the same shapes: sequences of 2, 1, 1 and 8 tokens over contexts
 // of 1500, 64, 1 and 300 keys, pages drawn from the whole pool, rows 12 and 13 padding.
 Case other_metadata(Case c) {
@@ -271,10 +273,10 @@ Case other_metadata(Case c) {
 // in place, and each replay follows the metadata of its time.
 BOOST_AUTO_TEST_CASE(device_metadata_is_read_at_every_replay) {
   Context gpu;
-  DeviceMetadataLayer layer(gpu, 31);
-  void* stream = nullptr;
-  BOOST_TEST_REQUIRE(driver.stream_create(&stream, 1) == 0);
-  layer.args.stream = stream;
+  CapturedGraph graph;
+  DeviceLayer layer(gpu, 31);
+  layer.metadata_on_device(false);
+  layer.args.stream = graph.stream();
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
   BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
@@ -287,30 +289,20 @@ BOOST_AUTO_TEST_CASE(device_metadata_is_read_at_every_replay) {
   BOOST_TEST((layer.out() == first), "rpa_attention with device metadata differs from the plan's run");
 
   layer.args.synchronize = 0;
-  void* graph = nullptr;
-  void* exec = nullptr;
-  BOOST_TEST_REQUIRE(driver.begin_capture(stream, kThreadLocalCapture) == 0);
-  rpa_status status = RPA_STATUS_OK;
-  for (int l = 0; l < kLayers && status == RPA_STATUS_OK; ++l) status = rpa_plan_run(plan, &layer.args);
-  const std::string message = status == RPA_STATUS_OK ? "" : rpa_last_error();
-  BOOST_TEST_REQUIRE(driver.end_capture(stream, &graph) == 0);
-  BOOST_TEST_REQUIRE(status == RPA_STATUS_OK, "a run failed while capturing: " << message);
-  BOOST_TEST_REQUIRE(driver.instantiate(&exec, graph, 0) == 0);
-  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
-  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  graph.capture([&] {
+    rpa_status status = RPA_STATUS_OK;
+    for (int l = 0; l < kLayers && status == RPA_STATUS_OK; ++l) status = rpa_plan_run(plan, &layer.args);
+    return status;
+  });
+  graph.replay();
   BOOST_TEST((layer.out() == first), "the replay differs from the uncaptured run");
 
   const Case updated = other_metadata(layer.c);
   layer.write_metadata(updated);
-  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
-  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  graph.replay();
   expect_matches_reference(updated, layer.out(), "replay after the metadata was rewritten");
   BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
-
-  driver.exec_destroy(exec);
-  driver.graph_destroy(graph);
   rpa_plan_destroy(plan);
-  driver.stream_destroy(stream);
 }
 
 namespace {
@@ -321,7 +313,8 @@ namespace {
 // the metadata check beside them). Decode slots check their own sequence, the others read the check.
 void expect_broken_rules_reported(bool decodes_only) {
   Context gpu;
-  DeviceMetadataLayer layer(gpu, 32, decodes_only);
+  DeviceLayer layer(gpu, 32, decodes_only);
+  layer.metadata_on_device(decodes_only);
   layer.args.max_context_len = 1800;  // the longest context of layer_case
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
@@ -393,36 +386,26 @@ BOOST_AUTO_TEST_CASE(device_metadata_errors_of_decode_slots_alone) { expect_brok
 // follows rewritten metadata, as with other tiles.
 BOOST_AUTO_TEST_CASE(device_metadata_decode_slots_alone_match_the_reference) {
   Context gpu;
-  DeviceMetadataLayer layer(gpu, 33, true);
+  CapturedGraph graph;
+  DeviceLayer layer(gpu, 33, true);
+  layer.metadata_on_device(true);
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
   BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
   BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
   expect_matches_reference(layer.c, layer.out(), "decode slots alone");
-  void* stream = nullptr;
-  BOOST_TEST_REQUIRE(driver.stream_create(&stream, 1) == 0);
-  layer.args.stream = stream;
+  layer.args.stream = graph.stream();
   layer.args.synchronize = 0;
-  void* graph = nullptr;
-  void* exec = nullptr;
-  BOOST_TEST_REQUIRE(driver.begin_capture(stream, kThreadLocalCapture) == 0);
-  const rpa_status status = rpa_plan_run(plan, &layer.args);
-  BOOST_TEST_REQUIRE(driver.end_capture(stream, &graph) == 0);
-  BOOST_TEST_REQUIRE(status == RPA_STATUS_OK);
-  BOOST_TEST_REQUIRE(driver.instantiate(&exec, graph, 0) == 0);
+  graph.capture([&] { return rpa_plan_run(plan, &layer.args); });
   Case updated = layer.c;  // other contexts (the longest 1800 still), the pages drawn from the whole pool
   updated.context_lens = {1800, 3, 650, 1};
   std::mt19937 rng(4);
   for (int32_t& entry : updated.block_tables) entry = static_cast<int32_t>(rng() % updated.num_pages);
   layer.write_metadata(updated);
-  BOOST_TEST_REQUIRE(driver.launch(exec, stream) == 0);
-  BOOST_TEST_REQUIRE(driver.stream_synchronize(stream) == 0);
+  graph.replay();
   expect_matches_reference(updated, layer.out(), "decode slots alone, replayed after the metadata was rewritten");
   BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
-  driver.exec_destroy(exec);
-  driver.graph_destroy(graph);
   rpa_plan_destroy(plan);
-  driver.stream_destroy(stream);
 }
 
 // Meson counts exit status 77 as a skipped test.
