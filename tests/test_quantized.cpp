@@ -86,28 +86,13 @@ Case quantised_case(const RandomSpec& spec, uint64_t seed, rpa_dtype dtype, int 
 // Decode (GQA 4, head_dim 128 and 64: the in-place paths), a long split decode, prefill and mixed
 // batches, head dims that take the scalar tails.
 std::vector<RandomSpec> shapes() {
-  std::vector<RandomSpec> specs;
-  RandomSpec s;
-  s.q_lens = {1, 1, 1, 1}, s.context_lens = {1, 40, 700, 33};
-  s.num_q_heads = 8, s.num_kv_heads = 2, s.head_dim = 128, s.page_size = 16;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {1, 1}, s.context_lens = {2100, 90};
-  s.num_q_heads = 4, s.num_kv_heads = 1, s.head_dim = 64, s.page_size = 8;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {5, 0, 17, 1}, s.context_lens = {9, 4, 40, 33};
-  s.num_q_heads = 4, s.num_kv_heads = 2, s.head_dim = 32, s.page_size = 4, s.padding_tokens = 2, s.padding_seqs = 1;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {3, 1}, s.context_lens = {70, 50};
-  s.num_q_heads = 6, s.num_kv_heads = 3, s.head_dim = 13, s.page_size = 3;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {40, 1}, s.context_lens = {90, 20};
-  s.num_q_heads = 8, s.num_kv_heads = 2, s.head_dim = 80, s.page_size = 16;
-  specs.push_back(s);
-  return specs;
+  return {
+    spec_of({1, 1, 1, 1}, {1, 40, 700, 33}, 8, 2, 128, 16),
+    spec_of({1, 1}, {2100, 90}, 4, 1, 64, 8),
+    spec_of({5, 0, 17, 1}, {9, 4, 40, 33}, 4, 2, 32, 4, 2, 1),
+    spec_of({3, 1}, {70, 50}, 6, 3, 13, 3),
+    spec_of({40, 1}, {90, 20}, 8, 2, 80, 16)
+  };
 }
 
 void expect_close(const Result& got, const Result& expected, const std::string& what) {
@@ -220,9 +205,7 @@ BOOST_AUTO_TEST_CASE(every_backend_matches_the_reference_within_2e5) {
 }
 
 BOOST_AUTO_TEST_CASE(nan_codes_outside_the_window_never_leak) {
-  RandomSpec spec;
-  spec.q_lens = {1, 3}, spec.context_lens = {300, 200};
-  spec.num_q_heads = 8, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = 16;
+  const RandomSpec spec = spec_of({1, 3}, {300, 200}, 8, 2, 64, 16);
   for (rpa_dtype dtype : {RPA_DTYPE_FP8_E4M3, RPA_DTYPE_FP8_E5M2}) {
     Case c = quantised_case(spec, 9, dtype, 1);
     c.sliding_window = 50;
@@ -460,9 +443,7 @@ BOOST_AUTO_TEST_CASE(write_kv_validation_names_the_argument) {
 
 // Scales are run-time arguments: one plan, runs with other scales, each equal to its one-call result.
 BOOST_AUTO_TEST_CASE(plan_runs_take_the_scales_of_each_run) {
-  RandomSpec spec;
-  spec.q_lens = {1, 5}, spec.context_lens = {40, 30};
-  spec.num_q_heads = 8, spec.num_kv_heads = 2, spec.head_dim = 32, spec.page_size = 8;
+  const RandomSpec spec = spec_of({1, 5}, {40, 30}, 8, 2, 32, 8);
   for (rpa_backend backend : available_backends()) {
     Case c = quantised_case(spec, 77, RPA_DTYPE_FP8_E5M2, 2);
     rpa_context_options options;

@@ -105,36 +105,15 @@ void compare(const Case& c, const std::string& what) {
 // Shapes that reach every path of the kernels: decode, prefill, split long contexts, head dims that
 // take the 16-byte and the element-wise loads, q-head groups larger than one block's rows.
 std::vector<RandomSpec> shapes() {
-  std::vector<RandomSpec> specs;
-  RandomSpec s;
-  s.q_lens = {1, 1, 1, 1, 1, 1}, s.context_lens = {1, 17, 300, 64, 650, 33};
-  s.num_q_heads = 8, s.num_kv_heads = 2, s.head_dim = 64, s.page_size = 16;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {5, 0, 17, 1}, s.context_lens = {9, 4, 40, 33};
-  s.num_q_heads = 4, s.num_kv_heads = 4, s.head_dim = 16, s.page_size = 4, s.padding_tokens = 3, s.padding_seqs = 2;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {1, 2}, s.context_lens = {3000, 1500};
-  s.num_q_heads = 32, s.num_kv_heads = 8, s.head_dim = 128, s.page_size = 16;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {3, 1}, s.context_lens = {300, 900};
-  s.num_q_heads = 2, s.num_kv_heads = 1, s.head_dim = 256, s.page_size = 7;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {40, 2}, s.context_lens = {70, 2};
-  s.num_q_heads = 48, s.num_kv_heads = 1, s.head_dim = 80, s.page_size = 5, s.padding_tokens = 1;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {33, 7}, s.context_lens = {100, 7};
-  s.num_q_heads = 6, s.num_kv_heads = 3, s.head_dim = 13, s.page_size = 1;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {130}, s.context_lens = {600};
-  s.num_q_heads = 4, s.num_kv_heads = 1, s.head_dim = 96, s.page_size = 32;
-  specs.push_back(s);
-  return specs;
+  return {
+    spec_of({1, 1, 1, 1, 1, 1}, {1, 17, 300, 64, 650, 33}, 8, 2, 64, 16),
+    spec_of({5, 0, 17, 1}, {9, 4, 40, 33}, 4, 4, 16, 4, 3, 2),
+    spec_of({1, 2}, {3000, 1500}, 32, 8, 128, 16),
+    spec_of({3, 1}, {300, 900}, 2, 1, 256, 7),
+    spec_of({40, 2}, {70, 2}, 48, 1, 80, 5, 1),
+    spec_of({33, 7}, {100, 7}, 6, 3, 13, 1),
+    spec_of({130}, {600}, 4, 1, 96, 32)
+  };
 }
 
 // Adds a random subset of the features to a case.
@@ -193,14 +172,8 @@ BOOST_AUTO_TEST_CASE(every_dtype_combination) {
 // probabilities enter the products as hi + lo 16-bit parts.
 BOOST_AUTO_TEST_CASE(sixteen_bit_prefill_within_2e5) {
   std::vector<RandomSpec> specs;
-  RandomSpec s;
-  s.q_lens = {100, 257, 3}, s.context_lens = {300, 257, 40};  // GQA 4, head_dim 128, like the benchmarks
-  s.num_q_heads = 32, s.num_kv_heads = 8, s.head_dim = 128, s.page_size = 16;
-  specs.push_back(s);
-  s = RandomSpec{};
-  s.q_lens = {70, 33}, s.context_lens = {70, 95};  // head_dim 64, MHA
-  s.num_q_heads = 2, s.num_kv_heads = 2, s.head_dim = 64, s.page_size = 8, s.padding_tokens = 2;
-  specs.push_back(s);
+  specs.push_back(spec_of({100, 257, 3}, {300, 257, 40}, 32, 8, 128, 16));  // GQA 4, head_dim 128, like the benchmarks
+  specs.push_back(spec_of({70, 33}, {70, 95}, 2, 2, 64, 8, 2));  // head_dim 64, MHA
   for (const RandomSpec& spec : shapes())
     if (spec.head_dim % 8 == 0 && spec.head_dim <= 128 && spec.q_lens.front() > 1) specs.push_back(spec);
   std::mt19937_64 rng(16);
@@ -219,9 +192,7 @@ BOOST_AUTO_TEST_CASE(sixteen_bit_prefill_within_2e5) {
 
 // NaN and Inf in keys that are inside the context but outside every query's window never reach the output.
 BOOST_AUTO_TEST_CASE(nan_outside_the_window_never_leaks) {
-  RandomSpec spec;
-  spec.q_lens = {4, 1}, spec.context_lens = {900, 700};
-  spec.num_q_heads = 4, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = 16;
+  const RandomSpec spec = spec_of({4, 1}, {900, 700}, 4, 2, 64, 16);
   Case c = random_case(spec, 5);
   c.sliding_window = 100;
   for (int32_t s = 0; s < c.num_seqs; ++s) {
@@ -244,9 +215,7 @@ BOOST_AUTO_TEST_CASE(nan_outside_the_window_never_leaks) {
 // matrix-core path (16-bit), and decode tiles beside them.
 BOOST_AUTO_TEST_CASE(nan_reaches_only_the_rows_that_see_it) {
   for (rpa_dtype dtype : kDtypes) {
-    RandomSpec spec;
-    spec.q_lens = {24, 1}, spec.context_lens = {300, 200};
-    spec.num_q_heads = 8, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = 16;
+    const RandomSpec spec = spec_of({24, 1}, {300, 200}, 8, 2, 64, 16);
     Case c = random_case(spec, 11);
     c.sliding_window = 150;
     c.query_dtype = c.kv_dtype = dtype;

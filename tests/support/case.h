@@ -99,6 +99,17 @@ struct RandomSpec {
   int64_t padding_seqs = 0;    // sequences beyond num_seqs in the metadata
 };
 
+// A RandomSpec in one line, for tables of shapes (the other fields keep their defaults).
+inline RandomSpec spec_of(std::vector<int32_t> q_lens, std::vector<int32_t> context_lens, int64_t num_q_heads,
+                          int64_t num_kv_heads, int64_t head_dim, int64_t page_size, int64_t padding_tokens = 0,
+                          int64_t padding_seqs = 0) {
+  RandomSpec spec;
+  spec.q_lens = std::move(q_lens), spec.context_lens = std::move(context_lens);
+  spec.num_q_heads = num_q_heads, spec.num_kv_heads = num_kv_heads, spec.head_dim = head_dim;
+  spec.page_size = page_size, spec.padding_tokens = padding_tokens, spec.padding_seqs = padding_seqs;
+  return spec;
+}
+
 // A random problem: pages shuffled through the pool, unused pages and slots filled with garbage.
 Case random_case(const RandomSpec& spec, uint64_t seed);
 
