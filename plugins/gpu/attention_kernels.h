@@ -140,6 +140,20 @@ __device__ inline bool pages_fit(const MetadataCheck& c, int32_t seq, int64_t fi
   return __syncthreads_and(fits);
 }
 
+// Programmatic dependent launch (KernelSet::launch_early; NVIDIA sm_90+, else nothing to do): the
+// dependent kernel waits here until the kernel before it on the stream has finished and its writes are
+// visible (at once when it was launched plainly); the kernel before lets it launch from this point on.
+__device__ inline void wait_for_previous_grid() {
+#if defined(RPA_GPU_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ inline void allow_dependent_grid() {
+#if defined(RPA_GPU_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
 // Decode slots run beside prepare_metadata_kernel (launch.cpp), so they check their own sequence, by
 // the same rules, over the keys they read (its seq_ok is not written yet); the other slots run after it.
@@ -148,7 +162,10 @@ __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
     tile = p.tiles[blockIdx.x];
     return true;
   }
-  if (p.grid_kind != kGridDecode) return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+  if (p.grid_kind != kGridDecode) {
+    wait_for_previous_grid();  // the attention slots' row chunks come from prepare_metadata_kernel
+    return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+  }
   if (!grid_tile(p.grid, kGridDecode, blockIdx.x, tile, false)) return false;
   const int32_t seq = tile.seq;
   return sequence_fits(p.check, p.check.query_start_loc[seq], p.check.query_start_loc[seq + 1],
@@ -1028,17 +1045,11 @@ __device__ __forceinline__ void check_sequence(const MetadataCheck& c, int32_t s
   }
 }
 
-// Device metadata, by one block once every seq_ok is written: numbers the non-decode row chunks of all
-// sequences (DeviceGrid::chunk_offsets), so those tiles' slots are as many as the batch's tokens need.
-// seq_ok is read through volatile: other blocks of this launch wrote it.
-__device__ __forceinline__ void number_chunks(const DeviceGrid& g, const volatile int32_t* seq_ok, int32_t* offsets) {
+// The sum of `value` over the block's threads before this one (threadIdx order); `total` receives the sum
+// over all. Called by every thread of the block.
+__device__ __forceinline__ int32_t block_exclusive_sum(int32_t value, int32_t& total) {
   __shared__ int32_t sums[kThreads];
-  const int32_t per_thread = (g.num_seqs + kThreads - 1) / kThreads;
-  const int32_t begin = threadIdx.x * per_thread;
-  const int32_t end = begin + per_thread < g.num_seqs ? begin + per_thread : g.num_seqs;
-  int32_t sum = 0;
-  for (int32_t s = begin; s < end; ++s) sum += attention_chunks(g, s, seq_ok[s]);
-  sums[threadIdx.x] = sum;
+  sums[threadIdx.x] = value;
   __syncthreads();
   for (int step = 1; step < kThreads; step *= 2) {  // inclusive scan, log2(kThreads) steps
     const int32_t before = threadIdx.x >= step ? sums[threadIdx.x - step] : 0;
@@ -1046,20 +1057,72 @@ __device__ __forceinline__ void number_chunks(const DeviceGrid& g, const volatil
     sums[threadIdx.x] += before;
     __syncthreads();
   }
-  if (threadIdx.x == kThreads - 1) offsets[g.num_seqs] = sums[threadIdx.x];
-  int32_t running = sums[threadIdx.x] - sum;
+  total = sums[kThreads - 1];
+  const int32_t before = sums[threadIdx.x] - value;
+  __syncthreads();  // the next call writes sums again
+  return before;
+}
+
+// Device metadata, by one block once every seq_ok is written: lists the non-decode row chunks of the
+// sequences that follow the rules (DeviceGrid::row_chunks), so those tiles' slots are as many as the
+// batch's tokens need, each slot reads its chunk with one load, and the chunks with the most keys start
+// first, as make_tile_plan orders its tiles (a causal prefill's last chunks see the most keys; starting
+// them last leaves them running alone at the end). A counting sort by key bucket: `offsets`
+// [num_seqs + 1] (scratch) numbers each sequence's chunks, then each chunk takes the next place of its
+// bucket, buckets of more keys first. seq_ok is read through volatile: other blocks of this launch wrote it.
+__device__ __forceinline__ void list_row_chunks(const DeviceGrid& g, const volatile int32_t* seq_ok, int32_t* offsets,
+                                                RowChunk* list) {
+  __shared__ int32_t place[kKeyBuckets];  // chunks per bucket, then the next place of each bucket
+  for (int b = threadIdx.x; b < kKeyBuckets; b += kThreads) place[b] = 0;
+  const int32_t per_thread = (g.num_seqs + kThreads - 1) / kThreads;
+  const int32_t begin = threadIdx.x * per_thread;
+  const int32_t end = begin + per_thread < g.num_seqs ? begin + per_thread : g.num_seqs;
+  int32_t sum = 0, all = 0;
+  for (int32_t s = begin; s < end; ++s) sum += attention_chunks(g, s, seq_ok[s]);
+  int32_t running = block_exclusive_sum(sum, all);
   for (int32_t s = begin; s < end; ++s) {
     offsets[s] = running;
     running += attention_chunks(g, s, seq_ok[s]);
   }
+  if (threadIdx.x == 0) offsets[g.num_seqs] = all;
+  __syncthreads();  // offsets and the zeroed counts are the block's
+  // Chunk c of all: row chunk c - offsets[seq] of the sequence with offsets[seq] <= c < offsets[seq + 1].
+  const auto chunk_at = [&](int32_t c) {
+    int32_t low = 0, high = g.num_seqs - 1;
+    while (low < high) {
+      const int32_t middle = (low + high + 1) / 2;
+      if (offsets[middle] <= c) low = middle;
+      else high = middle - 1;
+    }
+    return row_chunk(g, low, c - offsets[low]);
+  };
+  for (int32_t c = threadIdx.x; c < all; c += kThreads) atomicAdd(&place[key_bucket(g, chunk_at(c))], 1);
+  __syncthreads();
+  // Thread t takes buckets kKeyBuckets - 1 - (t * kPer + i): the first places go to the most keys.
+  constexpr int kPer = kKeyBuckets / kThreads;
+  static_assert(kKeyBuckets % kThreads == 0, "the threads take the buckets evenly");
+  int32_t counts[kPer], mine = 0;
+  for (int i = 0; i < kPer; ++i) counts[i] = place[kKeyBuckets - 1 - (threadIdx.x * kPer + i)], mine += counts[i];
+  int32_t next = block_exclusive_sum(mine, all);
+  for (int i = 0; i < kPer; ++i) place[kKeyBuckets - 1 - (threadIdx.x * kPer + i)] = next, next += counts[i];
+  __syncthreads();
+  for (int32_t c = threadIdx.x; c < all; c += kThreads) {
+    const RowChunk chunk = chunk_at(c);
+    const int32_t at = atomicAdd(&place[key_bucket(g, chunk)], 1);
+    // Beyond the bound only when broken metadata (sequences whose rows overlap) passes the rules.
+    if (at < g.attention.chunks) list[at] = chunk;
+  }
+  for (int32_t at = all + threadIdx.x; at < g.attention.chunks; at += kThreads) list[at] = RowChunk{-1, 0, 0, 0};
 }
 
 // Device metadata, the one launch before the tiles (a block per sequence, at most kPrepareBlocks, each
 // taking every gridDim.x-th): checks the sequences (check_sequence), gives the rows outside
 // [query_start_loc[0], query_start_loc[num_seqs]) (clamped to [0, T]) out 0 and lse -inf, and, in the
-// block that finishes last, numbers the row chunks (number_chunks). One launch, not three: each launch
+// block that finishes last, lists the row chunks (list_row_chunks). One launch, not three: each launch
 // costs microseconds beside a run of one or two attention kernels.
 __device__ __forceinline__ void prepare_metadata_kernel(Params p) {
+  // The attention blocks may be placed now: they wait for this whole kernel (wait_for_previous_grid).
+  allow_dependent_grid();
   const MetadataCheck& c = p.check;
   for (int32_t seq = blockIdx.x; seq < c.num_seqs; seq += gridDim.x) check_sequence(c, seq);
 
@@ -1076,7 +1139,7 @@ __device__ __forceinline__ void prepare_metadata_kernel(Params p) {
     if (d == 0) store_lse(p, row, int(head), -INFINITY);
   }
 
-  if (p.grid.attention.chunks == 0) return;  // no row chunk to number
+  if (p.grid.attention.chunks == 0) return;  // no row chunk to list
   // The last block to count itself sees every block's seq_ok: each fenced its writes before counting.
   __shared__ int last;
   __threadfence();
@@ -1085,7 +1148,7 @@ __device__ __forceinline__ void prepare_metadata_kernel(Params p) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  number_chunks(p.grid, c.seq_ok, const_cast<int32_t*>(p.grid.chunk_offsets));
+  list_row_chunks(p.grid, c.seq_ok, c.seq_ok + c.num_seqs, const_cast<RowChunk*>(p.grid.row_chunks));
   if (threadIdx.x == 0) *c.blocks_done = 0;  // the next run counts from 0 (its launch follows this one)
 }
 

@@ -16,8 +16,8 @@ namespace rpa_gpu {
 enum GridKind : int32_t { kGridDecode, kGridAttention, kGridMergeDecode, kGridMergeAttention };
 
 // One kind of tiles: unit = (row chunk, kv head, head chunk), each with `splits` split slots. A decode
-// sequence is one row chunk (chunk = sequence); the other kind's chunks are numbered across sequences
-// by DeviceGrid::chunk_offsets, so its slots follow the batch's tokens, not num_seqs * max_query_len.
+// sequence is one row chunk (chunk = sequence); the other kind's chunks are listed across sequences
+// (DeviceGrid::row_chunks), so its slots follow the batch's tokens, not num_seqs * max_query_len.
 struct GridPart {
   int32_t heads, head_chunks;  // q heads per tile; tiles across a kv head's group
   int32_t rows, row_chunks;    // query rows per tile; the most row chunks of one sequence (0: no unit)
@@ -27,13 +27,26 @@ struct GridPart {
   int64_t partial_base;        // first partial row of this kind's units
 };
 
+// A row chunk of the non-decode kind as prepare_metadata_kernel lists it: 16 bytes, so a slot resolves its
+// tile with one load (searching the sequence of a chunk took dependent loads at the start of every block).
+struct alignas(16) RowChunk {
+  int32_t seq;  // -1: no row chunk this run
+  int32_t row_begin, rows, first_pos;
+};
+
+// Buckets of prepare_metadata_kernel's counting sort of the row chunks by their keys (DeviceGrid::key_shift).
+constexpr int kKeyBuckets = 1024;
+
 struct DeviceGrid {
   const int32_t* context_lens;     // the caller's device metadata
   const int32_t* query_start_loc;
   const int32_t* seq_ok;           // per sequence: nonzero when it follows every rule (written on the device)
-  const int32_t* chunk_offsets;    // [num_seqs + 1]: the first attention row chunk of each sequence (device)
+  // [attention.chunks]: the row chunks of the non-decode kind of all sequences that follow the rules, most
+  // keys first as make_tile_plan orders its tiles (to the key bucket: keys >> key_shift), then -1 (device).
+  const RowChunk* row_chunks;
   int32_t num_seqs, kv_heads, group, window;
   int32_t decode_eligible;         // one-token sequences take the decode part
+  int32_t key_shift;               // the bound max_context_len >> key_shift is below kKeyBuckets
   GridPart decode, attention;
 };
 
@@ -58,39 +71,55 @@ RPA_HOST_DEVICE inline int64_t grid_blocks(const DeviceGrid& g, GridKind kind) {
   return grid_units(g, part) * (merge ? 1 : part.splits);
 }
 
-// The whole (unsplit) tile of `unit`, as make_tile_plan makes it; false when there is none.
+// Row chunk `r` (< attention_chunks) of sequence `seq`, whose tile make_tile_plan makes (heads aside).
+RPA_HOST_DEVICE inline RowChunk row_chunk(const DeviceGrid& g, int32_t seq, int32_t r) {
+  const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;
+  const int32_t row = r * g.attention.rows;
+  RowChunk chunk;
+  chunk.seq = seq;
+  chunk.row_begin = first_row + row;
+  chunk.rows = g.attention.rows < q_len - row ? g.attention.rows : q_len - row;
+  chunk.first_pos = g.context_lens[seq] - q_len + row;
+  return chunk;
+}
+
+// Keys visible to some row of rows from position first_pos on: (first_pos - window, last_pos], clipped at 0.
+RPA_HOST_DEVICE inline int32_t first_key(const DeviceGrid& g, int32_t first_pos) {
+  return g.window > 0 && first_pos - g.window + 1 > 0 ? first_pos - g.window + 1 : 0;
+}
+
+// The sort bucket of a row chunk: its keys >> key_shift (the largest bucket for more than the bound).
+RPA_HOST_DEVICE inline int32_t key_bucket(const DeviceGrid& g, const RowChunk& chunk) {
+  const int32_t bucket = (chunk.first_pos + chunk.rows - first_key(g, chunk.first_pos)) >> g.key_shift;
+  return bucket < kKeyBuckets ? bucket : kKeyBuckets - 1;
+}
+
+// The whole (unsplit) tile of `unit`, as make_tile_plan makes it; false when there is none. Decode units
+// are sequences; the others' row chunks come from the list (row_chunks), so a slot reads one record.
 RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part, bool decode, int64_t unit, Tile& tile,
                                       bool use_seq_ok) {
   const int32_t head_chunk = int32_t(unit % part.head_chunks);
   unit /= part.head_chunks;
   const int32_t kv_head = int32_t(unit % g.kv_heads);
-  const int32_t chunk = int32_t(unit / g.kv_heads);
-  int32_t seq = chunk, row_chunk = 0;
-  if (!decode) {  // the sequence whose chunks hold `chunk`: offsets[seq] <= chunk < offsets[seq + 1]
-    if (chunk >= g.chunk_offsets[g.num_seqs]) return false;
-    int32_t low = 0, high = g.num_seqs - 1;
-    while (low < high) {
-      const int32_t middle = (low + high + 1) / 2;
-      if (g.chunk_offsets[middle] <= chunk) low = middle;
-      else high = middle - 1;
-    }
-    seq = low;
-    // A sequence's slots take its row chunks last first: a later chunk sees more keys, and blocks start
-    // in slot order, so the longest tiles of a sequence start first (the host planner sorts all tiles).
-    row_chunk = g.chunk_offsets[seq + 1] - 1 - chunk;
+  const int32_t index = int32_t(unit / g.kv_heads);
+  RowChunk chunk;
+  if (decode) {
+    if (use_seq_ok && !g.seq_ok[index]) return false;
+    const int32_t first_row = g.query_start_loc[index];
+    if (!g.decode_eligible || g.query_start_loc[index + 1] - first_row != 1) return false;
+    chunk.seq = index, chunk.row_begin = first_row, chunk.rows = 1, chunk.first_pos = g.context_lens[index] - 1;
+  } else {
+    chunk = g.row_chunks[index];
+    if (chunk.seq < 0) return false;
   }
-  if (use_seq_ok && !g.seq_ok[seq]) return false;
-  const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;
-  if ((g.decode_eligible && q_len == 1) != decode) return false;
-  const int32_t row = row_chunk * part.rows, head = head_chunk * part.heads;
-  if (row >= q_len) return false;
-  tile.seq = seq;
+  const int32_t head = head_chunk * part.heads;
+  tile.seq = chunk.seq;
   tile.head_begin = kv_head * g.group + head;
   tile.heads = part.heads < g.group - head ? part.heads : g.group - head;
-  tile.row_begin = first_row + row;
-  tile.rows = part.rows < q_len - row ? part.rows : q_len - row;
-  tile.first_pos = g.context_lens[seq] - q_len + row;
-  tile.key_begin = g.window > 0 && tile.first_pos - g.window + 1 > 0 ? tile.first_pos - g.window + 1 : 0;
+  tile.row_begin = chunk.row_begin;
+  tile.rows = chunk.rows;
+  tile.first_pos = chunk.first_pos;
+  tile.key_begin = first_key(g, chunk.first_pos);
   tile.key_end = tile.first_pos + tile.rows;
   tile.partial = -1;
   tile.splits = 1;

@@ -256,6 +256,10 @@ rpa_status KernelSet::load(int device, std::string* error) {
 #undef RPA_GPU_ENTRY_ADDRESS
     };
     origin_ = "precompiled";
+    int major = 0;
+    const char* early = std::getenv("RPA_GPU_EARLY_LAUNCH");
+    early_launch_ = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                    major >= 9 && !(early && std::strcmp(early, "0") == 0);
     return RPA_STATUS_OK;
   }
   // The module loads into the current context: the runtime's primary context of `device`.
@@ -270,9 +274,10 @@ rpa_status KernelSet::load(int device, std::string* error) {
 }
 
 std::string KernelSet::launch_packed(Kernel kernel, unsigned grid, unsigned block, size_t shared, hipStream_t stream,
-                                     void** arguments) const {
+                                     void** arguments, bool early) const {
   void* function = functions_[size_t(kernel)];
 #if defined(RPA_GPU_AMD_HOST)
+  (void)early;
   const hipError_t status = hip().hipModuleLaunchKernel(static_cast<hipFunction_t>(function), grid, 1, 1, block, 1, 1,
                                                         unsigned(shared), stream, arguments, nullptr);
   return status == hipSuccess ? "" : hip_failure(kKernelNames[size_t(kernel)], status);
@@ -284,7 +289,18 @@ std::string KernelSet::launch_packed(Kernel kernel, unsigned grid, unsigned bloc
                                                unsigned(shared), static_cast<CUstream>(stream), arguments, nullptr);
     return result == CUDA_SUCCESS ? "" : cuda_failure(kKernelNames[size_t(kernel)], result, api);
   }
-  const cudaError_t status = cudaLaunchKernel(function, dim3(grid), dim3(block), arguments, shared, stream);
+  cudaError_t status;
+  if (early) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(grid), config.blockDim = dim3(block), config.dynamicSmemBytes = shared;
+    config.stream = stream, config.attrs = &attribute, config.numAttrs = 1;
+    status = cudaLaunchKernelExC(&config, function, arguments);
+  } else {
+    status = cudaLaunchKernel(function, dim3(grid), dim3(block), arguments, shared, stream);
+  }
   return status == cudaSuccess ? "" : std::string(kKernelNames[size_t(kernel)]) + ": " + cudaGetErrorString(status);
 #endif
 }

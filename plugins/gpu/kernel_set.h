@@ -92,6 +92,15 @@ class KernelSet {
     void* arguments[] = {static_cast<void*>(&args)...};
     return launch_packed(kernel, grid, block, shared, stream, arguments);
   }
+  // As launch, but the kernel may start while the previous kernel of the stream still runs, its launch
+  // and start overlapping that kernel's end (NVIDIA sm_90+ precompiled kernels: programmatic dependent
+  // launch; elsewhere as launch). It calls wait_for_previous_grid() before reading that kernel's writes.
+  template <typename... Args>
+  std::string launch_early(Kernel kernel, unsigned grid, unsigned block, size_t shared, hipStream_t stream,
+                           Args... args) const {
+    void* arguments[] = {static_cast<void*>(&args)...};
+    return launch_packed(kernel, grid, block, shared, stream, arguments, early_launch_);
+  }
   // Lets `kernel` take `bytes` of dynamic shared memory (NVIDIA asks above 48 KiB; AMD's 64 KiB are free).
   std::string allow_shared(Kernel kernel, int bytes) const;
   // Blocks of `kernel` one multiprocessor holds at once.
@@ -99,13 +108,14 @@ class KernelSet {
 
  private:
   std::string launch_packed(Kernel kernel, unsigned grid, unsigned block, size_t shared, hipStream_t stream,
-                            void** arguments) const;
+                            void** arguments, bool early = false) const;
   rpa_status load_module(const void* code, std::string* error);
   rpa_status compile(int device, std::vector<char>* code, std::string* error);
 
   std::string origin_;
   void* module_ = nullptr;        // hipModule_t or CUmodule; null on NVIDIA's precompiled path
   std::vector<void*> functions_;  // by Kernel: hipFunction_t, CUfunction, or the precompiled kernel itself
+  bool early_launch_ = false;     // launch_early overlaps (RPA_GPU_EARLY_LAUNCH=0: never, for comparison)
 };
 
 // The path `device` takes, in words, without compiling anything (describe_device).

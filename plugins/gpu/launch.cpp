@@ -50,18 +50,24 @@ int keys_per_tile(int d_max) {
   return by_head_dim(d_max, [](auto d) { return Geometry<decltype(d)::value>::kKeys; });
 }
 
+// Device metadata: the attention kernel follows prepare_metadata_kernel on its stream, and starts early
+// (KernelSet::launch_early): its launch and blocks' start overlap that kernel's end, and each block waits
+// for it before reading the row chunks (fetch_tile).
 void launch_attention(const Launch& launch, const Params& params) {
+  const auto start = [&](Kernel kernel, unsigned threads, size_t shared) {
+    check(launch.device_metadata
+              ? launch.kernels->launch_early(kernel, launch.attention_blocks, threads, shared, launch.stream, params)
+              : launch.kernels->launch(kernel, launch.attention_blocks, threads, shared, launch.stream, params));
+  };
 #if defined(RPA_GPU_CUDA)
   if (launch.matrix_path != MatrixPath::none) {
     const bool warpgroup = launch.matrix_path == MatrixPath::warpgroup;
-    check(launch.kernels->launch(matrix_entry(warpgroup, launch.kv_dtype, launch.d_max), launch.attention_blocks,
-                                 kMatrixThreads, matrix_shared(warpgroup, launch.kv_dtype, launch.d_max),
-                                 launch.stream, params));
+    start(matrix_entry(warpgroup, launch.kv_dtype, launch.d_max), kMatrixThreads,
+          matrix_shared(warpgroup, launch.kv_dtype, launch.d_max));
     return;
   }
 #endif
-  check(launch.kernels->launch(attention_entry(launch.kv_dtype, launch.d_max), launch.attention_blocks,
-                               kThreads, attention_shared(launch.d_max), launch.stream, params));
+  start(attention_entry(launch.kv_dtype, launch.d_max), kThreads, attention_shared(launch.d_max));
 }
 
 // With both kinds of tiles, the decode tiles (memory bound) run on the side stream beside the others
@@ -211,7 +217,9 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
     schedule.grid = make_device_grid(p, limits, schedule.tiles.partial_rows);
     schedule.tiles.decode_rows = schedule.grid.decode.heads;
     schedule.tiles_offset = 256;
-    schedule.metadata_bytes = schedule.tiles_offset + (2 * static_cast<size_t>(p.num_seqs) + 1) * sizeof(int32_t);
+    schedule.row_chunks_offset =
+        align_up(schedule.tiles_offset + (2 * static_cast<size_t>(p.num_seqs) + 1) * sizeof(int32_t), sizeof(RowChunk));
+    schedule.metadata_bytes = schedule.row_chunks_offset + size_t(schedule.grid.attention.chunks) * sizeof(RowChunk);
   } else {
     schedule.tiles = make_tile_plan(p, limits);
     const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
@@ -268,7 +276,7 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
     k.block_table_stride = p.block_table_stride;
     k.grid = schedule.grid;
     k.grid.seq_ok = reinterpret_cast<const int32_t*>(metadata + schedule.tiles_offset);
-    k.grid.chunk_offsets = k.grid.seq_ok + p.num_seqs;
+    k.grid.row_chunks = reinterpret_cast<const RowChunk*>(metadata + schedule.row_chunks_offset);
     k.check = MetadataCheck{
         p.context_lens, p.query_start_loc, p.block_tables, p.block_table_stride,
         reinterpret_cast<int32_t*>(const_cast<char*>(metadata + schedule.tiles_offset)),

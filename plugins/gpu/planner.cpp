@@ -113,6 +113,7 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
   g.group = static_cast<int32_t>(p.num_q_heads / p.num_kv_heads);
   g.window = static_cast<int32_t>(p.sliding_window);
   g.decode_eligible = limits.decode_eligible ? 1 : 0;
+  while ((p.max_context_len >> g.key_shift) >= kKeyBuckets) ++g.key_shift;
   const auto shape = [&](GridPart& part, int max_heads, bool decode) {
     part.heads = std::min(g.group, max_heads);
     part.head_chunks = (g.group + part.heads - 1) / part.heads;

@@ -5,7 +5,6 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
-#include <map>
 #include <random>
 #include <vector>
 
@@ -187,13 +186,18 @@ BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
 namespace {
 
 // Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges;
-// chunk_offsets as number_chunks writes them.
+// the row chunks listed as list_row_chunks lists them (its order within a key bucket aside).
 TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
-  std::vector<int32_t> offsets(static_cast<size_t>(grid.num_seqs) + 1, 0);
+  std::vector<rpa_gpu::RowChunk> chunks;
   for (int32_t s = 0; s < grid.num_seqs; ++s)
-    offsets[s + 1] = offsets[s] + rpa_gpu::attention_chunks(grid, s, grid.seq_ok[s]);
-  BOOST_TEST_REQUIRE(offsets.back() <= grid.attention.chunks, "more row chunks than the grid's bound");
-  grid.chunk_offsets = offsets.data();
+    for (int32_t r = 0; r < rpa_gpu::attention_chunks(grid, s, grid.seq_ok[s]); ++r)
+      chunks.push_back(rpa_gpu::row_chunk(grid, s, r));
+  BOOST_TEST_REQUIRE(chunks.size() <= static_cast<size_t>(grid.attention.chunks), "more row chunks than the grid's bound");
+  std::stable_sort(chunks.begin(), chunks.end(), [&](const rpa_gpu::RowChunk& a, const rpa_gpu::RowChunk& b) {
+    return rpa_gpu::key_bucket(grid, a) > rpa_gpu::key_bucket(grid, b);
+  });
+  chunks.resize(static_cast<size_t>(grid.attention.chunks), rpa_gpu::RowChunk{-1, 0, 0, 0});
+  grid.row_chunks = chunks.data();
   TilePlan plan;
   std::vector<Tile> merges;
   for (rpa_gpu::GridKind kind : {rpa_gpu::kGridDecode, rpa_gpu::kGridAttention, rpa_gpu::kGridMergeDecode,
@@ -238,15 +242,13 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
           const TilePlan plan = resolve_grid(grid);
           BOOST_TEST(plan.partial_rows <= partial_rows, "a split writes beyond the plan's partial rows");
           expect_exact_cover(m.problem, plan, limits);
-          // Within a sequence (and head), tiles start in slot order with the later rows first: they see
-          // more keys, so the longest start first.
-          std::map<std::pair<int32_t, int32_t>, int32_t> last_row;  // (seq, first head) -> row of its last tile
+          // Tiles start in slot order, which keeps the list's order: buckets of fewer keys after more.
+          int32_t last_bucket = rpa_gpu::kKeyBuckets;
           for (size_t i = plan.decode_tiles; i < plan.attention_tiles; ++i) {
             const Tile& t = plan.tiles[i];
-            const auto key = std::make_pair(t.seq, t.head_begin);
-            const auto seen = last_row.find(key);
-            if (seen != last_row.end()) BOOST_TEST(t.row_begin <= seen->second, "seq " << t.seq << " row " << t.row_begin);
-            last_row[key] = t.row_begin;
+            const int32_t bucket = rpa_gpu::key_bucket(grid, rpa_gpu::RowChunk{t.seq, t.row_begin, t.rows, t.first_pos});
+            BOOST_TEST(bucket <= last_bucket, "seq " << t.seq << " row " << t.row_begin);
+            last_bucket = bucket;
           }
         }
       }
