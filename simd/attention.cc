@@ -597,7 +597,10 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
         }
     }
   }
-  for (size_t r = 0; r < rows; ++r) FinishRow(st, item, r, o + r * width, partial);
+  for (size_t r = 0; r < rows; ++r) {
+    st.max[r] = static_cast<float>(st.max[r] / kLog2E);  // SoftmaxTileRow's max is in log2 units
+    FinishRow(st, item, r, o + r * width, partial);
+  }
 }
 
 // Decode rows (one query token, so every row of a kv head sees the same keys) of a bf16 or quantised cache

@@ -5,6 +5,7 @@
 #define BOOST_TEST_MODULE simd_kernels
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -320,49 +321,93 @@ void TestPacking(const std::string& target) {
   BOOST_CHECK_MESSAGE(inexact == 0, target << " packing: " << inexact << " f16 values not equal to hi + lo");
 }
 
-// SoftmaxTileRow against a double online softmax: rows with a first key (max -inf before), rows whose
-// max grows or stays, visible ranges inside and across vectors and blocks, scale and cap, NaN in masked
-// scores; the parts, where PairRow and PairHalf put them, sum to each weight within 2^-16 and are 0
-// where masked.
+// Pow2 against std::exp2: within 2^-21 relative from 2^-126 to 2^127 (integers, halves and points
+// between), exactly 0 below 2^-127, and no more than 2^-126 in between.
+void TestPow2(const std::string& target) {
+  const DF df;
+  auto x = hwy::AllocateAligned<float>(kLanes), y = hwy::AllocateAligned<float>(kLanes);
+  size_t bad = 0, checked = 0;
+  for (double start = -140.0; start < 127.0; start += 0.0625 * kLanes) {
+    for (size_t i = 0; i < kLanes; ++i) x[i] = static_cast<float>(std::min(127.0, start + 0.0625 * i + 0.003 * (i % 3)));
+    hn::Store(Pow2(hn::Load(df, x.get())), df, y.get());
+    for (size_t i = 0; i < kLanes; ++i, ++checked) {
+      const double want = std::exp2(static_cast<double>(x[i]));
+      if (x[i] >= -126.0f) bad += !(std::abs(y[i] - want) <= std::ldexp(want, -21));
+      else if (x[i] <= -127.0f) bad += y[i] != 0.0f || std::signbit(y[i]);
+      else bad += !(y[i] >= 0.0f && y[i] <= 0x1p-126f);
+    }
+  }
+  BOOST_CHECK_MESSAGE(checked > 4000 && bad == 0, target << " Pow2: " << bad << " of " << checked << " values off");
+}
+
+// SoftmaxTileRow against a double online softmax in powers of 2: rows with a first key (max -inf
+// before), rows whose max must move (more than kLazyRescale above the old one) or may stay, visible
+// ranges inside and across vectors and blocks, scale and cap, NaN in masked scores; the parts, where
+// PairRow and PairHalf put them, sum to each weight 2^(x - max) within 2^-16 and are 0 where masked. A
+// row with a visible NaN score takes the exact path: that key's weight 0 or NaN, the others as usual.
 void TestSoftmaxTileRow(const std::string& target) {
+  constexpr double kLog2 = 1.4426950408889634;
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   constexpr size_t keys = 4 * kPairSpan;
   auto s = hwy::AllocateAligned<float>(keys);
   std::vector<uint32_t> hi(keys / 2), lo(keys / 2);
-  size_t bad = 0;
-  for (int trial = 0; trial < 40; ++trial)
+  size_t bad = 0, moved = 0, stayed = 0;
+  const auto part = [&](const std::vector<uint32_t>& words, size_t j) {
+    return bf16_to_float(static_cast<uint16_t>(words[PairRow(j)] >> (16 * PairHalf(j))));
+  };
+  for (int trial = 0; trial < 60; ++trial)
     for (double cap : {0.0, 4.0})
       for (bool keep : {false, true}) {
         const size_t a = rng() % keys, b = a + 1 + rng() % (keys - a);
-        float max = trial % 3 == 0 ? kNegInf : normal(rng), sum = max == kNegInf ? 0.0f : 1.5f;
+        float max = trial % 3 == 0 ? kNegInf : trial % 3 == 1 ? -20.0f + normal(rng) : normal(rng);
+        float sum = max == kNegInf ? 0.0f : 1.5f;
         for (size_t j = 0; j < keys; ++j) s[j] = j < a || j >= b ? kNaN : normal(rng);
+        const size_t nan_key = trial % 10 == 9 ? a + rng() % (b - a) : keys;
+        if (nan_key < keys) s[nan_key] = kNaN;
         const std::vector<float> scores(s.get(), s.get() + keys);
         const float old_max = max, old_sum = sum;
         const float alpha = SoftmaxTileRow(s.get(), keys, a, b, 0.5f, cap, max, sum, hi.data(), lo.data(), keep);
-        double top = old_max;
-        std::vector<double> score(keys, -INFINITY);
+        double step_max = -INFINITY;
+        std::vector<double> x(keys, -INFINITY);
         for (size_t j = a; j < b; ++j) {
-          score[j] = 0.5 * scores[j];
-          if (cap > 0) score[j] = cap * std::tanh(score[j] / cap);
-          top = std::max(top, score[j]);
+          if (j == nan_key) continue;
+          double score = 0.5 * scores[j];
+          if (cap > 0) score = cap * std::tanh(score / cap);
+          x[j] = kLog2 * score;
+          step_max = std::max(step_max, x[j]);
         }
-        const double factor = old_max == top ? 1.0 : std::exp(old_max - top);
+        if (nan_key < keys) {  // the exact path (Exp): the NaN key's weight 0 or NaN, the others as usual
+          const float nan_weight = part(hi, nan_key) + part(lo, nan_key);
+          bad += !(std::isnan(nan_weight) || nan_weight == 0.0f);
+          for (size_t j = 0; j < keys; ++j)
+            if (j != nan_key) {
+              const double want = std::isinf(x[j]) ? 0.0 : std::exp2(x[j] - max);
+              bad += std::abs(double(part(hi, j)) + part(lo, j) - want) > std::ldexp(want, -16) + 1e-30;
+            }
+          continue;
+        }
+        // The max moves to the step's max when that is more than kLazyRescale above it, else may stay.
+        const bool must_move = old_max == kNegInf || step_max > old_max + kLazyRescale + 1e-4;
+        const bool at_step_max = std::abs(max - step_max) <= 1e-6 * std::abs(step_max);
+        bad += must_move ? !at_step_max : !(max == old_max || at_step_max);
+        bad += max < step_max - kLazyRescale - 1e-4;
+        moved += max != old_max;
+        stayed += max == old_max;
+        const double factor = old_max == max ? 1.0 : std::exp2(double(old_max) - max);
         double total = old_sum * factor;
         for (size_t j = 0; j < keys; ++j) {
-          const double want = std::isinf(score[j]) ? 0.0 : std::exp(score[j] - top);
+          const double want = std::isinf(x[j]) ? 0.0 : std::exp2(x[j] - max);
           total += want;
-          const uint32_t shift = 16 * PairHalf(j);
-          const double got = double(bf16_to_float(static_cast<uint16_t>(hi[PairRow(j)] >> shift))) +
-                             bf16_to_float(static_cast<uint16_t>(lo[PairRow(j)] >> shift));
+          const double got = double(part(hi, j)) + part(lo, j);
           bad += std::abs(got - want) > std::ldexp(want, -16) + 1e-30;
           if (keep && j >= a && j < b) bad += !(std::abs(s[j] - want) <= 1e-6 * want + 1e-30);
         }
-        bad += std::abs(max - top) > 1e-6 * std::abs(top);
         bad += std::abs(alpha - factor) > 1e-6 * factor;
         bad += std::abs(sum - total) > 1e-5 * total;
       }
   BOOST_CHECK_MESSAGE(bad == 0, target << " SoftmaxTileRow: " << bad << " values off");
+  BOOST_CHECK_MESSAGE(moved > 20 && stayed > 20, target << " SoftmaxTileRow: the max moved " << moved << " times, stayed " << stayed);
 }
 
 }  // namespace
@@ -380,6 +425,7 @@ void TestAllKernels() {
   TestAccumulate<4, Grouped>(target, "Grouped");
   TestSoftmax(target);
   TestPacking(target);
+  TestPow2(target);
   TestSoftmaxTileRow(target);
 }
 
