@@ -545,7 +545,6 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
   std::fill(st.sum, st.sum + m, 0.0f);
   std::fill(weights, weights + 2 * m * step, uint16_t{0});  // rows past `rows` keep weights 0
 
-  const TileOperand q_operand{q, width, q_parts, m * width}, p_operand{weights, step, 2, m * step};
   const uint16_t* k_pairs = tiles.buffer + pack.offset;
   const uint16_t* v_pairs = k_pairs + kv_parts * static_cast<size_t>(layout.part_elements);
   for (int64_t t0 = begin / kTileStep * kTileStep; t0 < end; t0 += kTileStep) {
@@ -558,32 +557,48 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
     }
     if (!seen) continue;  // causal or window bound: no row sees this step
     const bool finite_v = !tiles.flags[pack.flags + static_cast<int64_t>(column) / kTileStep];
-    tiles.product(q_operand,
-                  TileOperand{k_pairs + 2 * column, 2 * static_cast<size_t>(pack.keys), kv_parts,
-                              static_cast<size_t>(layout.part_elements)},
-                  st.s, step, m, step, width, false);
-    for (size_t r = 0; r < rows; ++r) {
-      uint32_t* hi = reinterpret_cast<uint32_t*>(weights + r * step);
-      uint32_t* lo = hi + m * step / 2;
-      if (first[r] >= last[r]) {  // no key of this step: no weight
-        std::fill(hi, hi + step / 2, 0u);
-        std::fill(lo, lo + step / 2, 0u);
-        continue;
+    // Blocks of kTileBlock rows, each through S, its softmax and P.V before the next: a block's scores,
+    // weights and output stay in L1 while the step's K and V serve the item's blocks from L2. A block's
+    // products cover only the blocks of kTileBlock keys some row of it sees (the diagonal step's others
+    // are masked for all its rows).
+    for (size_t r0 = 0; r0 < rows; r0 += kTileBlock) {
+      const size_t r1 = std::min(rows, r0 + kTileBlock);
+      int32_t block_first = static_cast<int32_t>(kTileStep), block_last = 0;
+      for (size_t r = r0; r < r1; ++r)
+        if (first[r] < last[r]) {
+          block_first = std::min(block_first, first[r]);
+          block_last = std::max(block_last, last[r]);
+        }
+      if (block_first >= block_last) continue;  // no row of the block sees this step
+      const size_t j0 = static_cast<size_t>(block_first) / kTileBlock * kTileBlock;
+      const size_t j1 = RoundUp(static_cast<size_t>(block_last), kTileBlock);
+      tiles.product(TileOperand{q + r0 * width, width, q_parts, m * width},
+                    TileOperand{k_pairs + 2 * (column + j0), 2 * static_cast<size_t>(pack.keys), kv_parts,
+                                static_cast<size_t>(layout.part_elements)},
+                    st.s + r0 * step + j0, step, kTileBlock, j1 - j0, width, false);
+      for (size_t r = r0; r < r1; ++r) {
+        uint32_t* hi = reinterpret_cast<uint32_t*>(weights + r * step);
+        uint32_t* lo = hi + m * step / 2;
+        if (first[r] >= last[r]) {  // no key of this step: no weight
+          std::fill(hi, hi + step / 2, 0u);
+          std::fill(lo, lo + step / 2, 0u);
+          continue;
+        }
+        const float alpha = SoftmaxTileRow(st.s + r * step, step, static_cast<size_t>(first[r]), static_cast<size_t>(last[r]),
+                                           static_cast<float>(p.softmax_scale), p.logits_soft_cap, st.max[r], st.sum[r],
+                                           hi, lo, !finite_v);
+        if (alpha != 1.0f) {
+          const VF factor = hn::Set(df, alpha);
+          for (size_t d = 0; d < width; d += kLanes)
+            hn::Store(hn::Mul(hn::Load(df, o + r * width + d), factor), df, o + r * width + d);
+        }
       }
-      const float alpha = SoftmaxTileRow(st.s + r * step, step, static_cast<size_t>(first[r]), static_cast<size_t>(last[r]),
-                                         static_cast<float>(p.softmax_scale), p.logits_soft_cap, st.max[r], st.sum[r],
-                                         hi, lo, !finite_v);
-      if (alpha != 1.0f) {
-        const VF factor = hn::Set(df, alpha);
-        for (size_t d = 0; d < width; d += kLanes)
-          hn::Store(hn::Mul(hn::Load(df, o + r * width + d), factor), df, o + r * width + d);
-      }
+      if (finite_v)
+        tiles.product(TileOperand{weights + r0 * step + j0, step, 2, m * step},
+                      TileOperand{v_pairs + (column + j0) * width, 2 * width, kv_parts, static_cast<size_t>(layout.part_elements)},
+                      o + r0 * width, width, kTileBlock, width, j1 - j0, true);
     }
-    if (finite_v) {
-      tiles.product(p_operand,
-                    TileOperand{v_pairs + column * width, 2 * width, kv_parts, static_cast<size_t>(layout.part_elements)},
-                    o, width, m, width, step, true);
-    } else {
+    if (!finite_v) {
       const int32_t lo = *std::min_element(first, first + rows), hi = *std::max_element(last, last + rows);
       for (int32_t j = lo; j < hi; ++j)
         UnpackKeyPairs(reinterpret_cast<const uint32_t*>(v_pairs) + column / 2 * width, width, kv_parts,
