@@ -560,23 +560,34 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
     // Blocks of kTileBlock rows, each through S, its softmax and P.V before the next: a block's scores,
     // weights and output stay in L1 while the step's K and V serve the item's blocks from L2. A block's
     // products cover only the blocks of kTileBlock keys some row of it sees (the diagonal step's others
-    // are masked for all its rows).
+    // are masked for all its rows). The next block's S is issued before this block's softmax, so the
+    // tile unit has products to run while the vector units compute the weights.
+    constexpr size_t kBlocks = static_cast<size_t>(kTileRows) / kTileBlock;
+    size_t active[kBlocks], key_begin[kBlocks], key_end[kBlocks], blocks = 0;
     for (size_t r0 = 0; r0 < rows; r0 += kTileBlock) {
-      const size_t r1 = std::min(rows, r0 + kTileBlock);
       int32_t block_first = static_cast<int32_t>(kTileStep), block_last = 0;
-      for (size_t r = r0; r < r1; ++r)
+      for (size_t r = r0; r < std::min(rows, r0 + kTileBlock); ++r)
         if (first[r] < last[r]) {
           block_first = std::min(block_first, first[r]);
           block_last = std::max(block_last, last[r]);
         }
       if (block_first >= block_last) continue;  // no row of the block sees this step
-      const size_t j0 = static_cast<size_t>(block_first) / kTileBlock * kTileBlock;
-      const size_t j1 = RoundUp(static_cast<size_t>(block_last), kTileBlock);
+      active[blocks] = r0;
+      key_begin[blocks] = static_cast<size_t>(block_first) / kTileBlock * kTileBlock;
+      key_end[blocks++] = RoundUp(static_cast<size_t>(block_last), kTileBlock);
+    }
+    const auto scores = [&](size_t b) {
+      const size_t r0 = active[b], j0 = key_begin[b];
       tiles.product(TileOperand{q + r0 * width, width, q_parts, m * width},
                     TileOperand{k_pairs + 2 * (column + j0), 2 * static_cast<size_t>(pack.keys), kv_parts,
                                 static_cast<size_t>(layout.part_elements)},
-                    st.s + r0 * step + j0, step, kTileBlock, j1 - j0, width, false);
-      for (size_t r = r0; r < r1; ++r) {
+                    st.s + r0 * step + j0, step, kTileBlock, key_end[b] - j0, width, false);
+    };
+    if (blocks > 0) scores(0);
+    for (size_t b = 0; b < blocks; ++b) {
+      if (b + 1 < blocks) scores(b + 1);
+      const size_t r0 = active[b], j0 = key_begin[b];
+      for (size_t r = r0; r < std::min(rows, r0 + kTileBlock); ++r) {
         uint32_t* hi = reinterpret_cast<uint32_t*>(weights + r * step);
         uint32_t* lo = hi + m * step / 2;
         if (first[r] >= last[r]) {  // no key of this step: no weight
@@ -596,7 +607,7 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
       if (finite_v)
         tiles.product(TileOperand{weights + r0 * step + j0, step, 2, m * step},
                       TileOperand{v_pairs + (column + j0) * width, 2 * width, kv_parts, static_cast<size_t>(layout.part_elements)},
-                      o + r0 * width, width, kTileBlock, width, j1 - j0, true);
+                      o + r0 * width, width, kTileBlock, width, key_end[b] - j0, true);
     }
     if (!finite_v) {
       const int32_t lo = *std::min_element(first, first + rows), hi = *std::max_element(last, last + rows);
