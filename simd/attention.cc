@@ -537,13 +537,14 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
     }
   }
   // Q in f32, staged in O's place (rows past `rows` are 0, so their scores are 0 and unused), then its parts.
-  std::fill(o, o + m * width, 0.0f);
+  std::fill(o + rows * width, o + m * width, 0.0f);
   for (size_t r = 0; r < rows; ++r) LoadQuery(p, item, r, dim, width, o + r * width);
   for (size_t part = 0; part < q_parts; ++part) PackRows(o, width, m, width, part, q + part * m * width, width);
   std::fill(o, o + m * width, 0.0f);
   std::fill(st.max, st.max + m, kNegInf);
   std::fill(st.sum, st.sum + m, 0.0f);
-  std::fill(weights, weights + 2 * m * step, uint16_t{0});  // rows past `rows` keep weights 0
+  for (size_t part = 0; part < 2; ++part)  // rows past `rows` keep weights 0; the others are written per step
+    std::fill(weights + part * m * step + rows * step, weights + (part + 1) * m * step, uint16_t{0});
 
   const uint16_t* k_pairs = tiles.buffer + pack.offset;
   const uint16_t* v_pairs = k_pairs + kv_parts * static_cast<size_t>(layout.part_elements);
