@@ -157,14 +157,18 @@ __device__ inline void allow_dependent_grid() {
 // This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
 // Decode slots run beside prepare_metadata_kernel (launch.cpp), so they check their own sequence, by
 // the same rules, over the keys they read (its seq_ok is not written yet); the other slots run after it.
+// kAttentionOnly: the caller is an attention kernel, whose slots are always kGridAttention; resolving
+// only that kind keeps the other kinds' code out of it (matrix_core_kernel, at its 128-register bound,
+// spilled 40 bytes with them, 16 without).
+template <bool kAttentionOnly = false>
 __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
   if (p.tiles) {
     tile = p.tiles[blockIdx.x];
     return true;
   }
-  if (p.grid_kind != kGridDecode) {
+  if (kAttentionOnly || p.grid_kind != kGridDecode) {
     wait_for_previous_grid();  // the attention slots' row chunks come from prepare_metadata_kernel
-    return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile);
+    return grid_tile(p.grid, kAttentionOnly ? kGridAttention : p.grid_kind, blockIdx.x, tile);
   }
   if (!grid_tile(p.grid, kGridDecode, blockIdx.x, tile, false)) return false;
   const int32_t seq = tile.seq;
@@ -593,7 +597,7 @@ __device__ __forceinline__ void attention_kernel(Params p) {
   int64_t* v_offsets = k_offsets + G::kKeys;
 
   Tile tile;
-  if (!fetch_tile(p, tile)) return;
+  if (!fetch_tile<true>(p, tile)) return;
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
 

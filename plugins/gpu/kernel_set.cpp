@@ -258,8 +258,8 @@ rpa_status KernelSet::load(int device, std::string* error) {
     origin_ = "precompiled";
     int major = 0;
     const char* early = std::getenv("RPA_GPU_EARLY_LAUNCH");
-    early_launch_ = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                    major >= 9 && !(early && std::strcmp(early, "0") == 0);
+    early_launch_ = early && std::strcmp(early, "1") == 0 &&
+                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
     return RPA_STATUS_OK;
   }
   // The module loads into the current context: the runtime's primary context of `device`.

@@ -92,9 +92,10 @@ class KernelSet {
     void* arguments[] = {static_cast<void*>(&args)...};
     return launch_packed(kernel, grid, block, shared, stream, arguments);
   }
-  // As launch, but the kernel may start while the previous kernel of the stream still runs, its launch
-  // and start overlapping that kernel's end (NVIDIA sm_90+ precompiled kernels: programmatic dependent
-  // launch; elsewhere as launch). It calls wait_for_previous_grid() before reading that kernel's writes.
+  // As launch, but with RPA_GPU_EARLY_LAUNCH=1 the kernel may start while the previous kernel of the
+  // stream still runs, its launch and start overlapping that kernel's end (NVIDIA sm_90+ precompiled
+  // kernels: programmatic dependent launch; elsewhere, and by default, as launch: README, "Device-resident
+  // metadata", says why). It calls wait_for_previous_grid() before reading that kernel's writes.
   template <typename... Args>
   std::string launch_early(Kernel kernel, unsigned grid, unsigned block, size_t shared, hipStream_t stream,
                            Args... args) const {
@@ -115,7 +116,7 @@ class KernelSet {
   std::string origin_;
   void* module_ = nullptr;        // hipModule_t or CUmodule; null on NVIDIA's precompiled path
   std::vector<void*> functions_;  // by Kernel: hipFunction_t, CUfunction, or the precompiled kernel itself
-  bool early_launch_ = false;     // launch_early overlaps (RPA_GPU_EARLY_LAUNCH=0: never, for comparison)
+  bool early_launch_ = false;     // launch_early overlaps (RPA_GPU_EARLY_LAUNCH=1 on sm_90+, precompiled)
 };
 
 // The path `device` takes, in words, without compiling anything (describe_device).

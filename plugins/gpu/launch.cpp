@@ -50,7 +50,7 @@ int keys_per_tile(int d_max) {
   return by_head_dim(d_max, [](auto d) { return Geometry<decltype(d)::value>::kKeys; });
 }
 
-// Device metadata: the attention kernel follows prepare_metadata_kernel on its stream, and starts early
+// Device metadata: the attention kernel follows prepare_metadata_kernel on its stream and may start early
 // (KernelSet::launch_early): its launch and blocks' start overlap that kernel's end, and each block waits
 // for it before reading the row chunks (fetch_tile).
 void launch_attention(const Launch& launch, const Params& params) {

@@ -114,7 +114,7 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   uint16_t* stages = q_rows + G::kQueryElements;  // two stages of K then V
 
   Tile tile;
-  if (!fetch_tile(p, tile)) return;
+  if (!fetch_tile<true>(p, tile)) return;
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
