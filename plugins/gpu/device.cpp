@@ -27,9 +27,9 @@ MatrixPath matrix_path(int device) {
   const int major = device_attribute(hipDeviceAttributeComputeCapabilityMajor, device);
   if ((request && std::strcmp(request, "0") == 0) || major < 8) return MatrixPath::none;
 #if defined(RPA_GPU_WGMMA)
-  if (!(request && std::strcmp(request, "mma") == 0) && major == 9 &&
-      device_attribute(hipDeviceAttributeComputeCapabilityMinor, device) == 0)
-    return MatrixPath::warpgroup;
+  // Hopper runs the sm_90a code, which carries no mma.sync kernels.
+  if (major == 9 && device_attribute(hipDeviceAttributeComputeCapabilityMinor, device) == 0)
+    return request && std::strcmp(request, "specialised") == 0 ? MatrixPath::specialised : MatrixPath::warpgroup;
 #endif
   return MatrixPath::warp;
 #else
@@ -39,7 +39,10 @@ MatrixPath matrix_path(int device) {
 }
 
 const char* matrix_path_name(MatrixPath path) {
-  return path == MatrixPath::warpgroup ? "wgmma" : path == MatrixPath::warp ? "mma.sync" : "FMA";
+  return path == MatrixPath::specialised ? "wgmma, warp-specialised"
+         : path == MatrixPath::warpgroup ? "wgmma"
+         : path == MatrixPath::warp      ? "mma.sync"
+                                         : "FMA";
 }
 
 hipError_t allocate_device(void** pointer, size_t bytes) { return hipMalloc(pointer, bytes); }

@@ -23,9 +23,10 @@ void check(const std::string& error);
 int device_attribute(hipDeviceAttribute_t attribute, int device);
 
 // The products of the tiled kernel for 16-bit inputs: wgmma on Hopper when the plugin carries sm_90a code
-// (RPA_GPU_WGMMA), mma.sync from sm_80 on, FMA elsewhere (AMD). RPA_GPU_MATRIX_CORES=0 (FMA) or =mma
-// (mma.sync on Hopper) picks a slower path, to compare the paths in tests and benchmarks.
-enum class MatrixPath { none, warp, warpgroup };
+// (RPA_GPU_WGMMA), mma.sync from sm_80 on, FMA elsewhere (AMD). RPA_GPU_MATRIX_CORES=0 (FMA) picks a slower
+// path, to compare the paths in tests and benchmarks, and on Hopper =specialised the warp-specialised
+// kernel (slower too: README) for 16-bit caches.
+enum class MatrixPath { none, warp, warpgroup, specialised };
 MatrixPath matrix_path(int device);
 const char* matrix_path_name(MatrixPath path);
 

@@ -6,6 +6,7 @@
 #include "plugins/gpu/kernel_list.h"
 #include "plugins/gpu/nvidia/code_decode_kernel.h"
 #include "plugins/gpu/nvidia/matrix_core_kernel.h"
+#include "plugins/gpu/nvidia/warp_specialized_kernel.h"
 
 #define RPA_GPU_DEFINE_ENTRY(name, bounds, body, parameters, arguments) \
   extern "C" __global__ void bounds name parameters { body arguments; }

@@ -59,9 +59,16 @@
   RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e4m3, KvE4m3, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e4m3, KvE4m3, 128) \
   RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e5m2, KvE5m2, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, e5m2, KvE5m2, 128) \
   RPA_GPU_MATRIX_ENTRY(X, policy, Policy, int8, KvInt8, 64) RPA_GPU_MATRIX_ENTRY(X, policy, Policy, int8, KvInt8, 128)
+// The warp-specialised Hopper kernel (nvidia/warp_specialized_kernel.h), one block per multiprocessor, for
+// kv f16, bf16 and head dims 64, 128.
+#define RPA_GPU_SPECIALISED_ENTRY(X, kv, Kv, d)                                                          \
+  X(rpa_specialised_##kv##_##d, __launch_bounds__(rpa_gpu::kSpecialisedThreads, 1),                      \
+    (rpa_gpu::specialised_kernel<rpa_gpu::Kv, d>), RPA_GPU_PARAMS, RPA_GPU_ARGS)
 #define RPA_GPU_MATRIX_KERNELS(X)                                                                         \
   RPA_GPU_MATRIX_POLICY(X, mma, WarpMma) RPA_GPU_MATRIX_POLICY(X, wgmma, WarpgroupMma)                   \
-  RPA_GPU_MATRIX_CODES(X, mma, WarpMma) RPA_GPU_MATRIX_CODES(X, wgmma, WarpgroupMma)
+  RPA_GPU_MATRIX_CODES(X, mma, WarpMma) RPA_GPU_MATRIX_CODES(X, wgmma, WarpgroupMma)                     \
+  RPA_GPU_SPECIALISED_ENTRY(X, f16, KvF16, 64) RPA_GPU_SPECIALISED_ENTRY(X, f16, KvF16, 128)             \
+  RPA_GPU_SPECIALISED_ENTRY(X, bf16, KvBf16, 64) RPA_GPU_SPECIALISED_ENTRY(X, bf16, KvBf16, 128)
 
 #if defined(RPA_GPU_CUDA)
 #define RPA_GPU_KERNELS(X) RPA_GPU_COMMON_KERNELS(X) RPA_GPU_MATRIX_KERNELS(X)

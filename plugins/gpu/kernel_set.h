@@ -60,6 +60,11 @@ inline Kernel matrix_entry(bool warpgroup, rpa_dtype kv, int d_max) {
 }
 static_assert(int(Kernel::rpa_matrix_wgmma_bf16_128) == int(Kernel::rpa_matrix_mma_f16_64) + 7, "kernel_list.h order");
 static_assert(int(Kernel::rpa_matrix_wgmma_int8_128) == int(Kernel::rpa_matrix_mma_e4m3_64) + 11, "kernel_list.h order");
+// specialised_kernel<Kv, D_MAX> (by dtype f16, bf16, then head dim 64, 128).
+inline Kernel specialised_entry(rpa_dtype kv, int d_max) {
+  return Kernel(int(Kernel::rpa_specialised_f16_64) + 2 * (kv == RPA_DTYPE_BF16) + (d_max == 128));
+}
+static_assert(int(Kernel::rpa_specialised_bf16_128) == int(Kernel::rpa_specialised_f16_64) + 3, "kernel_list.h order");
 #endif
 
 // A file built into the plugin (embed.py): the AMD code objects by architecture, the kernel source.

@@ -7,7 +7,7 @@
 #include <string>
 #include <type_traits>
 
-#include "plugins/gpu/nvidia/matrix_core_kernel.h"
+#include "plugins/gpu/nvidia/warp_specialized_kernel.h"
 #include "plugins/gpu/staging.h"
 
 namespace rpa_gpu {
@@ -38,6 +38,10 @@ int matrix_shared_of(rpa_dtype kv, int d_max) {
 int matrix_shared(bool warpgroup, rpa_dtype kv, int d_max) {
   return warpgroup ? matrix_shared_of<WarpgroupMma>(kv, d_max) : matrix_shared_of<WarpMma>(kv, d_max);
 }
+
+int specialised_shared(int d_max) {
+  return d_max == 64 ? int(SpecialisedGeometry<64>::kSharedBytes) : int(SpecialisedGeometry<128>::kSharedBytes);
+}
 #endif
 
 size_t attention_shared(int d_max) {
@@ -60,6 +64,11 @@ void launch_attention(const Launch& launch, const Params& params) {
               : launch.kernels->launch(kernel, launch.attention_blocks, threads, shared, launch.stream, params));
   };
 #if defined(RPA_GPU_CUDA)
+  if (launch.matrix_path == MatrixPath::specialised) {
+    check(launch.kernels->launch(specialised_entry(launch.kv_dtype, launch.d_max), launch.attention_blocks,
+                                 kSpecialisedThreads, specialised_shared(launch.d_max), launch.stream, params));
+    return;
+  }
   if (launch.matrix_path != MatrixPath::none) {
     const bool warpgroup = launch.matrix_path == MatrixPath::warpgroup;
     start(matrix_entry(warpgroup, launch.kv_dtype, launch.d_max), kMatrixThreads,
@@ -160,6 +169,8 @@ void allow_shared_memory_all(const KernelSet& kernels) {
       if (kv != RPA_DTYPE_F32 && d_max <= 128)
         for (bool warpgroup : {false, true})
           check(kernels.allow_shared(matrix_entry(warpgroup, kv, d_max), matrix_shared(warpgroup, kv, d_max)));
+      if ((kv == RPA_DTYPE_F16 || kv == RPA_DTYPE_BF16) && d_max <= 128)
+        check(kernels.allow_shared(specialised_entry(kv, d_max), specialised_shared(d_max)));
 #endif
     }
 }
@@ -171,6 +182,16 @@ int resident_blocks(const KernelSet& kernels, int d_max) {
   return std::max(blocks, 1);
 }
 
+
+namespace {
+// Whether the batch may hold one-token sequences (device metadata: unknown to the host, so yes).
+bool has_decode_sequences(const rpa_problem& p) {
+  if (p.metadata_memory == RPA_MEMORY_DEVICE) return true;
+  for (int64_t s = 0; s < p.num_seqs; ++s)
+    if (p.query_start_loc[s + 1] - p.query_start_loc[s] == 1) return true;
+  return false;
+}
+}  // namespace
 
 void check_supported(const rpa_problem& p) {
   if (p.head_dim > 256)
@@ -205,8 +226,16 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
   PlanLimits limits{};
   // decode_kernel reads 8 elements a lane (16 bytes; an 8-bit cache 16 or 8).
   limits.decode_eligible = vector_kv && p.head_dim % (rpa::is_quantised_dtype(p.kv_dtype) ? 16 : 8) == 0;
+  // The warp-specialised kernel takes 16-bit caches, and batches without decode tiles: it holds a whole
+  // multiprocessor (registers), so decode tiles could not run beside it (W3 on an H100: 0.37 ms against
+  // matrix_core_kernel's 0.19). Device metadata may hold decode tiles whenever they are eligible.
+  if (schedule.matrix_path == MatrixPath::specialised &&
+      (rpa::is_quantised_dtype(p.kv_dtype) || (limits.decode_eligible && has_decode_sequences(p))))
+    schedule.matrix_path = MatrixPath::warpgroup;
   limits.decode_max_rows = kDecodeMaxRows;
-  limits.max_rows = matrix_cores ? kMatrixRows : rows_per_block(schedule.d_max);
+  limits.max_rows = schedule.matrix_path == MatrixPath::specialised ? kMaxTileRows
+                    : matrix_cores                                   ? kMatrixRows
+                                                                     : rows_per_block(schedule.d_max);
   limits.tile_keys = keys_per_tile(schedule.d_max);
   // Split long key ranges only up to one wave of resident blocks: each split costs a partial write and a
   // merge, which measured slower on an H100 than a last wave the splits would fill (W1: 0.29 ms unsplit,

@@ -47,9 +47,9 @@ gpu_tests() {  # gpu_tests SUFFIX
   step "suite$1" suite "$results/suite$1"
 }
 gpu_tests ""
-# The slower product paths for 16-bit inputs (NVIDIA), checked and timed too: RPA_GPU_MATRIX_CORES=mma
-# (mma.sync in place of Hopper's wgmma) and =0 (FMA).
-step gpu_compare_mma env RPA_GPU_MATRIX_CORES=mma "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
+# The other product paths for 16-bit inputs (NVIDIA), checked and timed too: RPA_GPU_MATRIX_CORES=specialised
+# (on Hopper, the warp-specialised kernel in place of matrix_core_kernel's wgmma) and =0 (FMA).
+step gpu_compare_specialised env RPA_GPU_MATRIX_CORES=specialised "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 step gpu_compare_fma env RPA_GPU_MATRIX_CORES=0 "$build/tests/plugins/test_gpu_compare" --log_level=test_suite
 # The kernels compiled at run time (NVRTC) and launched through the module API: the path of AMD devices
 # without an embedded code object. The first context compiles (about 90 s on an H200's host), the others
@@ -63,11 +63,17 @@ unset RPA_GPU_KERNELS
 if command -v compute-sanitizer > /dev/null 2>&1; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$build/tests/plugins/test_gpu_compare"
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$build/tests/plugins/test_gpu_compare"
+  # The warp-specialised kernel's cases (16-bit KV): its mbarrier ring and named barriers.
+  cases=--run_test=every_dtype_combination,sixteen_bit_prefill_within_2e5,nan_outside_the_window_never_leaks,nan_reaches_only_the_rows_that_see_it
+  step memcheck_specialised env RPA_GPU_MATRIX_CORES=specialised compute-sanitizer --tool memcheck --error-exitcode 1 \
+    "$build/tests/plugins/test_gpu_compare" "$cases"
+  step racecheck_specialised env RPA_GPU_MATRIX_CORES=specialised compute-sanitizer --tool racecheck --error-exitcode 1 \
+    "$build/tests/plugins/test_gpu_compare" "$cases"
 fi
 # The binding's suite: with a GPU present every test also runs backend="gpu" against the fp64 oracle.
 step python env RPA_LIBRARY="$build/core/librpa.so" PYTHONPATH=python python3 -m pytest -q python/tests
 step bench "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3 --goals bench/goals.json --json "$results/bench.json"
-step bench_mma env RPA_GPU_MATRIX_CORES=mma "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
+step bench_specialised env RPA_GPU_MATRIX_CORES=specialised "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 step bench_fma env RPA_GPU_MATRIX_CORES=0 "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 step bench_rtc env RPA_GPU_KERNELS=rtc "$build/tools/rpa" bench --backends gpu --workloads W1 W2 W3
 exit $status

@@ -7,7 +7,7 @@ namespace rpa_gpu {
 
 constexpr int kDecodeMaxRows = 8;  // q heads of a decode tile (decode_kernel takes 4 or 8)
 constexpr int kMatrixRows = 64;  // rows of a matrix-core tile, 16 per warp (128 rows measured slower on H100 W3)
-constexpr int kMaxTileRows = 64;  // the most rows of any tile
+constexpr int kMaxTileRows = 128;  // the most rows of any tile (the warp-specialised kernel's)
 constexpr int kMaxScaleHeads = 128;  // kv heads of a quantised cache (their scales are kernel parameters)
 static_assert(kMatrixRows <= kMaxTileRows, "merge_kernel keeps per-row state for a whole tile");
 

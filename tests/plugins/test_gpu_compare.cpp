@@ -167,8 +167,9 @@ BOOST_AUTO_TEST_CASE(every_dtype_combination) {
       }
 }
 
-// 16-bit Q and KV of one type take the tensor-core kernels on NVIDIA (wgmma on Hopper, mma.sync from
-// sm_80; RPA_GPU_MATRIX_CORES picks one): with an f32 output they too stay within 2e-5, since the
+// 16-bit Q and KV of one type take the tensor-core kernels on NVIDIA (wgmma on Hopper, or its
+// warp-specialised kernel with RPA_GPU_MATRIX_CORES=specialised; mma.sync from sm_80; =0 the FMA
+// products): with an f32 output they too stay within 2e-5, since the
 // probabilities enter the products as hi + lo 16-bit parts.
 BOOST_AUTO_TEST_CASE(sixteen_bit_prefill_within_2e5) {
   std::vector<RandomSpec> specs;

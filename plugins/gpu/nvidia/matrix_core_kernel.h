@@ -99,12 +99,219 @@ __device__ inline void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo
   y0 = h0 + l0, y1 = h1 + l1;
 }
 
+// The pieces of one K/V tile's softmax that matrix_core_kernel and the warp-specialised kernel share, on
+// a lane's fragment of scores s[kKeys / 8][4] (row h = i / 2 of s[n][i], key key0 + 8n + pair + i % 2).
+
+struct SoftmaxScale {
+  float scale_log2, cap_log2, scale_over_cap;  // scores in log2 units: times scale_log2, or capped
+};
+__device__ inline SoftmaxScale softmax_scale_of(const Params& p, float dot_scale) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  return {p.softmax_scale * dot_scale * kLog2e, p.soft_cap * kLog2e,
+          p.soft_cap > 0.0f ? p.softmax_scale * dot_scale / p.soft_cap : 0.0f};
+}
+
+// Scales and caps s in log2 units (exp2 is one instruction), masks the keys a row does not see unless the
+// tile is `full` (select: a masked NaN never propagates), moves the rows' reference maxima where needed and
+// turns s into weights. Returns whether some row of the warp moved: the caller then multiplies its earlier
+// outputs by `rescale` (row_sum is rescaled here). A quad's four lanes share each row.
+template <int kKeyTiles, typename Visible>
+__device__ __forceinline__ bool softmax_weights(const Params& p, const SoftmaxScale& k, float (&s)[kKeyTiles][4],
+                                                bool full, int key0, int pair, Visible visible, float (&row_max)[2],
+                                                float (&row_sum)[2], float (&rescale)[2]) {
+  if (p.soft_cap > 0.0f)
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[n][i] = k.cap_log2 * tanhf(s[n][i] * k.scale_over_cap);
+  else
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[n][i] *= k.scale_log2;
+  if (!full)
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (!visible(i / 2, key0 + n * 8 + pair + i % 2)) s[n][i] = -INFINITY;
+  // A row's reference max moves only when a tile's max exceeds it by more than kMaxSlack (log2 units),
+  // so most tiles skip the rescale of out; weights stay below 2^kMaxSlack, where f32 sums and the hi + lo
+  // split keep the same relative error.
+  constexpr float kMaxSlack = 8.0f;
+  float tile_max[2] = {-INFINITY, -INFINITY};
+  rescale[0] = rescale[1] = 1.0f;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) tile_max[i / 2] = fmaxf(tile_max[i / 2], s[n][i]);
+  bool moved = false;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 2));
+    if (tile_max[h] > row_max[h] + kMaxSlack) {  // also a row's first visible key (row_max -inf)
+      rescale[h] = exp2_ftz(row_max[h] - tile_max[h]);
+      row_max[h] = tile_max[h], row_sum[h] *= rescale[h];
+      moved = true;
+    }
+  }
+  // Masked scores are -inf, whose weight is +0 (a row seeing nothing yet subtracts 0, not -inf).
+  const float subtract[2] = {row_max[0] == -INFINITY ? 0.0f : row_max[0], row_max[1] == -INFINITY ? 0.0f : row_max[1]};
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[n][i] = exp2_ftz(s[n][i] - subtract[i / 2]);
+  return __any_sync(0xffffffffu, moved);
+}
+
+template <int kDimTiles>
+__device__ __forceinline__ void rescale_rows(float (&out)[kDimTiles][4], const float (&rescale)[2]) {
+#pragma unroll
+  for (int n = 0; n < kDimTiles; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[n][i] *= rescale[i / 2];
+}
+
+// The weights as the A fragments (16 keys each) of P's hi and lo parts; row_sum adds the same hi + lo.
+template <bool kBf16, int kKeyTiles>
+__device__ __forceinline__ void split_weights(float (&s)[kKeyTiles][4], uint32_t (&hi)[kKeyTiles / 2][4],
+                                              uint32_t (&lo)[kKeyTiles / 2][4], float (&row_sum)[2]) {
+#pragma unroll
+  for (int k = 0; k < kKeyTiles / 2; ++k)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {  // register r: 8-key tile 2k + r / 2, row h = r % 2
+      const float* two = &s[2 * k + r / 2][r % 2 * 2];
+      float y0, y1;
+      split_pair<kBf16>(two[0], two[1], hi[k][r], lo[k][r], y0, y1);
+      row_sum[r % 2] += y0 + y1;
+    }
+}
+
+// Whether every row of the tile sees keys [key0, key0 + keys): such a K/V tile needs no mask, and an Inf
+// or NaN in it is visible, so only other tiles check their V for the FMA path.
+__device__ __forceinline__ bool tile_fully_visible(const Params& p, const Tile& tile, int key0, int keys) {
+  return key0 + keys <= tile.key_end && key0 + keys - 1 <= tile.first_pos &&
+         (p.window == 0 || key0 > tile.first_pos + tile.rows - 1 - p.window);
+}
+
+// Whether V [kKeys][D_MAX] (in Layout) holds an Inf or NaN, read by kThreadCount threads (this one `thread`).
+template <bool kBf16, typename Layout, int D_MAX, int kKeys, int kThreadCount>
+__device__ __forceinline__ bool values_nonfinite(const uint16_t* v_rows, int thread) {
+  constexpr int kChunks = D_MAX / 8;
+  bool nonfinite = false;
+#pragma unroll
+  for (int i = 0; i < kKeys * kChunks / kThreadCount; ++i) {
+    const int chunk = thread + i * kThreadCount;
+    const uint4 v4 = *reinterpret_cast<const uint4*>(v_rows + Layout::at(chunk / kChunks, chunk % kChunks * 8, kKeys));
+    nonfinite |= bits16_nonfinite<kBf16>(v4.x) | bits16_nonfinite<kBf16>(v4.y) | bits16_nonfinite<kBf16>(v4.z) |
+                 bits16_nonfinite<kBf16>(v4.w);
+  }
+  return nonfinite;
+}
+
+// out += P V on the FMA path, for a tile whose V holds an Inf or NaN: keys a row does not see are
+// skipped, never multiplied by 0 (row_sum adds the f32 weights).
+template <bool kBf16, typename Layout, int kKeys, int kDimTiles, typename Visible>
+__device__ __forceinline__ void fma_values(float (&s)[kKeys / 8][4], float (&out)[kDimTiles][4], float (&row_sum)[2],
+                                           int key0, int lane, Visible visible, const uint16_t* v_rows) {
+  const int pair = 2 * (lane % 4);
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) row_sum[i / 2] += s[n][i];
+#pragma unroll
+  for (int key = 0; key < kKeys; ++key) {  // the quad lane holding key's column passes P along
+    const int from = (lane & ~3) | key % 8 / 2;
+    const bool seen[2] = {visible(0, key0 + key), visible(1, key0 + key)};
+    const float prob[2] = {__shfl_sync(0xffffffffu, s[key / 8][key % 2], from),
+                           __shfl_sync(0xffffffffu, s[key / 8][2 + key % 2], from)};
+#pragma unroll
+    for (int n = 0; n < kDimTiles; ++n) {
+      const uint32_t two = *reinterpret_cast<const uint32_t*>(v_rows + Layout::at(key, n * 8 + pair, kKeys));
+      const float v[2] = {from_bits16<kBf16>(uint16_t(two)), from_bits16<kBf16>(uint16_t(two >> 16))};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (seen[i / 2]) out[n][i] = fmaf(prob[i / 2], v[i % 2], out[n][i]);
+    }
+  }
+}
+
+// Writes this lane's two tile rows rows[h] (those below the tile's): the output (times out_scale: an
+// 8-bit cache's V scale) and lse, or a split's unnormalised state for the merge. row_max is in log2 units.
+template <int kDimTiles>
+__device__ __forceinline__ void store_matrix_rows(const Params& p, const Tile& tile, const int (&rows)[2], int lane,
+                                                  float (&out)[kDimTiles][4], float (&row_max)[2],
+                                                  float (&row_sum)[2], float out_scale) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int tile_rows = tile.heads * tile.rows, pair = 2 * (lane % 4);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row_sum[h] += __shfl_xor(row_sum[h], 1);
+    row_sum[h] += __shfl_xor(row_sum[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = rows[h];
+    if (row >= tile_rows) continue;
+    const int head = tile.head_begin + row % tile.heads;
+    row_max[h] /= kLog2e;  // back to natural log units
+    float scale = out_scale;
+    if (tile.partial >= 0) {
+      if (lane % 4 == 0) {
+        p.partial_stats[(int64_t(tile.partial) + row) * 2] = row_max[h];
+        p.partial_stats[(int64_t(tile.partial) + row) * 2 + 1] = row_sum[h];
+      }
+    } else {
+      float lse, row_scale;
+      finish_row(p, head, row_max[h], row_sum[h], row_scale, lse);
+      scale *= row_scale;
+      if (lane % 4 == 0) store_lse(p, tile.row_begin + row / tile.heads, head, lse);
+    }
+    // The output's type is chosen once for the row; a lane's two adjacent dims go out as one store when
+    // the row allows it (pairs: both dims exist and the pair is aligned).
+    const auto write = [&](auto* to, int64_t base, bool aligned, auto pack, auto convert) {
+      using Pair = decltype(pack(0.0f, 0.0f));
+#pragma unroll
+      for (int n = 0; n < kDimTiles; ++n) {
+        const int d = n * 8 + pair;
+        const float x0 = out[n][2 * h] * scale, x1 = out[n][2 * h + 1] * scale;
+        if (aligned && d + 1 < p.head_dim) *reinterpret_cast<Pair*>(to + base + d) = pack(x0, x1);
+        else {
+          if (d < p.head_dim) to[base + d] = convert(x0);
+          if (d + 1 < p.head_dim) to[base + d + 1] = convert(x1);
+        }
+      }
+    };
+    const auto same = [](float x) { return x; };
+    const auto two_floats = [](float x0, float x1) { return make_float2(x0, x1); };
+    if (tile.partial >= 0) {
+      write(p.partial_acc, (int64_t(tile.partial) + row) * p.head_dim, p.head_dim % 2 == 0, two_floats, same);
+      continue;
+    }
+    const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
+                         int64_t(head) * p.out_head_stride;
+    if (p.out_dtype == RPA_DTYPE_BF16)
+      write(static_cast<__nv_bfloat16*>(p.out), base, p.out_pairs, __floats2bfloat162_rn, __float2bfloat16_rn);
+    else if (p.out_dtype == RPA_DTYPE_F16)
+      write(static_cast<__half*>(p.out), base, p.out_pairs, __floats2half2_rn, __float2half_rn);
+    else write(static_cast<float*>(p.out), base, p.out_pairs, two_floats, same);
+  }
+}
+
 // Fragment coordinates (PTX ISA, mma.m16n8k16 and wgmma.m64nNk16 alike): lane l of warp w holds S and O
 // rows 16w + l/4 and 16w + l/4 + 8, columns 2(l%4) and 2(l%4) + 1 of each 8-wide tile; the A fragment of
 // 16 keys is the S layout of two adjacent 8-key tiles.
 template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
 __device__ __forceinline__ void matrix_core_kernel(Params p) {
   using Mma = MatrixMma<Kv, D_MAX, MmaOf>;
+#if defined(RPA_GPU_WGMMA_CODE)
+  // Hopper's sm_90a code never runs mma.sync (device.cpp), so it carries none: less to compile.
+  if constexpr (!Mma::kWarpgroup) {
+    __trap();
+    return;
+  }
+#endif
   using Layout = typename Mma::Layout;
   using G = MatrixGeometry<D_MAX, Mma>;
   constexpr bool kBf16 = kBf16Tiles<Kv>;
@@ -231,11 +438,8 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   const auto visible = [&](int h, int j) {  // key j by this lane's row h
     return rows[h] < tile_rows && j < tile.key_end && j <= pos[h] && (p.window == 0 || j > pos[h] - p.window);
   };
-  constexpr float kLog2e = 1.4426950408889634f;
   // An 8-bit cache: the dot of the tiles' values times k_scale (and e4m3's 256) is the score's.
-  const float dot_scale = Kv::kQuantised ? scale_of(p.k_scales, kv_head) * Kv::kUnscale : 1.0f;
-  const float scale_log2 = p.softmax_scale * dot_scale * kLog2e, cap_log2 = p.soft_cap * kLog2e;
-  const float scale_over_cap = p.soft_cap > 0.0f ? p.softmax_scale * dot_scale / p.soft_cap : 0.0f;
+  const SoftmaxScale scaling = softmax_scale_of(p, Kv::kQuantised ? scale_of(p.k_scales, kv_head) * Kv::kUnscale : 1.0f);
   float out[kDimTiles][4], row_sum[2] = {0.0f, 0.0f};
   float row_max[2] = {-INFINITY, -INFINITY};  // in log2 units, like the scores
 #pragma unroll
@@ -250,164 +454,29 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
     else copy_async_commit();  // an empty group keeps the wait count uniform
     copy_async_wait<1>();
     Mma::publish_shared();  // this thread's copies (and, the first time, its Q stores)
-    // A tile every row sees in full needs no mask, and an Inf or NaN in it is visible: only other tiles
-    // check their V for the FMA path.
-    const bool full = key0 + G::kKeys <= tile.key_end && key0 + G::kKeys - 1 <= tile.first_pos &&
-                      (p.window == 0 || key0 > tile.first_pos + tile.rows - 1 - p.window);
-    bool nonfinite = false;
-    if (!full) {
-#pragma unroll
-      for (int i = 0; i < G::kKeys * G::kChunks / kMatrixThreads; ++i) {
-        const int chunk = threadIdx.x + i * kMatrixThreads;
-        const uint4 v4 = *reinterpret_cast<const uint4*>(v_rows + Layout::at(chunk / G::kChunks, chunk % G::kChunks * 8, G::kKeys));
-        nonfinite |= bits16_nonfinite<kBf16>(v4.x) | bits16_nonfinite<kBf16>(v4.y) |
-                     bits16_nonfinite<kBf16>(v4.z) | bits16_nonfinite<kBf16>(v4.w);
-      }
-    }
-    nonfinite = __syncthreads_or(nonfinite);
+    const bool full = tile_fully_visible(p, tile, key0, G::kKeys);
+    const bool nonfinite = __syncthreads_or(
+        !full && values_nonfinite<kBf16, Layout, D_MAX, G::kKeys, kMatrixThreads>(v_rows, threadIdx.x));
 
     float s[kKeyTiles][4];
     Mma::scores(s, q_rows, k_rows);
 
-    // Scale and cap, in log2 units (exp2 is one instruction); mask where some row may not see a key
-    // (select: a masked NaN never propagates). Then the online softmax; a quad's four lanes share each row.
-    if (p.soft_cap > 0.0f)
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) s[n][i] = cap_log2 * tanhf(s[n][i] * scale_over_cap);
-    else
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) s[n][i] *= scale_log2;
-    if (!full)
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          if (!visible(i / 2, key0 + n * 8 + pair + i % 2)) s[n][i] = -INFINITY;
-    // A row's reference max moves only when a tile's max exceeds it by more than kMaxSlack (log2 units),
-    // so most tiles skip the rescale of out; weights stay below 2^kMaxSlack, where f32 sums and the hi + lo
-    // split keep the same relative error.
-    constexpr float kMaxSlack = 8.0f;
-    float tile_max[2] = {-INFINITY, -INFINITY}, rescale[2] = {1.0f, 1.0f};
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) tile_max[i / 2] = fmaxf(tile_max[i / 2], s[n][i]);
-    bool moved = false;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 1));
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor(tile_max[h], 2));
-      if (tile_max[h] > row_max[h] + kMaxSlack) {  // also a row's first visible key (row_max -inf)
-        rescale[h] = exp2_ftz(row_max[h] - tile_max[h]);
-        row_max[h] = tile_max[h], row_sum[h] *= rescale[h];
-        moved = true;
-      }
-    }
-    if (__any_sync(0xffffffffu, moved))
-#pragma unroll
-      for (int n = 0; n < kDimTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) out[n][i] *= rescale[i / 2];
-    // Masked scores are -inf, whose weight is +0 (a row seeing nothing yet subtracts 0, not -inf).
-    const float subtract[2] = {row_max[0] == -INFINITY ? 0.0f : row_max[0], row_max[1] == -INFINITY ? 0.0f : row_max[1]};
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[n][i] = exp2_ftz(s[n][i] - subtract[i / 2]);
-
+    float rescale[2];
+    if (softmax_weights(p, scaling, s, full, key0, pair, visible, row_max, row_sum, rescale)) rescale_rows(out, rescale);
     if (!nonfinite) {
       uint32_t hi[G::kKeys / 16][4], lo[G::kKeys / 16][4];  // A fragments of P, 16 keys each
-#pragma unroll
-      for (int k = 0; k < G::kKeys / 16; ++k)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {  // register r: 8-key tile 2k + r / 2, row h = r % 2
-          float* two = &s[2 * k + r / 2][r % 2 * 2];
-          split_pair<kBf16>(two[0], two[1], hi[k][r], lo[k][r], two[0], two[1]);
-          row_sum[r % 2] += two[0] + two[1];
-        }
+      split_weights<kBf16>(s, hi, lo, row_sum);
       Mma::accumulate(out, hi, lo, v_rows);
-    } else {  // FMA path: keys a row does not see are skipped, never multiplied by 0
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) row_sum[i / 2] += s[n][i];
-#pragma unroll
-      for (int key = 0; key < G::kKeys; ++key) {  // the quad lane holding key's column passes P along
-        const int from = (lane & ~3) | key % 8 / 2;
-        const bool seen[2] = {visible(0, key0 + key), visible(1, key0 + key)};
-        const float prob[2] = {__shfl_sync(0xffffffffu, s[key / 8][key % 2], from),
-                               __shfl_sync(0xffffffffu, s[key / 8][2 + key % 2], from)};
-#pragma unroll
-        for (int n = 0; n < kDimTiles; ++n) {
-          const uint32_t two = *reinterpret_cast<const uint32_t*>(v_rows + Layout::at(key, n * 8 + pair, G::kKeys));
-          const float v[2] = {from_bits16<kBf16>(uint16_t(two)), from_bits16<kBf16>(uint16_t(two >> 16))};
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            if (seen[i / 2]) out[n][i] = fmaf(prob[i / 2], v[i % 2], out[n][i]);
-        }
-      }
+    } else {
+      fma_values<kBf16, Layout, G::kKeys>(s, out, row_sum, key0, lane, visible, v_rows);
     }
     if (next) store_codes(stages + (stage_index ^ 1) * G::kStageElements);  // read last in the previous tile
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row_sum[h] += __shfl_xor(row_sum[h], 1);
-    row_sum[h] += __shfl_xor(row_sum[h], 2);
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = rows[h];
-    if (row >= tile_rows) continue;
-    const int head = tile.head_begin + row % tile.heads;
-    row_max[h] /= kLog2e;  // back to natural log units
-    // An 8-bit cache's V scale (and e4m3's 256) multiplies the output, or the split's partial state.
-    float scale = Kv::kQuantised ? scale_of(p.v_scales, kv_head) * Kv::kUnscale : 1.0f;
-    if (tile.partial >= 0) {  // one split of a long key range: keep the unnormalised state for the merge
-      if (lane % 4 == 0) {
-        p.partial_stats[(int64_t(tile.partial) + row) * 2] = row_max[h];
-        p.partial_stats[(int64_t(tile.partial) + row) * 2 + 1] = row_sum[h];
-      }
-    } else {
-      float lse, row_scale;
-      finish_row(p, head, row_max[h], row_sum[h], row_scale, lse);
-      scale *= row_scale;
-      if (lane % 4 == 0) store_lse(p, tile.row_begin + row / tile.heads, head, lse);
-    }
-    // The output's type is chosen once for the row; a lane's two adjacent dims go out as one store when
-    // the row allows it (pairs: both dims exist and the pair is aligned).
-    const auto write = [&](auto* to, int64_t base, bool aligned, auto pack, auto convert) {
-      using Pair = decltype(pack(0.0f, 0.0f));
-#pragma unroll
-      for (int n = 0; n < kDimTiles; ++n) {
-        const int d = n * 8 + pair;
-        const float x0 = out[n][2 * h] * scale, x1 = out[n][2 * h + 1] * scale;
-        if (aligned && d + 1 < p.head_dim) *reinterpret_cast<Pair*>(to + base + d) = pack(x0, x1);
-        else {
-          if (d < p.head_dim) to[base + d] = convert(x0);
-          if (d + 1 < p.head_dim) to[base + d + 1] = convert(x1);
-        }
-      }
-    };
-    const auto same = [](float x) { return x; };
-    const auto two_floats = [](float x0, float x1) { return make_float2(x0, x1); };
-    if (tile.partial >= 0) {
-      write(p.partial_acc, (int64_t(tile.partial) + row) * p.head_dim, p.head_dim % 2 == 0, two_floats, same);
-      continue;
-    }
-    const int64_t base = int64_t(tile.row_begin + row / tile.heads) * p.out_token_stride +
-                         int64_t(head) * p.out_head_stride;
-    if (p.out_dtype == RPA_DTYPE_BF16)
-      write(static_cast<__nv_bfloat16*>(p.out), base, p.out_pairs, __floats2bfloat162_rn, __float2bfloat16_rn);
-    else if (p.out_dtype == RPA_DTYPE_F16)
-      write(static_cast<__half*>(p.out), base, p.out_pairs, __floats2half2_rn, __float2half_rn);
-    else write(static_cast<float*>(p.out), base, p.out_pairs, two_floats, same);
-  }
+  // An 8-bit cache's V scale (and e4m3's 256) multiplies the output, or the split's partial state.
+  store_matrix_rows(p, tile, rows, lane, out, row_max, row_sum,
+                    Kv::kQuantised ? scale_of(p.v_scales, kv_head) * Kv::kUnscale : 1.0f);
 }
 
 }  // namespace rpa_gpu

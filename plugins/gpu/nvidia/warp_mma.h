@@ -39,6 +39,7 @@ __device__ inline void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t 
 
 template <bool kBf16, int D_MAX, int kKeys>
 struct WarpMma {
+  static constexpr bool kWarpgroup = false;
   // Row-major rows padded by 16 bytes: the 8 rows of an ldmatrix (or of a column of 16-byte chunks) fall
   // in 8 different bank groups.
   struct Layout {

@@ -57,6 +57,15 @@ struct Wgmma<32> {
 template <>
 struct Wgmma<64> {
   template <bool kBf16>
+  __device__ static void shared_shared(float (&d)[8][4], uint64_t a, uint64_t b, int accumulate) {
+#if defined(RPA_GPU_WGMMA_CODE)
+    if constexpr (kBf16) RPA_WGMMA_SS("64", "bf16", RPA_REGS32, "32", "33", "34", RPA_D16(d, 0), RPA_D16(d, 4));
+    else RPA_WGMMA_SS("64", "f16", RPA_REGS32, "32", "33", "34", RPA_D16(d, 0), RPA_D16(d, 4));
+#else
+    __trap();
+#endif
+  }
+  template <bool kBf16>
   __device__ static void register_shared(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b) {
 #if defined(RPA_GPU_WGMMA_CODE)
     if constexpr (kBf16) RPA_WGMMA_RS("64", "bf16", RPA_REGS32, "{%32, %33, %34, %35}", "36", RPA_D16(d, 0), RPA_D16(d, 4));
@@ -84,16 +93,23 @@ struct Wgmma<128> {
 };
 
 // wgmma reads its registers and shared memory asynchronously: fence orders the warpgroup's earlier register
-// writes before the next wgmma, wait_all lets the registers be read again, and keep() stops the compiler from
-// moving register accesses across either (it sees every register rewritten there).
+// writes before the next wgmma, commit closes a group of them, wait<n> lets the registers of all but the n
+// most recent groups be read again, and keep() stops the compiler from moving register accesses across
+// either (it sees every register rewritten there).
 __device__ inline void wgmma_fence() {
 #if defined(RPA_GPU_WGMMA_CODE)
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ inline void wgmma_commit_and_wait_all() {
+__device__ inline void wgmma_commit() {
 #if defined(RPA_GPU_WGMMA_CODE)
-  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ inline void wgmma_wait() {
+#if defined(RPA_GPU_WGMMA_CODE)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 // (Two overloads rather than <type_traits>: the run-time compilers have no standard library.)
@@ -114,6 +130,7 @@ __device__ inline void keep(uint32_t (&x)[R][C]) {
 
 template <bool kBf16, int D_MAX, int kKeys>
 struct WarpgroupMma {
+  static constexpr bool kWarpgroup = true;
   // wgmma's 128-byte swizzle: 1 KiB atoms of 8 rows x 64 dims (a row is 128 bytes), the 16-byte chunk c
   // of row r stored at chunk c ^ (r % 8), so the 8 rows of a column of chunks (what wgmma reads at once)
   // fall in 8 different bank groups. Atoms follow each other by row group, then by 64-dim half; a tile
@@ -143,36 +160,47 @@ struct WarpgroupMma {
 #endif
   }
 
-  // s = Q K^T for this warpgroup's 64 rows, 16 dims (32 bytes of each atom row) a step. Q [rows][dims] and
-  // K [keys][dims] are both K-major: atoms kAtomBytes apart along the rows (the leading distance is unused).
-  __device__ static void scores(float (&s)[kKeys / 8][4], const uint16_t* q, const uint16_t* k) {
-    static_assert(kMatrixRows % 64 == 0, "warpgroups of 64 rows");
-    const uint64_t q_first = descriptor(q + Layout::at(threadIdx.x / 128 * 64, 0, kMatrixRows), 16, kAtomBytes);
-    const uint64_t k_first = descriptor(k, 16, kAtomBytes);
+  // Issues s = Q K^T as one commit group for the 64 rows at q of a Q tile of q_tile_rows rows, 16 dims (32
+  // bytes of each atom row) a step. Q [rows][dims] and K [keys][dims] are both K-major: atoms kAtomBytes
+  // apart along the rows (the leading distance is unused).
+  __device__ static void issue_scores(float (&s)[kKeys / 8][4], const uint16_t* q, int q_tile_rows, const uint16_t* k) {
+    const uint64_t q_first = descriptor(q, 16, kAtomBytes), k_first = descriptor(k, 16, kAtomBytes);
     keep(s);
     wgmma_fence();
 #pragma unroll
     for (int step = 0; step < D_MAX / 16; ++step)
-      Wgmma<kKeys>::template shared_shared<kBf16>(s, advance(q_first, Layout::at(0, step * 16, kMatrixRows)),
+      Wgmma<kKeys>::template shared_shared<kBf16>(s, advance(q_first, Layout::at(0, step * 16, q_tile_rows)),
                                                   advance(k_first, Layout::at(0, step * 16, kKeys)), step > 0);
-    wgmma_commit_and_wait_all();
+    wgmma_commit();
+  }
+  // s = Q K^T for this warpgroup's 64 rows of q's kMatrixRows.
+  __device__ static void scores(float (&s)[kKeys / 8][4], const uint16_t* q, const uint16_t* k) {
+    static_assert(kMatrixRows % 64 == 0, "warpgroups of 64 rows");
+    issue_scores(s, q + Layout::at(threadIdx.x / 128 * 64, 0, kMatrixRows), kMatrixRows, k);
+    wgmma_wait<0>();
     keep(s);
   }
 
-  // out += (hi + lo) V, 16 keys a step. V [keys][dims] is N-major for this product: atoms kKeys * 128
-  // bytes apart along the dims (leading), kAtomBytes along the keys (stride).
-  __device__ static void accumulate(float (&out)[D_MAX / 8][4], uint32_t (&hi)[kKeys / 16][4],
-                                    uint32_t (&lo)[kKeys / 16][4], const uint16_t* v) {
-    const uint64_t v_first = descriptor(v, kKeys * 128, kAtomBytes);
+  // Issues out += (hi + lo) V as one commit group, 16 keys a step. V [keys][dims] is N-major for this
+  // product: atoms kKeys * 128 bytes apart along the dims (leading), kAtomBytes along the keys (stride).
+  // With `zero`, v is a 1 KiB atom of zeros that stands for every atom of V (distances 0).
+  __device__ static void issue_values(float (&out)[D_MAX / 8][4], uint32_t (&hi)[kKeys / 16][4],
+                                      uint32_t (&lo)[kKeys / 16][4], const uint16_t* v, bool zero = false) {
+    const uint64_t v_first = zero ? descriptor(v, 0, 0) : descriptor(v, kKeys * 128, kAtomBytes);
     keep(out), keep(hi), keep(lo);
     wgmma_fence();
 #pragma unroll
     for (int step = 0; step < kKeys / 16; ++step) {
-      const uint64_t b = advance(v_first, Layout::at(step * 16, 0, kKeys));
+      const uint64_t b = zero ? v_first : advance(v_first, Layout::at(step * 16, 0, kKeys));
       Wgmma<D_MAX>::template register_shared<kBf16>(out, hi[step], b);
       Wgmma<D_MAX>::template register_shared<kBf16>(out, lo[step], b);
     }
-    wgmma_commit_and_wait_all();
+    wgmma_commit();
+  }
+  __device__ static void accumulate(float (&out)[D_MAX / 8][4], uint32_t (&hi)[kKeys / 16][4],
+                                    uint32_t (&lo)[kKeys / 16][4], const uint16_t* v) {
+    issue_values(out, hi, lo, v);
+    wgmma_wait<0>();
     keep(out), keep(hi), keep(lo);
   }
 };

@@ -1,0 +1,345 @@
+// The warp-specialised prefill kernel of Hopper (sm_90a code only; elsewhere its body traps and the host
+// never launches it), FlashAttention-3's arrangement over a paged cache, for 16-bit Q and KV of one type
+// and head dims up to 128. The tiles, masking, online softmax, hi + lo products and output are
+// matrix_core_kernel's (whose pieces it calls); a block of three warpgroups takes a tile of up to
+// kMaxTileRows = 128 rows:
+// - a producer warpgroup, on few registers (setmaxnreg), gathers the tile's queries, then its paged K/V
+//   rows, kSpecialisedKeys keys a tile, with cp.async into a ring of kStages shared-memory stages; a
+//   stage's `full` mbarrier completes when its copies landed (cp.async.mbarrier.arrive), its `empty`
+//   mbarrier when both consumers are done with it;
+// - two consumer warpgroups, each with its own 64 rows of the tile, use every K/V stage. Each issues the
+//   scores of tile t (wgmma, asynchronous) together with the products P V of tile t - 1, runs tile t's
+//   softmax while they run, then waits for the products; and the two take turns at issuing (named
+//   barriers: ping-pong), so one's softmax overlaps the other's products.
+#pragma once
+
+#include "plugins/gpu/nvidia/matrix_core_kernel.h"
+
+#if defined(RPA_GPU_CUDA)
+
+namespace rpa_gpu {
+
+// The producer's gather of paged K/V tiles (16-bit) of kKeys keys into shared memory (in Layout), by
+// kThreadCount threads: this thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i *
+// kCopyKeys of each tile (consecutive threads, consecutive chunks of a row: whole sectors, and no bank
+// conflicts). It is matrix_core_kernel's gather as a struct (and the query load below its, without the
+// shared row offsets); matrix_core_kernel keeps its lambdas: with these pieces ptxas spilled 48 bytes
+// there instead of 16 at its 128 registers, and W2 took 0.19 ms instead of 0.17 on an H100.
+template <typename Kv, typename Layout, int D_MAX, int kKeys, int kThreadCount>
+struct KvGather {
+  static_assert(!Kv::kQuantised, "16-bit caches");
+  static constexpr int kRowChunks = D_MAX / 8;
+  static constexpr int kCopyKeys = kThreadCount / kRowChunks, kCopies = kKeys / kCopyKeys;
+  static_assert(kThreadCount % kRowChunks == 0 && kKeys % kCopyKeys == 0, "copies divide among the threads");
+  int copy_key, copy_dim;
+  bool copy_dim_valid;
+  const char *k_head, *v_head;
+  const int32_t* pages;
+  int32_t entries[kCopies];  // the block-table entries of this thread's keys of the next tile
+
+  __device__ __forceinline__ KvGather(const Params& p, const Tile& tile, int thread) {
+    const int kv_head = tile.head_begin / p.group;
+    copy_key = thread / kRowChunks, copy_dim = thread % kRowChunks * 8;
+    copy_dim_valid = copy_dim < p.head_dim;
+    k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim) * Kv::kBytes;
+    v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim) * Kv::kBytes;
+    pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
+  }
+  // Reads the entries of keys [key0, key0 + kKeys), a tile ahead of the copies that use them.
+  __device__ __forceinline__ void fetch_entries(const Params& p, const Tile& tile, int key0) {
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int j = key0 + copy_key + i * kCopyKeys;
+      entries[i] = j < tile.key_end ? pages[page_index(p, j)] : 0;
+    }
+  }
+  // Issues the copies of keys [key0, key0 + kKeys) into k_rows and v_rows (zeros past key_end and
+  // head_dim), with the entries fetched for key0.
+  __device__ __forceinline__ void copy(const Params& p, const Tile& tile, int key0, uint16_t* k_rows, uint16_t* v_rows) {
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int key = copy_key + i * kCopyKeys, j = key0 + key;
+      const bool valid = j < tile.key_end && copy_dim_valid;
+      // Unsigned 32 x 64-bit products: page and slot are non-negative (a key past key_end reads nothing
+      // and takes page 0).
+      const uint64_t page = uint32_t(entries[i]), slot = uint32_t(j - page_index(p, j) * p.page_size);
+      const uint64_t k_at = (page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride)) * Kv::kBytes;
+      const uint64_t v_at = (page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride)) * Kv::kBytes;
+      copy_async16(k_rows + Layout::at(key, copy_dim, kKeys), k_head + k_at, valid);
+      copy_async16(v_rows + Layout::at(key, copy_dim, kKeys), v_head + v_at, valid);
+    }
+  }
+};
+
+// Loads a tile's query rows [0, kRows) into q_rows (in Layout), by kThreadCount threads: tile row r is
+// query row r / heads of q head head_begin + r % heads, zeros past the tile's rows and head_dim; Q is
+// stored as the KV type. 16-byte cp.async copies where the rows allow them (the caller commits and waits),
+// else element loads, all of a thread's in flight at once, and stores.
+template <typename Layout, int D_MAX, int kRows, int kThreadCount>
+__device__ __forceinline__ void load_queries(const Params& p, const Tile& tile, uint16_t* q_rows, int thread) {
+  const int tile_rows = tile.heads * tile.rows;
+  const auto offset = [&](int row) {
+    return row < tile_rows ? int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
+                                 int64_t(tile.head_begin + row % tile.heads) * p.query_head_stride
+                           : int64_t(-1);
+  };
+  const auto* queries = static_cast<const uint16_t*>(p.queries);
+  if (p.vector_queries) {
+    constexpr int kChunks = D_MAX / 8;
+    static_assert(kRows * kChunks % kThreadCount == 0, "copies divide among the threads");
+#pragma unroll
+    for (int i = 0; i < kRows * kChunks / kThreadCount; ++i) {
+      const int chunk = thread + i * kThreadCount, row = chunk / kChunks, d = chunk % kChunks * 8;
+      const int64_t at = offset(row);
+      copy_async16(q_rows + Layout::at(row, d, kRows), queries + (at >= 0 ? at + d : 0), at >= 0 && d < p.head_dim);
+    }
+  } else {
+    constexpr int kBatch = 16;  // loads in flight per thread
+    static_assert(kRows * D_MAX % (kBatch * kThreadCount) == 0, "loads divide among the threads");
+    for (int first = thread; first < kRows * D_MAX; first += kBatch * kThreadCount) {
+      uint16_t bits[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = first + i * kThreadCount, d = e % D_MAX;
+        const int64_t at = offset(e / D_MAX);
+        bits[i] = at >= 0 && d < p.head_dim ? queries[at + d] : uint16_t(0);
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = first + i * kThreadCount;
+        q_rows[Layout::at(e / D_MAX, e % D_MAX, kRows)] = bits[i];
+      }
+    }
+  }
+}
+
+constexpr int kSpecialisedKeys = 64;          // keys per K/V tile
+constexpr int kSpecialisedThreads = 3 * 128;  // the producer warpgroup, then two consumers
+static_assert(kMaxTileRows == 128, "a consumer warpgroup's 64 rows each");
+
+// Shared memory: Q [128][D_MAX], kStages stages of K then V [kKeys][D_MAX] (16-bit, WarpgroupMma's
+// swizzled layout), then the mbarriers (full, empty, the queries') and a 1 KiB atom of zeros (the zero
+// tile).
+template <int D_MAX>
+struct SpecialisedGeometry {
+  using Layout = typename WarpgroupMma<true, D_MAX, kSpecialisedKeys>::Layout;  // f16's is the same
+  static constexpr int kKeys = kSpecialisedKeys, kRows = kMaxTileRows;
+  static constexpr int kStages = D_MAX == 64 ? 8 : 4;  // 128 KiB of K/V in flight either way
+  static constexpr int kQueryElements = Layout::elements(kRows);
+  static constexpr int kTileElements = Layout::elements(kKeys);  // K or V of one stage
+  static constexpr size_t kAlignment = 1024;                     // of the tiles: wgmma's swizzle atoms
+  static constexpr size_t kTileBytes = 2 * (size_t(kQueryElements) + size_t(kStages) * 2 * kTileElements);
+  static constexpr int kZeroOffset = 1024 / 2;  // elements from the barriers to the zero tile (aligned)
+  static constexpr size_t kSharedBytes = kAlignment + kTileBytes + 2 * kZeroOffset + 1024;
+  static_assert(8 * (2 * kStages + 1) <= 1024, "the barriers fit before the zero tile");
+};
+
+#if defined(RPA_GPU_WGMMA_CODE)
+__device__ inline void mbarrier_init(uint64_t* barrier, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(barrier)), "r"(count) : "memory");
+}
+__device__ inline void mbarrier_arrive(uint64_t* barrier) {  // release: this thread's accesses before it
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(barrier)) : "memory");
+}
+// An arrival once this thread's cp.async copies issued so far have completed (one of the barrier's count).
+__device__ inline void mbarrier_arrive_copies(uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(shared_address(barrier)) : "memory");
+}
+// Waits until the barrier's phase of this parity completed (acquire).
+__device__ inline void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n}\n" ::"r"(shared_address(barrier)),
+      "r"(parity)
+      : "memory");
+}
+// Named barriers of some of the block's warps (0 is __syncthreads'): sync waits for `threads` arrivals
+// (its own included), arrive counts one without waiting; sync_or also ORs a flag over the waiting threads.
+__device__ inline void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ inline void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ inline bool named_sync_or(int id, int threads, bool flag) {
+  uint32_t any;
+  asm volatile("{\n.reg .pred f, a;\nsetp.ne.u32 f, %1, 0;\nbar.red.or.pred a, %2, %3, f;\nselp.u32 %0, 1, 0, a;\n}\n"
+               : "=r"(any)
+               : "r"(uint32_t(flag)), "r"(id), "r"(threads)
+               : "memory");
+  return any != 0;
+}
+#endif
+
+// Registers of a producer and of a consumer thread: 128 * 72 + 256 * 208 <= 64 Ki, the SM's file.
+constexpr int kProducerRegisters = 72, kConsumerRegisters = 208;
+
+template <typename Kv, int D_MAX>
+__device__ __forceinline__ void specialised_kernel(Params p) {
+#if defined(RPA_GPU_WGMMA_CODE)
+  using G = SpecialisedGeometry<D_MAX>;
+  using Layout = typename G::Layout;
+  constexpr bool kBf16 = Kv::kDtype == RPA_DTYPE_BF16;
+  using Mma = WarpgroupMma<kBf16, D_MAX, G::kKeys>;
+  constexpr int kStages = G::kStages, kStageElements = 2 * G::kTileElements, kDimTiles = D_MAX / 8;
+  extern __shared__ float4 shared_raw[];
+  uint16_t* q_rows = reinterpret_cast<uint16_t*>(shared_raw) + (-shared_address(shared_raw) % G::kAlignment) / 2;
+  uint16_t* ring = q_rows + G::kQueryElements;
+  uint64_t* full = reinterpret_cast<uint64_t*>(ring + kStages * kStageElements);
+  uint64_t* empty = full + kStages;
+  uint64_t* queries_ready = empty + kStages;
+  uint16_t* zero_tile = ring + kStages * kStageElements + G::kZeroOffset;
+
+  Tile tile;
+  if (!fetch_tile(p, tile)) return;
+  const int tile_rows = tile.heads * tile.rows;
+  const int key_tiles = tile.key_end > tile.key_begin ? (tile.key_end - tile.key_begin + G::kKeys - 1) / G::kKeys : 0;
+  const int role = threadIdx.x / 128, thread = threadIdx.x % 128;
+  if (threadIdx.x == 0)
+    for (int s = 0; s < kStages; ++s) mbarrier_init(&full[s], 128), mbarrier_init(&empty[s], 256);
+  if (threadIdx.x == 0) mbarrier_init(queries_ready, 128);
+  for (int i = threadIdx.x; i < 512 / 8; i += blockDim.x) reinterpret_cast<uint4*>(zero_tile)[i] = make_uint4(0, 0, 0, 0);
+  Mma::publish_shared();  // the zero tile, read by wgmma
+  __syncthreads();
+
+  if (role == 0) {  // the producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+    KvGather<Kv, Layout, D_MAX, G::kKeys, 128> gather(p, tile, thread);
+    gather.fetch_entries(p, tile, tile.key_begin);
+    // The queries: copies tracked by their barrier, or (rows that take element loads) stores it releases.
+    load_queries<Layout, D_MAX, G::kRows, 128>(p, tile, q_rows, thread);
+    if (p.vector_queries) mbarrier_arrive_copies(queries_ready);
+    else mbarrier_arrive(queries_ready);
+    // Each stage's full barrier completes once the copies of all 128 threads landed, so the producer runs
+    // up to kStages tiles ahead of the slower consumer.
+    for (int t = 0; t < key_tiles; ++t) {
+      const int stage = t % kStages, key0 = tile.key_begin + t * G::kKeys;
+      if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
+      uint16_t* k_rows = ring + stage * kStageElements;
+      gather.copy(p, tile, key0, k_rows, k_rows + G::kTileElements);
+      mbarrier_arrive_copies(&full[stage]);
+      gather.fetch_entries(p, tile, key0 + G::kKeys);
+    }
+    copy_async_wait<0>();  // no copy outlives its thread
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+  const int consumer = role - 1, warp = thread / 32, lane = thread % 32;
+  // A tile of at most 64 rows leaves the second consumer nothing to compute: it only frees the stages.
+  const bool both = tile_rows > 64;
+  if (consumer == 1 && !both) {
+    for (int t = 0; t < key_tiles; ++t) {
+      mbarrier_wait(&full[t % kStages], (t / kStages) & 1);
+      mbarrier_arrive(&empty[t % kStages]);
+    }
+    return;
+  }
+  // The turns at issuing products: consumer c waits at barrier 1 + c for the other's arrival (the first
+  // consumer goes first, and takes the second's last arrival at the end); alone, a consumer skips them.
+  const auto take_turn = [&] {
+    if (both) named_sync(1 + consumer, 256);
+  };
+  const auto pass_turn = [&] {
+    if (both) named_arrive(2 - consumer, 256);
+  };
+  if (consumer == 1) pass_turn();
+
+  // This lane's two rows (the consumer's 64, warp-relative lane/4 and lane/4 + 8) and its column pair in
+  // each 8-wide tile.
+  const int rows[2] = {consumer * 64 + warp * 16 + lane / 4, consumer * 64 + warp * 16 + lane / 4 + 8};
+  const int pair = 2 * (lane % 4);
+  int pos[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) pos[h] = tile.first_pos + rows[h] / tile.heads;
+  const auto visible = [&](int h, int j) {  // key j by this lane's row h
+    return rows[h] < tile_rows && j < tile.key_end && j <= pos[h] && (p.window == 0 || j > pos[h] - p.window);
+  };
+  const SoftmaxScale scaling = softmax_scale_of(p, 1.0f);
+  const uint16_t* my_queries = q_rows + Layout::at(consumer * 64, 0, G::kRows);
+  float out[kDimTiles][4], row_sum[2] = {0.0f, 0.0f};
+  float row_max[2] = {-INFINITY, -INFINITY};  // in log2 units, like the scores
+#pragma unroll
+  for (int n = 0; n < kDimTiles; ++n) out[n][0] = out[n][1] = out[n][2] = out[n][3] = 0.0f;
+  float s[G::kKeys / 8][4];
+  uint32_t hi[G::kKeys / 16][4], lo[G::kKeys / 16][4];  // A fragments of the previous tile's P, 16 keys each
+  // The previous tile's V (or the zero tile, when FMA took it) and stage: its products are issued with
+  // this tile's scores. Every tile issues the same products, so no wgmma is on a divergent path.
+  const uint16_t* previous_values = nullptr;
+  int previous_stage = 0;
+  // Tile t's softmax, after its scores: its weights become hi and lo for the products issued with the next
+  // tile's scores, or, where V holds an Inf or NaN, go into out at once on the FMA path (the products then
+  // read the zero tile: 0 times finite weights adds nothing).
+  const auto tile_softmax = [&](int t, bool pending) {
+    const int stage = t % kStages, key0 = tile.key_begin + t * G::kKeys;
+    const uint16_t* v_rows = ring + stage * kStageElements + G::kTileElements;
+    const bool full_tile = tile_fully_visible(p, tile, key0, G::kKeys);
+    const bool nonfinite =
+        !full_tile && named_sync_or(3 + consumer, 128, values_nonfinite<kBf16, Layout, D_MAX, G::kKeys, 128>(v_rows, thread));
+    if (pending) wgmma_wait<1>();  // the scores (the previous tile's products may run on)
+    else wgmma_wait<0>();
+    keep(s);
+    float rescale[2];
+    const bool moved = softmax_weights(p, scaling, s, full_tile, key0, pair, visible, row_max, row_sum, rescale);
+    if (pending) {
+      wgmma_wait<0>();
+      keep(out), keep(hi), keep(lo);
+      mbarrier_arrive(&empty[previous_stage]);
+    }
+    if (moved) rescale_rows(out, rescale);
+    if (!nonfinite) {
+      split_weights<kBf16>(s, hi, lo, row_sum);
+      previous_values = v_rows;
+    } else {
+      fma_values<kBf16, Layout, G::kKeys>(s, out, row_sum, key0, lane, visible, v_rows);
+#pragma unroll
+      for (int k = 0; k < G::kKeys / 16; ++k)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) hi[k][r] = lo[k][r] = 0;  // finite, for the zero tile's products
+      previous_values = nullptr;
+    }
+    previous_stage = stage;
+  };
+
+  // The copies were written through the generic proxy; wgmma reads through the async one.
+  const auto acquire = [&](uint64_t* barrier, uint32_t parity) {
+    mbarrier_wait(barrier, parity);
+    Mma::publish_shared();
+  };
+  acquire(queries_ready, 0);
+  if (key_tiles > 0) {
+    acquire(&full[0], 0);
+    take_turn();
+    Mma::issue_scores(s, my_queries, G::kRows, ring);
+    pass_turn();
+    tile_softmax(0, false);
+  }
+  for (int t = 1; t < key_tiles; ++t) {
+    const int stage = t % kStages;
+    acquire(&full[stage], (t / kStages) & 1);
+    take_turn();
+    Mma::issue_scores(s, my_queries, G::kRows, ring + stage * kStageElements);
+    Mma::issue_values(out, hi, lo, previous_values ? previous_values : zero_tile, previous_values == nullptr);
+    pass_turn();
+    tile_softmax(t, true);
+  }
+  if (key_tiles > 0) {
+    take_turn();
+    Mma::issue_values(out, hi, lo, previous_values ? previous_values : zero_tile, previous_values == nullptr);
+    pass_turn();
+    wgmma_wait<0>();
+    keep(out), keep(hi), keep(lo);
+    mbarrier_arrive(&empty[previous_stage]);
+  }
+  if (consumer == 0) take_turn();
+  store_matrix_rows(p, tile, rows, lane, out, row_max, row_sum, 1.0f);
+#else
+  (void)p;
+  __trap();
+#endif
+}
+
+}  // namespace rpa_gpu
+
+#endif  // RPA_GPU_CUDA
