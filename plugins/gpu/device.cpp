@@ -28,14 +28,20 @@ MatrixPath matrix_path(int device) {
   if ((request && std::strcmp(request, "0") == 0) || major < 8) return MatrixPath::none;
 #if defined(RPA_GPU_WGMMA)
   // Hopper runs the sm_90a code, which carries no mma.sync kernels.
-  if (major == 9 && device_attribute(hipDeviceAttributeComputeCapabilityMinor, device) == 0)
-    return request && std::strcmp(request, "specialised") == 0 ? MatrixPath::specialised : MatrixPath::warpgroup;
+  if (major == 9 && device_attribute(hipDeviceAttributeComputeCapabilityMinor, device) == 0) return MatrixPath::warpgroup;
 #endif
   return MatrixPath::warp;
 #else
   (void)device;
   return MatrixPath::none;
 #endif
+}
+
+int64_t specialised_min_query() {
+  const char* request = std::getenv("RPA_GPU_MATRIX_CORES");
+  if (request && std::strcmp(request, "specialised") == 0) return 1;
+  if (request && std::strcmp(request, "wgmma") == 0) return INT64_MAX;
+  return kSpecialisedMinQuery;
 }
 
 const char* matrix_path_name(MatrixPath path) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 #include <string>
 
@@ -24,10 +25,16 @@ int device_attribute(hipDeviceAttribute_t attribute, int device);
 
 // The products of the tiled kernel for 16-bit inputs: wgmma on Hopper when the plugin carries sm_90a code
 // (RPA_GPU_WGMMA), mma.sync from sm_80 on, FMA elsewhere (AMD). RPA_GPU_MATRIX_CORES=0 (FMA) picks a slower
-// path, to compare the paths in tests and benchmarks, and on Hopper =specialised the warp-specialised
-// kernel (slower too: README) for 16-bit caches.
+// path, to compare the paths in tests and benchmarks.
+// On the wgmma path, batches of a 16-bit cache without decode tiles whose longest query has at least
+// specialised_min_query() tokens take the warp-specialised kernel (MatrixPath::specialised, make_schedule):
+// faster than matrix_core_kernel from about 2048 tokens on an H100, slower below (README). Its default is
+// kSpecialisedMinQuery; RPA_GPU_MATRIX_CORES=specialised makes it 1 (every batch the kernel takes),
+// =wgmma never, to compare the two kernels.
 enum class MatrixPath { none, warp, warpgroup, specialised };
 MatrixPath matrix_path(int device);
+constexpr int64_t kSpecialisedMinQuery = 2048;
+int64_t specialised_min_query();
 const char* matrix_path_name(MatrixPath path);
 
 // Memory that only grows (by half again at least), so repeated calls allocate nothing.
@@ -74,6 +81,7 @@ struct rpa_plugin_state {
   int multiprocessors = 1;
   int resident_blocks[3] = {1, 1, 1};  // attention blocks one multiprocessor holds, by head-dim bucket 64/128/256
   rpa_gpu::MatrixPath matrix_path = rpa_gpu::MatrixPath::none;  // products for 16-bit inputs (see plugin_create)
+  int64_t specialised_min_query = INT64_MAX;  // wgmma: the longest query that takes the warp-specialised kernel
   hipStream_t own_stream = nullptr;  // host-memory calls
   hipStream_t side_stream = nullptr;  // decode tiles beside the other attention tiles (see launch_tiles)
   hipEvent_t fork = nullptr, join = nullptr;  // the side stream starts after, and is joined back into, the call's

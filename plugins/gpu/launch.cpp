@@ -191,6 +191,13 @@ bool has_decode_sequences(const rpa_problem& p) {
     if (p.query_start_loc[s + 1] - p.query_start_loc[s] == 1) return true;
   return false;
 }
+// The batch's longest query (device metadata: its bound, 0 the largest the shapes allow).
+int64_t longest_query(const rpa_problem& p) {
+  if (p.metadata_memory == RPA_MEMORY_DEVICE) return p.max_query_len > 0 ? p.max_query_len : p.num_tokens;
+  int64_t longest = 0;
+  for (int64_t s = 0; s < p.num_seqs; ++s) longest = std::max<int64_t>(longest, p.query_start_loc[s + 1] - p.query_start_loc[s]);
+  return longest;
+}
 }  // namespace
 
 void check_supported(const rpa_problem& p) {
@@ -226,12 +233,12 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
   PlanLimits limits{};
   // decode_kernel reads 8 elements a lane (16 bytes; an 8-bit cache 16 or 8).
   limits.decode_eligible = vector_kv && p.head_dim % (rpa::is_quantised_dtype(p.kv_dtype) ? 16 : 8) == 0;
-  // The warp-specialised kernel takes 16-bit caches, and batches without decode tiles: it holds a whole
-  // multiprocessor (registers), so decode tiles could not run beside it (W3 on an H100: 0.37 ms against
-  // matrix_core_kernel's 0.19). Device metadata may hold decode tiles whenever they are eligible.
-  if (schedule.matrix_path == MatrixPath::specialised &&
-      (rpa::is_quantised_dtype(p.kv_dtype) || (limits.decode_eligible && has_decode_sequences(p))))
-    schedule.matrix_path = MatrixPath::warpgroup;
+  // The warp-specialised kernel (device.h) takes 16-bit caches, and batches without decode tiles: it holds
+  // a whole multiprocessor (registers), so decode tiles could not run beside it (W3 on an H100: 0.37 ms
+  // against matrix_core_kernel's 0.19). Device metadata may hold decode tiles whenever they are eligible.
+  if (schedule.matrix_path == MatrixPath::warpgroup && !rpa::is_quantised_dtype(p.kv_dtype) &&
+      !(limits.decode_eligible && has_decode_sequences(p)) && longest_query(p) >= state.specialised_min_query)
+    schedule.matrix_path = MatrixPath::specialised;
   limits.decode_max_rows = kDecodeMaxRows;
   limits.max_rows = schedule.matrix_path == MatrixPath::specialised ? kMaxTileRows
                     : matrix_cores                                   ? kMatrixRows

@@ -44,15 +44,117 @@ using MatrixMma = MmaOf<kBf16Tiles<Kv>, D_MAX, kMatrixKeys>;
 template <int D_MAX, typename Mma>
 struct MatrixGeometry {
   static constexpr int kKeys = kMatrixKeys;
-  static constexpr int kChunks = D_MAX / 8;  // 16-byte chunks per row
   static constexpr int kQueryElements = Mma::Layout::elements(kMatrixRows);
   static constexpr int kStageElements = 2 * Mma::Layout::elements(kKeys);
   static constexpr size_t kAlignment = 1024;  // of the tiles: wgmma's swizzle atoms
   static constexpr size_t kSharedBytes = 2 * (size_t(kQueryElements) + 2 * size_t(kStageElements)) + kAlignment;
-  static_assert(kMatrixThreads % kChunks == 0 && kKeys % (kMatrixThreads / kChunks) == 0 &&
-                    kMatrixRows * D_MAX % (16 * kMatrixThreads) == 0,
-                "copies divide among the threads");
 };
+
+// The gather of paged K/V rows into shared tiles, which matrix_core_kernel and the warp-specialised kernel
+// share: kThreadCount threads copy the kKeys keys of a tile; this one the 16-byte chunk at dim copy_dim of
+// keys copy_key + i * kCopyKeys (consecutive threads, consecutive chunks of a row: whole sectors, and no
+// bank conflicts in either layout); 8-bit codes: 16 dims a chunk. The block-table entries of a tile's keys
+// are read a tile ahead of the copies that use them.
+template <typename Kv, int D_MAX, int kKeys, int kThreadCount>
+struct KvGather {
+  static constexpr int kChunkDims = 16 / Kv::kBytes, kRowChunks = D_MAX / kChunkDims;
+  static constexpr int kCopyKeys = kThreadCount / kRowChunks, kCopies = kKeys / kCopyKeys;
+  static_assert(kThreadCount % kRowChunks == 0 && kKeys % kCopyKeys == 0, "copies divide among the threads");
+  int copy_key, copy_dim;
+  bool copy_dim_valid;
+  const char *k_head, *v_head;
+  const int32_t* pages;
+  int32_t entries[kCopies];  // of this thread's keys of the next tile
+
+  // thread is unsigned so that its divisions are shifts (signed ones made ptxas spill 32 bytes more in
+  // matrix_core_kernel).
+  __device__ __forceinline__ KvGather(const Params& p, const Tile& tile, unsigned thread) {
+    const int kv_head = tile.head_begin / p.group;
+    copy_key = thread / kRowChunks, copy_dim = thread % kRowChunks * kChunkDims;
+    copy_dim_valid = copy_dim < p.head_dim;
+    k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim) * Kv::kBytes;
+    v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim) * Kv::kBytes;
+    pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
+  }
+  // Reads the entries of the tile of keys [key0, key0 + kKeys).
+  __device__ __forceinline__ void fetch_entries(const Params& p, const Tile& tile, int key0) {
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int j = key0 + copy_key + i * kCopyKeys;
+      entries[i] = j < tile.key_end ? pages[page_index(p, j)] : 0;
+    }
+  }
+  // Calls each(i, key, valid, k_chunk, v_chunk) for this thread's copies of the tile at key0 (its entries
+  // fetched): tile key `key`, whether it exists (below key_end and head_dim) and its chunks' addresses.
+  template <typename Each>
+  __device__ __forceinline__ void for_each(const Params& p, const Tile& tile, int key0, Each each) const {
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int key = copy_key + i * kCopyKeys, j = key0 + key;
+      const bool valid = j < tile.key_end && copy_dim_valid;
+      // Unsigned 32 x 64-bit products: page and slot are non-negative (a key past key_end reads nothing
+      // and takes page 0).
+      const uint64_t page = uint32_t(entries[i]), slot = uint32_t(j - page_index(p, j) * p.page_size);
+      const uint64_t k_at = (page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride)) * Kv::kBytes;
+      const uint64_t v_at = (page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride)) * Kv::kBytes;
+      each(i, key, valid, k_head + k_at, v_head + v_at);
+    }
+  }
+  // 16-bit caches: the cp.async copies of the tile at key0 into k_rows and v_rows (in Layout; zeros past
+  // key_end and head_dim).
+  template <typename Layout>
+  __device__ __forceinline__ void copy(const Params& p, const Tile& tile, int key0, uint16_t* k_rows, uint16_t* v_rows) const {
+    for_each(p, tile, key0, [&](int, int key, bool valid, const char* k_chunk, const char* v_chunk) {
+      copy_async16(k_rows + Layout::at(key, copy_dim, kKeys), k_chunk, valid);
+      copy_async16(v_rows + Layout::at(key, copy_dim, kKeys), v_chunk, valid);
+    });
+  }
+};
+
+// The offset in queries of tile row `row` (query row row / heads of q head head_begin + row % heads), or
+// -1 past the tile's rows.
+__device__ __forceinline__ int64_t query_row_offset(const Params& p, const Tile& tile, int row) {
+  return row < tile.heads * tile.rows ? int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
+                                            int64_t(tile.head_begin + row % tile.heads) * p.query_head_stride
+                                      : int64_t(-1);
+}
+
+// Loads a tile's query rows [0, kRows) into q_rows (in Layout; Q is stored as the KV type) by kThreadCount
+// threads (this one `thread`), from the rows' offsets (query_row_offset, computed once a row into shared
+// memory): zeros past the tile's rows and head_dim. 16-byte cp.async copies where the rows allow them (the
+// caller commits and waits), else element loads, all of a thread's in flight at once, and stores.
+template <typename Layout, int D_MAX, int kRows, int kThreadCount>
+__device__ __forceinline__ void load_queries(const Params& p, const int64_t* row_offsets, uint16_t* q_rows,
+                                             unsigned thread) {
+  const auto* queries = static_cast<const uint16_t*>(p.queries);
+  if (p.vector_queries) {
+    constexpr int kChunks = D_MAX / 8;
+    static_assert(kRows * kChunks % kThreadCount == 0, "copies divide among the threads");
+#pragma unroll
+    for (int i = 0; i < kRows * kChunks / kThreadCount; ++i) {
+      const int chunk = thread + i * kThreadCount, row = chunk / kChunks, d = chunk % kChunks * 8;
+      const int64_t at = row_offsets[row];
+      copy_async16(q_rows + Layout::at(row, d, kRows), queries + (at >= 0 ? at + d : 0), at >= 0 && d < p.head_dim);
+    }
+  } else {
+    constexpr int kBatch = 16;  // loads in flight per thread
+    static_assert(kRows * D_MAX % (kBatch * kThreadCount) == 0, "loads divide among the threads");
+    for (int first = thread; first < kRows * D_MAX; first += kBatch * kThreadCount) {
+      uint16_t bits[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = first + i * kThreadCount, d = e % D_MAX;
+        const int64_t at = row_offsets[e / D_MAX];
+        bits[i] = at >= 0 && d < p.head_dim ? queries[at + d] : uint16_t(0);
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = first + i * kThreadCount;
+        q_rows[Layout::at(e / D_MAX, e % D_MAX, kRows)] = bits[i];
+      }
+    }
+  }
+}
 
 template <bool kBf16>
 __device__ inline float from_bits16(uint16_t bits) {
@@ -325,107 +427,49 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int32_t* pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
-  // This thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i * kCopyKeys of each tile
-  // (consecutive threads, consecutive chunks of a row: whole sectors, and no bank conflicts in either layout);
-  // 8-bit codes: 16 dims a chunk, widened into two 16-byte tile chunks.
-  constexpr int kChunkDims = 16 / Kv::kBytes, kRowChunks = D_MAX / kChunkDims;
-  constexpr int kCopyKeys = kMatrixThreads / kRowChunks, kCopies = G::kKeys / kCopyKeys;
-  const int copy_key = threadIdx.x / kRowChunks, copy_dim = threadIdx.x % kRowChunks * kChunkDims;
-  const bool copy_dim_valid = copy_dim < p.head_dim;
-  const char* k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim) * Kv::kBytes;
-  const char* v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim) * Kv::kBytes;
-  uint4 k_codes[Kv::kQuantised ? kCopies : 1], v_codes[Kv::kQuantised ? kCopies : 1];  // a tile ahead
+  using Gather = KvGather<Kv, D_MAX, G::kKeys, kMatrixThreads>;
+  Gather gather(p, tile, threadIdx.x);
+  uint4 k_codes[Kv::kQuantised ? Gather::kCopies : 1], v_codes[Kv::kQuantised ? Gather::kCopies : 1];  // a tile ahead
 
-  // The block-table entries of this thread's keys of a tile, read a tile ahead of the copies that use them.
-  int32_t entries[kCopies];
-  const auto fetch_entries = [&](int key0) {
-#pragma unroll
-    for (int i = 0; i < kCopies; ++i) {
-      const int j = key0 + copy_key + i * kCopyKeys;
-      entries[i] = j < tile.key_end ? pages[page_index(p, j)] : 0;
-    }
-  };
-  // Issues the copies of keys [key0, key0 + kKeys) into a stage (zeros past key_end and head_dim), then
-  // fetches the entries of the tile after. 8-bit codes are loaded into registers instead (an empty copy
-  // group keeps the wait counts), and store_codes widens them into the stage once it is free.
+  // Issues the copies of keys [key0, key0 + kKeys) into a stage, then fetches the entries of the tile
+  // after. 8-bit codes are loaded into registers instead (an empty copy group keeps the wait counts), and
+  // store_codes widens them into the stage once it is free.
   const auto load_stage = [&](int key0, uint16_t* stage) {
-#pragma unroll
-    for (int i = 0; i < kCopies; ++i) {
-      const int key = copy_key + i * kCopyKeys, j = key0 + key;
-      const bool valid = j < tile.key_end && copy_dim_valid;
-      // Unsigned 32 x 64-bit products: page and slot are non-negative (a key past key_end reads nothing
-      // and takes page 0).
-      const uint64_t page = uint32_t(entries[i]), slot = uint32_t(j - page_index(p, j) * p.page_size);
-      const uint64_t k_at = (page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride)) * Kv::kBytes;
-      const uint64_t v_at = (page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride)) * Kv::kBytes;
-      if constexpr (Kv::kQuantised) {
-        k_codes[i] = valid ? *reinterpret_cast<const uint4*>(k_head + k_at) : make_uint4(0, 0, 0, 0);
-        v_codes[i] = valid ? *reinterpret_cast<const uint4*>(v_head + v_at) : make_uint4(0, 0, 0, 0);
-      } else {
-        copy_async16(stage + Layout::at(key, copy_dim, G::kKeys), k_head + k_at, valid);
-        copy_async16(stage + G::kStageElements / 2 + Layout::at(key, copy_dim, G::kKeys), v_head + v_at, valid);
-      }
-    }
+    if constexpr (Kv::kQuantised)
+      gather.for_each(p, tile, key0, [&](int i, int, bool valid, const char* k_chunk, const char* v_chunk) {
+        k_codes[i] = valid ? *reinterpret_cast<const uint4*>(k_chunk) : make_uint4(0, 0, 0, 0);
+        v_codes[i] = valid ? *reinterpret_cast<const uint4*>(v_chunk) : make_uint4(0, 0, 0, 0);
+      });
+    else gather.template copy<Layout>(p, tile, key0, stage, stage + G::kStageElements / 2);
     copy_async_commit();
-    fetch_entries(key0 + G::kKeys);
+    gather.fetch_entries(p, tile, key0 + G::kKeys);
   };
   const auto store_codes = [&](uint16_t* stage) {
     if constexpr (Kv::kQuantised) {
 #pragma unroll
-      for (int i = 0; i < kCopies; ++i) {
-        const int key = copy_key + i * kCopyKeys;
+      for (int i = 0; i < Gather::kCopies; ++i) {
+        const int key = gather.copy_key + i * Gather::kCopyKeys;
 #pragma unroll
         for (int part = 0; part < 2; ++part) {
           uint32_t words[8];
           widen_chunk<Kv::kDtype, kBf16>(part == 0 ? k_codes[i] : v_codes[i], words);
           uint16_t* rows = stage + part * (G::kStageElements / 2);
-          *reinterpret_cast<uint4*>(rows + Layout::at(key, copy_dim, G::kKeys)) = make_uint4(words[0], words[1], words[2], words[3]);
-          *reinterpret_cast<uint4*>(rows + Layout::at(key, copy_dim + 8, G::kKeys)) = make_uint4(words[4], words[5], words[6], words[7]);
+          *reinterpret_cast<uint4*>(rows + Layout::at(key, gather.copy_dim, G::kKeys)) = make_uint4(words[0], words[1], words[2], words[3]);
+          *reinterpret_cast<uint4*>(rows + Layout::at(key, gather.copy_dim + 8, G::kKeys)) = make_uint4(words[4], words[5], words[6], words[7]);
         }
       }
     }
   };
-  fetch_entries(tile.key_begin);
+  gather.fetch_entries(p, tile, tile.key_begin);
   load_stage(tile.key_begin, stages);
   store_codes(stages);
 
-  // Tile row r is query row r / heads of q head head_begin + r % heads; Q is stored as the KV type. Each
-  // row's offset is computed once (in the second stage, free until the first tile), then the loads of a
-  // thread are all in flight at once.
+  // Each query row's offset is computed once (in the second stage, free until the first tile); vector
+  // copies complete with the first K/V tile's.
   int64_t* row_offsets = reinterpret_cast<int64_t*>(stages + G::kStageElements);
-  if (threadIdx.x < kMatrixRows) {
-    const int row = threadIdx.x;
-    row_offsets[row] = row < tile_rows ? int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
-                                             int64_t(tile.head_begin + row % tile.heads) * p.query_head_stride
-                                       : -1;
-  }
+  if (threadIdx.x < kMatrixRows) row_offsets[threadIdx.x] = query_row_offset(p, tile, threadIdx.x);
   __syncthreads();
-  const auto* queries = static_cast<const uint16_t*>(p.queries);
-  if (p.vector_queries) {  // 16-byte copies, completed with the first K/V tile's
-#pragma unroll
-    for (int i = 0; i < kMatrixRows * G::kChunks / kMatrixThreads; ++i) {
-      const int chunk = threadIdx.x + i * kMatrixThreads, row = chunk / G::kChunks, d = chunk % G::kChunks * 8;
-      const int64_t at = row_offsets[row];
-      copy_async16(q_rows + Layout::at(row, d, kMatrixRows), queries + (at >= 0 ? at + d : 0), at >= 0 && d < p.head_dim);
-    }
-  } else {
-    constexpr int kBatch = 16;  // loads in flight per thread
-    for (int first = threadIdx.x; first < kMatrixRows * D_MAX; first += kBatch * kMatrixThreads) {
-      uint16_t bits[kBatch];
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int e = first + i * kMatrixThreads, row = e / D_MAX, d = e % D_MAX;
-        const int64_t at = row_offsets[row];
-        bits[i] = at >= 0 && d < p.head_dim ? queries[at + d] : uint16_t(0);
-      }
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int e = first + i * kMatrixThreads;
-        q_rows[Layout::at(e / D_MAX, e % D_MAX, kMatrixRows)] = bits[i];
-      }
-    }
-  }
+  load_queries<Layout, D_MAX, kMatrixRows, kMatrixThreads>(p, row_offsets, q_rows, threadIdx.x);
   copy_async_commit();  // the Q group (empty without vector copies), between the first two K/V groups
   __syncthreads();  // row_offsets are read before the first tile refills the second stage
 

@@ -19,107 +19,13 @@
 
 namespace rpa_gpu {
 
-// The producer's gather of paged K/V tiles (16-bit) of kKeys keys into shared memory (in Layout), by
-// kThreadCount threads: this thread copies the 16-byte chunk at dim copy_dim of keys copy_key + i *
-// kCopyKeys of each tile (consecutive threads, consecutive chunks of a row: whole sectors, and no bank
-// conflicts). It is matrix_core_kernel's gather as a struct (and the query load below its, without the
-// shared row offsets); matrix_core_kernel keeps its lambdas: with these pieces ptxas spilled 48 bytes
-// there instead of 16 at its 128 registers, and W2 took 0.19 ms instead of 0.17 on an H100.
-template <typename Kv, typename Layout, int D_MAX, int kKeys, int kThreadCount>
-struct KvGather {
-  static_assert(!Kv::kQuantised, "16-bit caches");
-  static constexpr int kRowChunks = D_MAX / 8;
-  static constexpr int kCopyKeys = kThreadCount / kRowChunks, kCopies = kKeys / kCopyKeys;
-  static_assert(kThreadCount % kRowChunks == 0 && kKeys % kCopyKeys == 0, "copies divide among the threads");
-  int copy_key, copy_dim;
-  bool copy_dim_valid;
-  const char *k_head, *v_head;
-  const int32_t* pages;
-  int32_t entries[kCopies];  // the block-table entries of this thread's keys of the next tile
-
-  __device__ __forceinline__ KvGather(const Params& p, const Tile& tile, int thread) {
-    const int kv_head = tile.head_begin / p.group;
-    copy_key = thread / kRowChunks, copy_dim = thread % kRowChunks * 8;
-    copy_dim_valid = copy_dim < p.head_dim;
-    k_head = static_cast<const char*>(p.k.data) + (kv_head * p.k.head_stride + copy_dim) * Kv::kBytes;
-    v_head = static_cast<const char*>(p.v.data) + (kv_head * p.v.head_stride + copy_dim) * Kv::kBytes;
-    pages = p.block_tables + int64_t(tile.seq) * p.block_table_stride;
-  }
-  // Reads the entries of keys [key0, key0 + kKeys), a tile ahead of the copies that use them.
-  __device__ __forceinline__ void fetch_entries(const Params& p, const Tile& tile, int key0) {
-#pragma unroll
-    for (int i = 0; i < kCopies; ++i) {
-      const int j = key0 + copy_key + i * kCopyKeys;
-      entries[i] = j < tile.key_end ? pages[page_index(p, j)] : 0;
-    }
-  }
-  // Issues the copies of keys [key0, key0 + kKeys) into k_rows and v_rows (zeros past key_end and
-  // head_dim), with the entries fetched for key0.
-  __device__ __forceinline__ void copy(const Params& p, const Tile& tile, int key0, uint16_t* k_rows, uint16_t* v_rows) {
-#pragma unroll
-    for (int i = 0; i < kCopies; ++i) {
-      const int key = copy_key + i * kCopyKeys, j = key0 + key;
-      const bool valid = j < tile.key_end && copy_dim_valid;
-      // Unsigned 32 x 64-bit products: page and slot are non-negative (a key past key_end reads nothing
-      // and takes page 0).
-      const uint64_t page = uint32_t(entries[i]), slot = uint32_t(j - page_index(p, j) * p.page_size);
-      const uint64_t k_at = (page * uint64_t(p.k.page_stride) + slot * uint64_t(p.k.slot_stride)) * Kv::kBytes;
-      const uint64_t v_at = (page * uint64_t(p.v.page_stride) + slot * uint64_t(p.v.slot_stride)) * Kv::kBytes;
-      copy_async16(k_rows + Layout::at(key, copy_dim, kKeys), k_head + k_at, valid);
-      copy_async16(v_rows + Layout::at(key, copy_dim, kKeys), v_head + v_at, valid);
-    }
-  }
-};
-
-// Loads a tile's query rows [0, kRows) into q_rows (in Layout), by kThreadCount threads: tile row r is
-// query row r / heads of q head head_begin + r % heads, zeros past the tile's rows and head_dim; Q is
-// stored as the KV type. 16-byte cp.async copies where the rows allow them (the caller commits and waits),
-// else element loads, all of a thread's in flight at once, and stores.
-template <typename Layout, int D_MAX, int kRows, int kThreadCount>
-__device__ __forceinline__ void load_queries(const Params& p, const Tile& tile, uint16_t* q_rows, int thread) {
-  const int tile_rows = tile.heads * tile.rows;
-  const auto offset = [&](int row) {
-    return row < tile_rows ? int64_t(tile.row_begin + row / tile.heads) * p.query_token_stride +
-                                 int64_t(tile.head_begin + row % tile.heads) * p.query_head_stride
-                           : int64_t(-1);
-  };
-  const auto* queries = static_cast<const uint16_t*>(p.queries);
-  if (p.vector_queries) {
-    constexpr int kChunks = D_MAX / 8;
-    static_assert(kRows * kChunks % kThreadCount == 0, "copies divide among the threads");
-#pragma unroll
-    for (int i = 0; i < kRows * kChunks / kThreadCount; ++i) {
-      const int chunk = thread + i * kThreadCount, row = chunk / kChunks, d = chunk % kChunks * 8;
-      const int64_t at = offset(row);
-      copy_async16(q_rows + Layout::at(row, d, kRows), queries + (at >= 0 ? at + d : 0), at >= 0 && d < p.head_dim);
-    }
-  } else {
-    constexpr int kBatch = 16;  // loads in flight per thread
-    static_assert(kRows * D_MAX % (kBatch * kThreadCount) == 0, "loads divide among the threads");
-    for (int first = thread; first < kRows * D_MAX; first += kBatch * kThreadCount) {
-      uint16_t bits[kBatch];
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int e = first + i * kThreadCount, d = e % D_MAX;
-        const int64_t at = offset(e / D_MAX);
-        bits[i] = at >= 0 && d < p.head_dim ? queries[at + d] : uint16_t(0);
-      }
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int e = first + i * kThreadCount;
-        q_rows[Layout::at(e / D_MAX, e % D_MAX, kRows)] = bits[i];
-      }
-    }
-  }
-}
-
 constexpr int kSpecialisedKeys = 64;          // keys per K/V tile
 constexpr int kSpecialisedThreads = 3 * 128;  // the producer warpgroup, then two consumers
 static_assert(kMaxTileRows == 128, "a consumer warpgroup's 64 rows each");
 
 // Shared memory: Q [128][D_MAX], kStages stages of K then V [kKeys][D_MAX] (16-bit, WarpgroupMma's
-// swizzled layout), then the mbarriers (full, empty, the queries') and a 1 KiB atom of zeros (the zero
-// tile).
+// swizzled layout), then the mbarriers (full, empty, the queries'), a 1 KiB atom of zeros (the zero
+// tile) and the query rows' offsets.
 template <int D_MAX>
 struct SpecialisedGeometry {
   using Layout = typename WarpgroupMma<true, D_MAX, kSpecialisedKeys>::Layout;  // f16's is the same
@@ -130,7 +36,7 @@ struct SpecialisedGeometry {
   static constexpr size_t kAlignment = 1024;                     // of the tiles: wgmma's swizzle atoms
   static constexpr size_t kTileBytes = 2 * (size_t(kQueryElements) + size_t(kStages) * 2 * kTileElements);
   static constexpr int kZeroOffset = 1024 / 2;  // elements from the barriers to the zero tile (aligned)
-  static constexpr size_t kSharedBytes = kAlignment + kTileBytes + 2 * kZeroOffset + 1024;
+  static constexpr size_t kSharedBytes = kAlignment + kTileBytes + 2 * kZeroOffset + 1024 + 8 * kRows;
   static_assert(8 * (2 * kStages + 1) <= 1024, "the barriers fit before the zero tile");
 };
 
@@ -154,7 +60,8 @@ __device__ inline void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
-// Named barriers of some of the block's warps (0 is __syncthreads'): sync waits for `threads` arrivals
+// Named barriers of some of the block's warps (0 is __syncthreads'; 1 and 2 the consumers' turns, 3 and 4
+// their V checks, 5 the producer's): sync waits for `threads` arrivals
 // (its own included), arrive counts one without waiting; sync_or also ORs a flag over the waiting threads.
 __device__ inline void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -190,6 +97,7 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
   uint64_t* empty = full + kStages;
   uint64_t* queries_ready = empty + kStages;
   uint16_t* zero_tile = ring + kStages * kStageElements + G::kZeroOffset;
+  int64_t* row_offsets = reinterpret_cast<int64_t*>(zero_tile + 512);
 
   Tile tile;
   if (!fetch_tile(p, tile)) return;
@@ -205,10 +113,12 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
 
   if (role == 0) {  // the producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    KvGather<Kv, Layout, D_MAX, G::kKeys, 128> gather(p, tile, thread);
+    KvGather<Kv, D_MAX, G::kKeys, 128> gather(p, tile, thread);
     gather.fetch_entries(p, tile, tile.key_begin);
     // The queries: copies tracked by their barrier, or (rows that take element loads) stores it releases.
-    load_queries<Layout, D_MAX, G::kRows, 128>(p, tile, q_rows, thread);
+    row_offsets[thread] = query_row_offset(p, tile, thread);
+    named_sync(5, 128);  // the producer's threads
+    load_queries<Layout, D_MAX, G::kRows, 128>(p, row_offsets, q_rows, thread);
     if (p.vector_queries) mbarrier_arrive_copies(queries_ready);
     else mbarrier_arrive(queries_ready);
     // Each stage's full barrier completes once the copies of all 128 threads landed, so the producer runs
@@ -217,7 +127,7 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
       const int stage = t % kStages, key0 = tile.key_begin + t * G::kKeys;
       if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
       uint16_t* k_rows = ring + stage * kStageElements;
-      gather.copy(p, tile, key0, k_rows, k_rows + G::kTileElements);
+      gather.template copy<Layout>(p, tile, key0, k_rows, k_rows + G::kTileElements);
       mbarrier_arrive_copies(&full[stage]);
       gather.fetch_entries(p, tile, key0 + G::kKeys);
     }
