@@ -100,7 +100,7 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
   int64_t* row_offsets = reinterpret_cast<int64_t*>(zero_tile + 512);
 
   Tile tile;
-  if (!fetch_tile(p, tile)) return;
+  if (!fetch_tile<true>(p, tile)) return;
   const int tile_rows = tile.heads * tile.rows;
   const int key_tiles = tile.key_end > tile.key_begin ? (tile.key_end - tile.key_begin + G::kKeys - 1) / G::kKeys : 0;
   const int role = threadIdx.x / 128, thread = threadIdx.x % 128;
