@@ -16,9 +16,10 @@ job=${1:-}
 seconds=${2:-60}
 export CC=clang CXX=clang++
 no_gpu="-Dcuda=disabled -Dhip=disabled -Djax=disabled"
-# The Python suite runs an uninstrumented interpreter and the gpu tests need a GPU: both left out.
-unit_tests="contract validation plan quantized merge dtype c_api exports simd plugin_loading plugin_none golden info
-  example_c example_cpp"
+# Left out: the Python-driven tests (an uninstrumented interpreter), the GPU tests (a GPU) and the HIP
+# runtime tests (the HIP plugin, not built here). gpu_planner is the GPU plugin's host-side planner.
+unit_tests="contract validation plan quantized merge dtype c_api exports simd simd_kernels simd_tiles_emulated simd_plan
+  plugin_loading plugin_none auto_fallback gpu_planner golden info example_c example_cpp"
 
 asan_setup() {
   [ -f build-asan/build.ninja ] || meson setup build-asan $no_gpu -Dfuzz=true -Dbuildtype=debugoptimized \
