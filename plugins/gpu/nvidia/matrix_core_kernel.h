@@ -339,6 +339,22 @@ __device__ __forceinline__ void fma_values(float (&s)[kKeys / 8][4], float (&out
   }
 }
 
+// A lane's two rows of a warp's 16 in the fragments of S and O (PTX ISA, mma.m16n8k16 and wgmma.m64nNk16
+// alike: tile rows first + l/4 and first + l/4 + 8 for lane l) and its column pair in each 8-wide tile;
+// called with (h, j), whether its row h sees key j. (Copies, not references: matrix_core_kernel spilled
+// 36 bytes with references to the tile and parameters, 20 with copies.)
+struct LaneRows {
+  int rows[2], pos[2], pair, tile_rows, key_end, window;
+  __device__ __forceinline__ LaneRows(const Params& p, const Tile& tile, int first, int lane)
+      : pair(2 * (lane % 4)), tile_rows(tile.heads * tile.rows), key_end(tile.key_end), window(p.window) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) rows[h] = first + lane / 4 + 8 * h, pos[h] = tile.first_pos + rows[h] / tile.heads;
+  }
+  __device__ __forceinline__ bool operator()(int h, int j) const {
+    return rows[h] < tile_rows && j < key_end && j <= pos[h] && (window == 0 || j > pos[h] - window);
+  }
+};
+
 // Writes this lane's two tile rows rows[h] (those below the tile's): the output (times out_scale: an
 // 8-bit cache's V scale) and lse, or a split's unnormalised state for the merge. row_max is in log2 units.
 template <int kDimTiles>
@@ -401,9 +417,8 @@ __device__ __forceinline__ void store_matrix_rows(const Params& p, const Tile& t
   }
 }
 
-// Fragment coordinates (PTX ISA, mma.m16n8k16 and wgmma.m64nNk16 alike): lane l of warp w holds S and O
-// rows 16w + l/4 and 16w + l/4 + 8, columns 2(l%4) and 2(l%4) + 1 of each 8-wide tile; the A fragment of
-// 16 keys is the S layout of two adjacent 8-key tiles.
+// Fragment coordinates: LaneRows (warp w's rows start at 16w); the A fragment of 16 keys is the S layout
+// of two adjacent 8-key tiles.
 template <typename Kv, int D_MAX, template <bool, int, int> class MmaOf>
 __device__ __forceinline__ void matrix_core_kernel(Params p) {
   using Mma = MatrixMma<Kv, D_MAX, MmaOf>;
@@ -424,7 +439,6 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
 
   Tile tile;
   if (!fetch_tile<true>(p, tile)) return;
-  const int tile_rows = tile.heads * tile.rows;
   const int kv_head = tile.head_begin / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   using Gather = KvGather<Kv, D_MAX, G::kKeys, kMatrixThreads>;
@@ -473,15 +487,7 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   copy_async_commit();  // the Q group (empty without vector copies), between the first two K/V groups
   __syncthreads();  // row_offsets are read before the first tile refills the second stage
 
-  // This lane's two rows (warp-relative lane/4 and lane/4 + 8) and its column pair in each 8-wide tile.
-  const int rows[2] = {warp * 16 + lane / 4, warp * 16 + lane / 4 + 8};
-  const int pair = 2 * (lane % 4);
-  int pos[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) pos[h] = tile.first_pos + rows[h] / tile.heads;
-  const auto visible = [&](int h, int j) {  // key j by this lane's row h
-    return rows[h] < tile_rows && j < tile.key_end && j <= pos[h] && (p.window == 0 || j > pos[h] - p.window);
-  };
+  const LaneRows visible(p, tile, warp * 16, lane);
   // An 8-bit cache: the dot of the tiles' values times k_scale (and e4m3's 256) is the score's.
   const SoftmaxScale scaling = softmax_scale_of(p, Kv::kQuantised ? scale_of(p.k_scales, kv_head) * Kv::kUnscale : 1.0f);
   float out[kDimTiles][4], row_sum[2] = {0.0f, 0.0f};
@@ -506,7 +512,7 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
     Mma::scores(s, q_rows, k_rows);
 
     float rescale[2];
-    if (softmax_weights(p, scaling, s, full, key0, pair, visible, row_max, row_sum, rescale)) rescale_rows(out, rescale);
+    if (softmax_weights(p, scaling, s, full, key0, visible.pair, visible, row_max, row_sum, rescale)) rescale_rows(out, rescale);
     if (!nonfinite) {
       uint32_t hi[G::kKeys / 16][4], lo[G::kKeys / 16][4];  // A fragments of P, 16 keys each
       split_weights<kBf16>(s, hi, lo, row_sum);
@@ -519,7 +525,7 @@ __device__ __forceinline__ void matrix_core_kernel(Params p) {
   }
 
   // An 8-bit cache's V scale (and e4m3's 256) multiplies the output, or the split's partial state.
-  store_matrix_rows(p, tile, rows, lane, out, row_max, row_sum,
+  store_matrix_rows(p, tile, visible.rows, lane, out, row_max, row_sum,
                     Kv::kQuantised ? scale_of(p.v_scales, kv_head) * Kv::kUnscale : 1.0f);
 }
 

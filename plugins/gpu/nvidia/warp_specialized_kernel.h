@@ -156,16 +156,7 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
   };
   if (consumer == 1) pass_turn();
 
-  // This lane's two rows (the consumer's 64, warp-relative lane/4 and lane/4 + 8) and its column pair in
-  // each 8-wide tile.
-  const int rows[2] = {consumer * 64 + warp * 16 + lane / 4, consumer * 64 + warp * 16 + lane / 4 + 8};
-  const int pair = 2 * (lane % 4);
-  int pos[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) pos[h] = tile.first_pos + rows[h] / tile.heads;
-  const auto visible = [&](int h, int j) {  // key j by this lane's row h
-    return rows[h] < tile_rows && j < tile.key_end && j <= pos[h] && (p.window == 0 || j > pos[h] - p.window);
-  };
+  const LaneRows visible(p, tile, consumer * 64 + warp * 16, lane);  // this lane's rows of the consumer's 64
   const SoftmaxScale scaling = softmax_scale_of(p, 1.0f);
   const uint16_t* my_queries = q_rows + Layout::at(consumer * 64, 0, G::kRows);
   float out[kDimTiles][4], row_sum[2] = {0.0f, 0.0f};
@@ -191,7 +182,7 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
     else wgmma_wait<0>();
     keep(s);
     float rescale[2];
-    const bool moved = softmax_weights(p, scaling, s, full_tile, key0, pair, visible, row_max, row_sum, rescale);
+    const bool moved = softmax_weights(p, scaling, s, full_tile, key0, visible.pair, visible, row_max, row_sum, rescale);
     if (pending) {
       wgmma_wait<0>();
       keep(out), keep(hi), keep(lo);
@@ -243,7 +234,7 @@ __device__ __forceinline__ void specialised_kernel(Params p) {
     mbarrier_arrive(&empty[previous_stage]);
   }
   if (consumer == 0) take_turn();
-  store_matrix_rows(p, tile, rows, lane, out, row_max, row_sum, 1.0f);
+  store_matrix_rows(p, tile, visible.rows, lane, out, row_max, row_sum, 1.0f);
 #else
   (void)p;
   __trap();
