@@ -341,8 +341,9 @@ __device__ __forceinline__ void fma_values(float (&s)[kKeys / 8][4], float (&out
 
 // A lane's two rows of a warp's 16 in the fragments of S and O (PTX ISA, mma.m16n8k16 and wgmma.m64nNk16
 // alike: tile rows first + l/4 and first + l/4 + 8 for lane l) and its column pair in each 8-wide tile;
-// called with (h, j), whether its row h sees key j. (Copies, not references: matrix_core_kernel spilled
-// 36 bytes with references to the tile and parameters, 20 with copies.)
+// called with (h, j), whether its row h sees key j. (Copies of the fields, not references: with the lambda
+// it replaces, which captured the tile and parameters by reference, matrix_core_kernel's sm_90a code spilled
+// 36 bytes of loads; with copies, 20.)
 struct LaneRows {
   int rows[2], pos[2], pair, tile_rows, key_end, window;
   __device__ __forceinline__ LaneRows(const Params& p, const Tile& tile, int first, int lane)
