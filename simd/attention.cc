@@ -577,12 +577,26 @@ void AttendItemTiles(const rpa_problem& p, const WorkItem& item, float* HWY_REST
       key_begin[blocks] = static_cast<size_t>(block_first) / kTileBlock * kTileBlock;
       key_end[blocks++] = RoundUp(static_cast<size_t>(block_last), kTileBlock);
     }
+    // S of block b. With an f16 operand (two parts), hi x hi is summed alone and the cross products (each
+    // under 2^-8 of it) apart, in the f32 V buffer (free until the step's products are done), then added:
+    // in one sum every part product rounds at the magnitude of the score, and for f16 x f16 at D 256 and
+    // scores of about 20 that lost 2e-5 (test_simd_tiles' cases with larger keys).
     const auto scores = [&](size_t b) {
-      const size_t r0 = active[b], j0 = key_begin[b];
-      tiles.product(TileOperand{q + r0 * width, width, q_parts, m * width},
-                    TileOperand{k_pairs + 2 * (column + j0), 2 * static_cast<size_t>(pack.keys), kv_parts,
-                                static_cast<size_t>(layout.part_elements)},
-                    st.s + r0 * step + j0, step, kTileBlock, key_end[b] - j0, width, false);
+      const size_t r0 = active[b], j0 = key_begin[b], keys = key_end[b] - j0;
+      const TileOperand q_hi{q + r0 * width, width}, k_hi{k_pairs + 2 * (column + j0), 2 * static_cast<size_t>(pack.keys)};
+      float* HWY_RESTRICT s = st.s + r0 * step + j0;
+      tiles.product(q_hi, k_hi, s, step, kTileBlock, keys, width, false);
+      if (q_parts == 1 && kv_parts == 1) return;
+      float* HWY_RESTRICT cross = v;  // [kTileBlock][step]
+      if (kv_parts == 2)
+        tiles.product(q_hi, TileOperand{k_hi.data + layout.part_elements, k_hi.ld}, cross, step, kTileBlock, keys, width, false);
+      if (q_parts == 2)
+        tiles.product(TileOperand{q_hi.data + m * width, width},
+                      TileOperand{k_hi.data, k_hi.ld, kv_parts, static_cast<size_t>(layout.part_elements)}, cross, step,
+                      kTileBlock, keys, width, kv_parts == 2);
+      for (size_t i = 0; i < kTileBlock; ++i)
+        for (size_t j = 0; j < keys; j += kLanes)
+          hn::Store(hn::Add(hn::Load(df, s + i * step + j), hn::Load(df, cross + i * step + j)), df, s + i * step + j);
     };
     if (blocks > 0) scores(0);
     for (size_t b = 0; b < blocks; ++b) {
