@@ -64,7 +64,8 @@ Case tile_case(int index) {
   Case c = random_case(spec, 77 + index);
   // There the keys from 128 on are 6 times larger (scores of about 20): the running max of a row that
   // sees both moves by more than the lazy bound (kLazyRescale) at the second step, so its output is
-  // rescaled; and f16 x f16 scores that large need their cross products summed apart (2.3e-5 off, not).
+  // rescaled; and f16 x f16 scores that large need their cross products summed apart from hi x hi (in
+  // one sum, a case was 2.3e-5 off).
   if (index % 3 != 2)
     for (int32_t s = 0; s < c.num_seqs; ++s)
       for (int64_t key = 128; key < c.context_lens[s]; ++key) {
