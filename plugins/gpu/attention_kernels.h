@@ -44,7 +44,8 @@ struct MetadataCheck {
   int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
   int32_t* blocks_done;  // blocks of this run done checking (0 between runs)
   int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
-  int32_t num_seqs, max_query_len, max_context_len, window;
+  int32_t num_seqs, max_query_len, max_context_len;
+  int32_t check_blocks;  // prepare_metadata_kernel's blocks that check sequences (the others only zero rows)
 };
 
 struct Params {
@@ -116,8 +117,10 @@ struct Geometry {
                 "thread mappings must tile exactly");
 };
 
-// The most blocks of prepare_metadata_kernel (more sequences: a block checks several).
+// The most blocks of prepare_metadata_kernel that check sequences (more sequences: a block checks
+// several), and the block table entries (sequences times W) each of them takes.
 constexpr int kPrepareBlocks = 65535;
+constexpr int kPreparePagesPerBlock = 8192;
 
 // The rest is device code; the AMD plugin's host code (RPA_GPU_AMD_HOST) needs only the layout above.
 #if !defined(RPA_GPU_AMD_HOST)
@@ -140,6 +143,20 @@ __device__ inline bool pages_fit(const MetadataCheck& c, int32_t seq, int64_t fi
   return __syncthreads_and(fits);
 }
 
+// Device metadata: the first page of the keys a sequence's rows can see (host validation checks those).
+__device__ inline int64_t first_visible_page(const Params& p, const SequenceRows& rows) {
+  return first_key(p.grid, rows.context - (rows.row_end - rows.row_begin)) / p.check.page_size;
+}
+
+// Device metadata: whether sequence `seq` follows the rules host validation applies (and the plan's
+// bounds), over every key it can see. Called by every thread of the block; all get the answer.
+__device__ inline bool sequence_ok(const Params& p, int32_t seq) {
+  const SequenceRows rows = sequence_rows(p.grid, seq);
+  if (!sequence_fits(p.check, rows.row_begin, rows.row_end, rows.context)) return false;
+  return rows.row_end == rows.row_begin ||
+         pages_fit(p.check, seq, first_visible_page(p, rows) * p.check.page_size, rows.context);
+}
+
 // Programmatic dependent launch (KernelSet::launch_early; NVIDIA sm_90+, else nothing to do): the
 // dependent kernel waits here until the kernel before it on the stream has finished and its writes are
 // visible (at once when it was launched plainly); the kernel before lets it launch from this point on.
@@ -155,8 +172,9 @@ __device__ inline void allow_dependent_grid() {
 }
 
 // This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
-// Decode slots run beside prepare_metadata_kernel (launch.cpp), so they check their own sequence, by
-// the same rules, over the keys they read (its seq_ok is not written yet); the other slots run after it.
+// Decode slots run beside prepare_metadata_kernel (launch.cpp), which leaves their sequences to them: they
+// check and record their own sequence, by the same rules, over the keys they read, and their merges check
+// it over every key (they follow the decode slots on the side stream); the other slots run after it.
 // kAttentionOnly: the caller is an attention kernel, whose slots are always kGridAttention; resolving
 // only that kind keeps the other kinds' code out of it (matrix_core_kernel, at its 128-register bound,
 // spilled 40 bytes with them, 16 without).
@@ -166,15 +184,20 @@ __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
     tile = p.tiles[blockIdx.x];
     return true;
   }
+  if (!kAttentionOnly && p.grid_kind == kGridMergeDecode)  // after the decode slots, which record a break
+    return grid_tile(p.grid, kGridMergeDecode, blockIdx.x, tile, false) && sequence_ok(p, tile.seq);
   if (kAttentionOnly || p.grid_kind != kGridDecode) {
     wait_for_previous_grid();  // the attention slots' row chunks come from prepare_metadata_kernel
     return grid_tile(p.grid, kAttentionOnly ? kGridAttention : p.grid_kind, blockIdx.x, tile);
   }
   if (!grid_tile(p.grid, kGridDecode, blockIdx.x, tile, false)) return false;
   const int32_t seq = tile.seq;
-  return sequence_fits(p.check, p.check.query_start_loc[seq], p.check.query_start_loc[seq + 1],
-                       p.check.context_lens[seq]) &&
-         pages_fit(p.check, seq, tile.key_begin, tile.key_end);
+  const bool ok = sequence_fits(p.check, p.check.query_start_loc[seq], p.check.query_start_loc[seq + 1],
+                                p.check.context_lens[seq]) &&
+                  pages_fit(p.check, seq, tile.key_begin, tile.key_end);
+  // The check of prepare_metadata_kernel leaves one-token sequences to their slots (check_sequences).
+  if (!ok && threadIdx.x == 0) atomicMin(p.check.first_error, seq);
+  return ok;
 }
 
 // 16 bytes from global to shared memory, zero-filled when !valid. NVIDIA: cp.async, without registers,
@@ -1032,128 +1055,209 @@ __device__ __forceinline__ void merge_kernel(Params p) {
 }
 
 
-// Device metadata: sequence `seq` against the rules host validation applies (and the plan's bounds), by
-// one block. A sequence that breaks one is marked in seq_ok, so no later tile reads or writes for it, and
-// recorded.
-__device__ __forceinline__ void check_sequence(const MetadataCheck& c, int32_t seq) {
-  const int64_t row_begin = c.query_start_loc[seq], row_end = c.query_start_loc[seq + 1];
-  const int64_t context = c.context_lens[seq], q_len = row_end - row_begin;
-  bool ok = sequence_fits(c, row_begin, row_end, context);
-  if (ok && q_len > 0) {  // the pages of the keys the sequence can see, as host validation checks them
-    const int64_t first_pos = context - q_len;
-    ok = pages_fit(c, seq, c.window > 0 && first_pos - c.window + 1 > 0 ? first_pos - c.window + 1 : 0, context);
+// The sum of `value` over the block's threads before this one (threadIdx order); `total` receives the sum
+// over all. Called by every thread of the block. Shuffles within a warp, then one exchange of the warps'
+// sums: prepare_metadata_kernel's scans sit on the path of every prefill block.
+template <typename T>
+__device__ __forceinline__ T block_exclusive_sum(T value, T& total) {
+  __shared__ T warp_sums[kThreads / 32];  // warps of 32 or more lanes
+  const int lane = int(threadIdx.x) % warpSize, warp = int(threadIdx.x) / warpSize, warps = kThreads / warpSize;
+  T inclusive = value;
+  for (int delta = 1; delta < warpSize; delta *= 2) {
+    const T before = __shfl_up(inclusive, delta);
+    if (lane >= delta) inclusive += before;
   }
-  if (threadIdx.x == 0) {
-    c.seq_ok[seq] = ok;
-    if (!ok) atomicMin(c.first_error, seq);
+  if (lane == warpSize - 1) warp_sums[warp] = inclusive;
+  __syncthreads();
+  T before_warp = 0;
+  total = 0;
+  for (int w = 0; w < warps; ++w) {
+    if (w < warp) before_warp += warp_sums[w];
+    total += warp_sums[w];
+  }
+  __syncthreads();  // the next call writes warp_sums again
+  return before_warp + inclusive - value;
+}
+
+// Device metadata: up to kThreads consecutive sequences, one per thread, as a block of
+// prepare_metadata_kernel walks them. Each thread counts its sequence's work items (pages to check, row
+// chunks to list), and the block spreads the items of all of them over its threads (item_owner), so a
+// batch of short sequences and one long sequence both keep every thread busy.
+struct SequenceBatch {
+  SequenceRows rows[kThreads];
+  int64_t first_item[kThreads];  // per sequence: its first page (checking) or 0 (listing)
+  int64_t offset[kThreads];      // per sequence: the batch's items before its own
+  int64_t items;
+  int32_t broken[kThreads];      // checking: a page outside the cache
+  int32_t ok[kThreads];          // checked: seq_ok
+};
+
+// Thread t's sequence takes `count` items from `first_item` on; every thread of the block calls it, and
+// then sees the whole batch.
+__device__ inline void count_items(SequenceBatch& batch, const SequenceRows& rows, int64_t first_item, int64_t count) {
+  int64_t items = 0;
+  const int64_t offset = block_exclusive_sum(count, items);
+  batch.rows[threadIdx.x] = rows;
+  batch.first_item[threadIdx.x] = first_item;
+  batch.offset[threadIdx.x] = offset;
+  batch.broken[threadIdx.x] = 0;
+  if (threadIdx.x == 0) batch.items = items;
+  __syncthreads();
+}
+
+// The batch's sequence (thread) whose items hold item i < batch.items: the last t with offset[t] <= i
+// (a sequence without items has the offset of the next).
+__device__ inline int item_owner(const SequenceBatch& batch, int64_t i) {
+  int low = 0, high = kThreads - 1;
+  while (low < high) {
+    const int middle = (low + high + 1) / 2;
+    if (batch.offset[middle] <= i) low = middle;
+    else high = middle - 1;
+  }
+  return low;
+}
+
+// Device metadata: sequences [begin, end) against the rules host validation applies (and the plan's
+// bounds), by one block; one-token sequences of the decode slots aside (they check their own: fetch_tile).
+// A sequence that breaks one is marked in seq_ok, so no tile reads or writes for it, and recorded. The
+// batch keeps the last kThreads sequences' rows and seq_ok.
+__device__ __forceinline__ void check_sequences(const Params& p, SequenceBatch& batch, int32_t begin, int32_t end) {
+  const MetadataCheck& c = p.check;
+  for (int32_t first = begin; first < end; first += kThreads) {
+    const int32_t seq = first + threadIdx.x;
+    const SequenceRows rows = seq < end ? sequence_rows(p.grid, seq) : SequenceRows{0, 0, 0};
+    const bool mine = seq < end && !takes_decode(p.grid, rows);
+    const bool fits = !mine || sequence_fits(c, rows.row_begin, rows.row_end, rows.context);
+    int64_t first_page = 0, pages = 0;
+    if (mine && fits && rows.row_end > rows.row_begin) {  // the pages of the keys it can see
+      first_page = first_visible_page(p, rows);
+      pages = (rows.context - 1) / c.page_size - first_page + 1;
+    }
+    count_items(batch, rows, first_page, pages);
+    for (int64_t i = threadIdx.x; i < batch.items; i += kThreads) {
+      const int owner = item_owner(batch, i);
+      const int32_t page = c.block_tables[(first + owner) * c.block_table_stride + batch.first_item[owner] +
+                                          (i - batch.offset[owner])];
+      if (page < 0 || page >= c.num_pages) atomicOr(&batch.broken[owner], 1);
+    }
+    __syncthreads();
+    const bool ok = seq < end && fits && !batch.broken[threadIdx.x];
+    batch.ok[threadIdx.x] = ok;
+    if (seq < end) {
+      c.seq_ok[seq] = ok;
+      if (!ok) atomicMin(c.first_error, seq);
+    }
+    __syncthreads();  // the next batch rewrites the block's view
   }
 }
 
-// The sum of `value` over the block's threads before this one (threadIdx order); `total` receives the sum
-// over all. Called by every thread of the block.
-__device__ __forceinline__ int32_t block_exclusive_sum(int32_t value, int32_t& total) {
-  __shared__ int32_t sums[kThreads];
-  sums[threadIdx.x] = value;
-  __syncthreads();
-  for (int step = 1; step < kThreads; step *= 2) {  // inclusive scan, log2(kThreads) steps
-    const int32_t before = threadIdx.x >= step ? sums[threadIdx.x - step] : 0;
-    __syncthreads();
-    sums[threadIdx.x] += before;
+// Calls f(chunk) for every row chunk of the non-decode kind of every sequence that follows the rules, by
+// one block. seq_ok is read through volatile: other blocks of this launch may have written it. `held`:
+// the batch already counts the row chunks of all sequences (list_row_chunks), so nothing is read again.
+template <typename F>
+__device__ __forceinline__ void for_each_row_chunk(const DeviceGrid& g, const volatile int32_t* seq_ok,
+                                                   SequenceBatch& batch, bool held, F&& f) {
+  for (int32_t first = 0; first < g.num_seqs; first += kThreads) {
+    if (!held) {
+      const int32_t seq = first + threadIdx.x;
+      const SequenceRows rows = seq < g.num_seqs ? sequence_rows(g, seq) : SequenceRows{0, 0, 0};
+      count_items(batch, rows, 0, seq < g.num_seqs ? attention_chunks(g, rows, seq_ok[seq]) : 0);
+    }
+    for (int64_t i = threadIdx.x; i < batch.items; i += kThreads) {
+      const int owner = item_owner(batch, i);
+      f(row_chunk(g, first + owner, batch.rows[owner], int32_t(i - batch.offset[owner])));
+    }
     __syncthreads();
   }
-  total = sums[kThreads - 1];
-  const int32_t before = sums[threadIdx.x] - value;
-  __syncthreads();  // the next call writes sums again
-  return before;
 }
 
 // Device metadata, by one block once every seq_ok is written: lists the non-decode row chunks of the
 // sequences that follow the rules (DeviceGrid::row_chunks), so those tiles' slots are as many as the
 // batch's tokens need, each slot reads its chunk with one load, and the chunks with the most keys start
 // first, as make_tile_plan orders its tiles (a causal prefill's last chunks see the most keys; starting
-// them last leaves them running alone at the end). A counting sort by key bucket: `offsets`
-// [num_seqs + 1] (scratch) numbers each sequence's chunks, then each chunk takes the next place of its
-// bucket, buckets of more keys first. seq_ok is read through volatile: other blocks of this launch wrote it.
-__device__ __forceinline__ void list_row_chunks(const DeviceGrid& g, const volatile int32_t* seq_ok, int32_t* offsets,
-                                                RowChunk* list) {
+// them last leaves them running alone at the end). A counting sort by key bucket: each chunk takes the
+// next place of its bucket, buckets of more keys first. `checked`: this block checked every sequence and
+// they fit one batch, which then holds them (check_sequences).
+__device__ __forceinline__ void list_row_chunks(const DeviceGrid& g, const volatile int32_t* seq_ok,
+                                                SequenceBatch& batch, bool checked, RowChunk* list) {
   __shared__ int32_t place[kKeyBuckets];  // chunks per bucket, then the next place of each bucket
   for (int b = threadIdx.x; b < kKeyBuckets; b += kThreads) place[b] = 0;
-  const int32_t per_thread = (g.num_seqs + kThreads - 1) / kThreads;
-  const int32_t begin = threadIdx.x * per_thread;
-  const int32_t end = begin + per_thread < g.num_seqs ? begin + per_thread : g.num_seqs;
-  int32_t sum = 0, all = 0;
-  for (int32_t s = begin; s < end; ++s) sum += attention_chunks(g, s, seq_ok[s]);
-  int32_t running = block_exclusive_sum(sum, all);
-  for (int32_t s = begin; s < end; ++s) {
-    offsets[s] = running;
-    running += attention_chunks(g, s, seq_ok[s]);
+  const bool held = checked && g.num_seqs <= kThreads;
+  if (held) {
+    const SequenceRows rows = batch.rows[threadIdx.x];
+    count_items(batch, rows, 0, attention_chunks(g, rows, batch.ok[threadIdx.x]));
   }
-  if (threadIdx.x == 0) offsets[g.num_seqs] = all;
-  __syncthreads();  // offsets and the zeroed counts are the block's
-  // Chunk c of all: row chunk c - offsets[seq] of the sequence with offsets[seq] <= c < offsets[seq + 1].
-  const auto chunk_at = [&](int32_t c) {
-    int32_t low = 0, high = g.num_seqs - 1;
-    while (low < high) {
-      const int32_t middle = (low + high + 1) / 2;
-      if (offsets[middle] <= c) low = middle;
-      else high = middle - 1;
-    }
-    return row_chunk(g, low, c - offsets[low]);
-  };
-  for (int32_t c = threadIdx.x; c < all; c += kThreads) atomicAdd(&place[key_bucket(g, chunk_at(c))], 1);
   __syncthreads();
+  for_each_row_chunk(g, seq_ok, batch, held, [&](const RowChunk& chunk) { atomicAdd(&place[key_bucket(g, chunk)], 1); });
   // Thread t takes buckets kKeyBuckets - 1 - (t * kPer + i): the first places go to the most keys.
   constexpr int kPer = kKeyBuckets / kThreads;
   static_assert(kKeyBuckets % kThreads == 0, "the threads take the buckets evenly");
-  int32_t counts[kPer], mine = 0;
+  int32_t counts[kPer], mine = 0, all = 0;
   for (int i = 0; i < kPer; ++i) counts[i] = place[kKeyBuckets - 1 - (threadIdx.x * kPer + i)], mine += counts[i];
   int32_t next = block_exclusive_sum(mine, all);
   for (int i = 0; i < kPer; ++i) place[kKeyBuckets - 1 - (threadIdx.x * kPer + i)] = next, next += counts[i];
   __syncthreads();
-  for (int32_t c = threadIdx.x; c < all; c += kThreads) {
-    const RowChunk chunk = chunk_at(c);
+  for_each_row_chunk(g, seq_ok, batch, held, [&](const RowChunk& chunk) {
     const int32_t at = atomicAdd(&place[key_bucket(g, chunk)], 1);
     // Beyond the bound only when broken metadata (sequences whose rows overlap) passes the rules.
     if (at < g.attention.chunks) list[at] = chunk;
-  }
+  });
   for (int32_t at = all + threadIdx.x; at < g.attention.chunks; at += kThreads) list[at] = RowChunk{-1, 0, 0, 0};
 }
 
-// Device metadata, the one launch before the tiles (a block per sequence, at most kPrepareBlocks, each
-// taking every gridDim.x-th): checks the sequences (check_sequence), gives the rows outside
-// [query_start_loc[0], query_start_loc[num_seqs]) (clamped to [0, T]) out 0 and lse -inf, and, in the
-// block that finishes last, lists the row chunks (list_row_chunks). One launch, not three: each launch
-// costs microseconds beside a run of one or two attention kernels.
-__device__ __forceinline__ void prepare_metadata_kernel(Params p) {
-  // The attention blocks may be placed now: they wait for this whole kernel (wait_for_previous_grid).
-  allow_dependent_grid();
-  const MetadataCheck& c = p.check;
-  for (int32_t seq = blockIdx.x; seq < c.num_seqs; seq += gridDim.x) check_sequence(c, seq);
-
-  const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > c.num_tokens ? c.num_tokens : row; };
-  const int64_t head_rows = clamp_row(c.query_start_loc[0]), end = clamp_row(c.query_start_loc[c.num_seqs]);
-  const int64_t tail_begin = end > head_rows ? end : head_rows;  // end < begin: every row is uncovered
+// Out 0 and lse -inf for `rows` rows, the i-th at row_of(i): rows no processed sequence covers.
+template <typename RowOf>
+__device__ __forceinline__ void zero_rows(const Params& p, int64_t rows, RowOf row_of) {
   const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
-  const int64_t uncovered = (head_rows + c.num_tokens - tail_begin) * per_row;
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < uncovered; e += int64_t(gridDim.x) * kThreads) {
-    const int64_t index = e / per_row;
-    const int64_t row = index < head_rows ? index : tail_begin + index - head_rows;
-    const int64_t head = (e % per_row) / p.head_dim, d = e % p.head_dim;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < rows * per_row; e += int64_t(gridDim.x) * kThreads) {
+    const int64_t row = row_of(e / per_row), head = (e % per_row) / p.head_dim, d = e % p.head_dim;
     store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
     if (d == 0) store_lse(p, row, int(head), -INFINITY);
   }
+}
 
-  if (p.grid.attention.chunks == 0) return;  // no row chunk to list
-  // The last block to count itself sees every block's seq_ok: each fenced its writes before counting.
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(c.blocks_done, 1) == int(gridDim.x) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  list_row_chunks(p.grid, c.seq_ok, c.seq_ok + c.num_seqs, const_cast<RowChunk*>(p.grid.row_chunks));
-  if (threadIdx.x == 0) *c.blocks_done = 0;  // the next run counts from 0 (its launch follows this one)
+// Device metadata: gives the rows outside [query_start_loc[0], query_start_loc[num_seqs]) (clamped to
+// [0, T]) out 0 and lse -inf, grid-stride over prepare_metadata_kernel's blocks.
+__device__ __forceinline__ void zero_uncovered_rows(const Params& p) {
+  const MetadataCheck& c = p.check;
+  const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > c.num_tokens ? c.num_tokens : row; };
+  const int64_t head_rows = clamp_row(c.query_start_loc[0]), end = clamp_row(c.query_start_loc[c.num_seqs]);
+  const int64_t tail_begin = end > head_rows ? end : head_rows;  // end < begin: every row is uncovered
+  zero_rows(p, head_rows + c.num_tokens - tail_begin,
+            [&](int64_t i) { return i < head_rows ? i : tail_begin + i - head_rows; });
+}
+
+// Device metadata, the one launch before the non-decode tiles, on their stream. Its first check_blocks
+// blocks check the sequences (check_sequences, a range each) and the last of them to finish lists the row
+// chunks (list_row_chunks); every block zeroes its share of the uncovered rows (the lister after its
+// list). The list is on the path of every prefill block: one checking block where the pages are few
+// (launch.cpp) needs no handshake and reads nothing twice.
+__device__ __forceinline__ void prepare_metadata_kernel(Params p) {
+  // The attention blocks may be placed now: they wait for this whole kernel (wait_for_previous_grid).
+  allow_dependent_grid();
+  __shared__ SequenceBatch batch;
+  const MetadataCheck& c = p.check;
+  if (int32_t(blockIdx.x) < c.check_blocks) {
+    const int64_t per_block = (c.num_seqs + int64_t(c.check_blocks) - 1) / c.check_blocks;
+    const int64_t begin = blockIdx.x * per_block < c.num_seqs ? blockIdx.x * per_block : c.num_seqs;
+    check_sequences(p, batch, int32_t(begin), int32_t(begin + per_block < c.num_seqs ? begin + per_block : c.num_seqs));
+    bool lists = p.grid.attention.chunks > 0;  // a row chunk to list
+    if (lists && c.check_blocks > 1) {
+      // The last block to count itself sees every block's seq_ok: each fenced its writes before counting.
+      __shared__ int last;
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) last = atomicAdd(c.blocks_done, 1) == c.check_blocks - 1;
+      __syncthreads();
+      lists = last;
+      if (lists) {
+        __threadfence();
+        if (threadIdx.x == 0) *c.blocks_done = 0;  // the next run counts from 0 (its launch follows this one)
+      }
+    }
+    if (lists) list_row_chunks(p.grid, c.seq_ok, batch, c.check_blocks == 1, const_cast<RowChunk*>(p.grid.row_chunks));
+  }
+  zero_uncovered_rows(p);
 }
 
 // rpa_merge_states on device memory: one warp per (token, head) row, grid-stride. Every lane reads the
@@ -1184,15 +1288,8 @@ __device__ __forceinline__ void merge_states_kernel(rpa_merge_problem p) {
   }
 }
 
-// Rows [row_begin, row_end) that no processed sequence covers: out 0, lse -inf.
 __device__ __forceinline__ void zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
-  const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
-  const int64_t total = (row_end - row_begin) * per_row;
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
-    const int64_t row = row_begin + e / per_row, head = (e % per_row) / p.head_dim, d = e % p.head_dim;
-    store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
-    if (d == 0) store_lse(p, row, int(head), -INFINITY);
-  }
+  zero_rows(p, row_end - row_begin, [&](int64_t i) { return row_begin + i; });
 }
 
 // One element of K and one of V per thread and step, converted as core/dtype.h's store_kv does.

@@ -54,12 +54,24 @@ RPA_HOST_DEVICE inline int64_t grid_units(const DeviceGrid& g, const GridPart& p
   return int64_t(part.chunks) * g.kv_heads * part.head_chunks;
 }
 
-// Row chunks of the non-decode kind that sequence `seq` has this run (0 when it broke a rule: !seq_ok).
-RPA_HOST_DEVICE inline int32_t attention_chunks(const DeviceGrid& g, int32_t seq, int32_t seq_ok) {
-  if (!seq_ok) return 0;
-  const int32_t q_len = g.query_start_loc[seq + 1] - g.query_start_loc[seq];
-  if (g.decode_eligible && q_len == 1) return 0;
-  return (q_len + g.attention.rows - 1) / g.attention.rows;
+// A sequence's metadata as the device reads it: rows [row_begin, row_end), `context` keys.
+struct SequenceRows {
+  int32_t row_begin, row_end, context;
+};
+
+RPA_HOST_DEVICE inline SequenceRows sequence_rows(const DeviceGrid& g, int32_t seq) {
+  return SequenceRows{g.query_start_loc[seq], g.query_start_loc[seq + 1], g.context_lens[seq]};
+}
+
+// Whether the sequence is one token for the decode slots (which check it themselves: fetch_tile).
+RPA_HOST_DEVICE inline bool takes_decode(const DeviceGrid& g, const SequenceRows& s) {
+  return g.decode_eligible && int64_t(s.row_end) - s.row_begin == 1;
+}
+
+// Row chunks of the non-decode kind that a sequence has this run (0 when it broke a rule: !seq_ok).
+RPA_HOST_DEVICE inline int32_t attention_chunks(const DeviceGrid& g, const SequenceRows& s, int32_t seq_ok) {
+  if (!seq_ok || takes_decode(g, s)) return 0;
+  return (s.row_end - s.row_begin + g.attention.rows - 1) / g.attention.rows;  // seq_ok: 0 <= q_len <= T
 }
 
 // Blocks of a launch of `kind`.
@@ -72,14 +84,13 @@ RPA_HOST_DEVICE inline int64_t grid_blocks(const DeviceGrid& g, GridKind kind) {
 }
 
 // Row chunk `r` (< attention_chunks) of sequence `seq`, whose tile make_tile_plan makes (heads aside).
-RPA_HOST_DEVICE inline RowChunk row_chunk(const DeviceGrid& g, int32_t seq, int32_t r) {
-  const int32_t first_row = g.query_start_loc[seq], q_len = g.query_start_loc[seq + 1] - first_row;
-  const int32_t row = r * g.attention.rows;
+RPA_HOST_DEVICE inline RowChunk row_chunk(const DeviceGrid& g, int32_t seq, const SequenceRows& s, int32_t r) {
+  const int32_t q_len = s.row_end - s.row_begin, row = r * g.attention.rows;
   RowChunk chunk;
   chunk.seq = seq;
-  chunk.row_begin = first_row + row;
+  chunk.row_begin = s.row_begin + row;
   chunk.rows = g.attention.rows < q_len - row ? g.attention.rows : q_len - row;
-  chunk.first_pos = g.context_lens[seq] - q_len + row;
+  chunk.first_pos = s.context - q_len + row;
   return chunk;
 }
 
@@ -105,9 +116,9 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
   RowChunk chunk;
   if (decode) {
     if (use_seq_ok && !g.seq_ok[index]) return false;
-    const int32_t first_row = g.query_start_loc[index];
-    if (!g.decode_eligible || g.query_start_loc[index + 1] - first_row != 1) return false;
-    chunk.seq = index, chunk.row_begin = first_row, chunk.rows = 1, chunk.first_pos = g.context_lens[index] - 1;
+    const SequenceRows s = sequence_rows(g, index);
+    if (!takes_decode(g, s)) return false;
+    chunk.seq = index, chunk.row_begin = s.row_begin, chunk.rows = 1, chunk.first_pos = s.context - 1;
   } else {
     chunk = g.row_chunks[index];
     if (chunk.seq < 0) return false;

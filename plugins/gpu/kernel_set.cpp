@@ -305,21 +305,41 @@ std::string KernelSet::launch_packed(Kernel kernel, unsigned grid, unsigned bloc
 #endif
 }
 
+#if !defined(RPA_GPU_AMD_HOST)
+namespace {
+// One attribute of a kernel: through the driver API for a function of a loaded module, else the
+// runtime's for a precompiled one.
+std::string set_attribute(void* function, bool in_module, CUfunction_attribute module_attribute,
+                          cudaFuncAttribute precompiled_attribute, int value) {
+  if (in_module) {
+    std::string why;
+    const CudaModuleApi& api = *load_cuda_modules(&why);
+    const CUresult result = api.cuFuncSetAttribute(static_cast<CUfunction>(function), module_attribute, value);
+    return result == CUDA_SUCCESS ? "" : cuda_failure("cuFuncSetAttribute", result, api);
+  }
+  const cudaError_t status = cudaFuncSetAttribute(function, precompiled_attribute, value);
+  return status == cudaSuccess ? "" : std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(status);
+}
+}  // namespace
+#endif
+
+std::string KernelSet::prefer_shared(Kernel kernel) const {
+#if defined(RPA_GPU_AMD_HOST)
+  (void)kernel;
+  return "";
+#else
+  return set_attribute(functions_[size_t(kernel)], module_ != nullptr, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                       cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+#endif
+}
+
 std::string KernelSet::allow_shared(Kernel kernel, int bytes) const {
 #if defined(RPA_GPU_AMD_HOST)
   (void)kernel, (void)bytes;
   return "";
 #else
-  void* function = functions_[size_t(kernel)];
-  if (module_) {
-    std::string why;
-    const CudaModuleApi& api = *load_cuda_modules(&why);
-    const CUresult result = api.cuFuncSetAttribute(static_cast<CUfunction>(function),
-                                                   CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
-    return result == CUDA_SUCCESS ? "" : cuda_failure("cuFuncSetAttribute", result, api);
-  }
-  const cudaError_t status = cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  return status == cudaSuccess ? "" : std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(status);
+  return set_attribute(functions_[size_t(kernel)], module_ != nullptr, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 #endif
 }
 

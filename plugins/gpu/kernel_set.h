@@ -109,6 +109,8 @@ class KernelSet {
   }
   // Lets `kernel` take `bytes` of dynamic shared memory (NVIDIA asks above 48 KiB; AMD's 64 KiB are free).
   std::string allow_shared(Kernel kernel, int bytes) const;
+  // Asks for the largest shared-memory carveout for `kernel` (NVIDIA; AMD has no carveout).
+  std::string prefer_shared(Kernel kernel) const;
   // Blocks of `kernel` one multiprocessor holds at once.
   std::string occupancy(Kernel kernel, int threads, size_t shared, int* blocks) const;
 

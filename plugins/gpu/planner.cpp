@@ -135,9 +135,6 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
     const int64_t units = grid_units(g, *part), tile_rows = int64_t(part->heads) * part->rows;
     const int64_t wanted = units ? (limits.target_blocks + units - 1) / units : 1;
     int64_t splits = std::max<int64_t>(1, std::min<int64_t>(wanted, p.max_context_len / kMinSplitKeys));
-    // Decode slots beside other slots take one split: the other tiles fill the device when the batch has
-    // them, and a split would cost a merge launch on every run, also of a batch without decode rows.
-    if (part == &g.decode && g.attention.chunks > 0) splits = 1;
     if (splits > 1 && partial_rows + units * splits * tile_rows > kInt32Max) splits = 1;
     part->splits = static_cast<int32_t>(splits);
     part->chunk_keys = static_cast<int32_t>(

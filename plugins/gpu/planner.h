@@ -38,9 +38,8 @@ std::string plan_limit_error(const rpa_problem& problem);
 TilePlan make_tile_plan(const rpa_problem& problem, const PlanLimits& limits);
 
 // The slot grid of a device-metadata problem (its bounds max_query_len and max_context_len), with the
-// same tile shapes as make_tile_plan and splits chosen for the bounds (decode slots beside other slots
-// unsplit). Its metadata pointers are the problem's, seq_ok and row_chunks null; `partial_rows` receives
-// the partial rows its splits need.
+// same tile shapes as make_tile_plan and splits chosen for the bounds. Its metadata pointers are the
+// problem's, seq_ok and row_chunks null; `partial_rows` receives the partial rows its splits need.
 DeviceGrid make_device_grid(const rpa_problem& problem, const PlanLimits& limits, int64_t& partial_rows);
 
 }  // namespace rpa_gpu

@@ -116,7 +116,8 @@ struct DeviceLayer {
   std::vector<void*> owned;
 
   DeviceLayer(Context& gpu, uint64_t seed, bool decodes_only = false)
-      : gpu(gpu), c(layer_case(seed, decodes_only)), host(prepare(c)) {
+      : DeviceLayer(gpu, layer_case(seed, decodes_only)) {}
+  DeviceLayer(Context& gpu, Case layer) : gpu(gpu), c(std::move(layer)), host(prepare(c)) {
     args = host.args;
     for (rpa_tensor* t : {&args.queries, &args.kv_pages, &args.out, &args.lse})
       owned.push_back(t->data = gpu.upload(t->data, tensor_bytes(*t)));
@@ -406,6 +407,61 @@ BOOST_AUTO_TEST_CASE(device_metadata_decode_slots_alone_match_the_reference) {
   expect_matches_reference(updated, layer.out(), "decode slots alone, replayed after the metadata was rewritten");
   BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
   rpa_plan_destroy(plan);
+}
+
+// Device metadata over more sequences than a block of prepare_metadata_kernel takes at once (128): 300
+// sequences of 0 to 6 query tokens, bf16. With block tables of 16 columns one block checks and lists them
+// all, in three batches; with 32 (300 * 32 > 8192 entries) two blocks check, and the last to finish lists.
+// The run matches the reference, and a broken sequence of the third batch is skipped (its rows are not
+// written, the others' are as before, bitwise) and reported with host validation's message.
+BOOST_AUTO_TEST_CASE(device_metadata_of_many_sequences) {
+  constexpr int32_t kPage = 8;
+  for (const int32_t table_width : {16, 32}) {
+    BOOST_TEST_CONTEXT("W = " << table_width) {
+      std::mt19937 rng(static_cast<uint32_t>(table_width));
+      RandomSpec spec;
+      spec.num_q_heads = 4, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = kPage, spec.padding_tokens = 3;
+      for (int s = 0; s < 300; ++s) {
+        const int32_t q_len = static_cast<int32_t>(rng() % 7);
+        spec.q_lens.push_back(q_len);
+        spec.context_lens.push_back(q_len + static_cast<int32_t>(rng() % ((table_width - 1) * kPage - q_len + 1)));
+      }
+      spec.q_lens[260] = 5, spec.context_lens[260] = 40;  // the sequence broken below
+      spec.context_lens[7] = (table_width - 1) * kPage;  // W - 1 columns of pages and random_case's spare one
+      Case c = random_case(spec, 11);
+      BOOST_TEST_REQUIRE(c.pages_per_seq == table_width);
+      c.query_dtype = c.kv_dtype = c.out_dtype = RPA_DTYPE_BF16;
+      c.round_to_dtypes();
+      Context gpu;
+      DeviceLayer layer(gpu, c);
+      layer.metadata_on_device(false);
+      rpa_plan* plan = nullptr;
+      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+      const std::vector<uint8_t> valid_out = layer.out();
+      expect_matches_reference(c, valid_out, "300 sequences");
+
+      Case broken = c;
+      broken.block_tables[260 * table_width + 2] = -1;  // a page of keys 16..23 of its 40
+      Prepared host = prepare(broken);
+      rpa_plan* host_plan = nullptr;
+      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &host.args, &host_plan) == RPA_STATUS_INVALID_ARGUMENT);
+      const std::string expected = rpa_last_error();
+      layer.write_metadata(broken);
+      const int64_t row_bytes = c.num_q_heads * c.head_dim * 2;
+      const size_t begin = size_t(c.query_start_loc[260] * row_bytes), end = size_t(c.query_start_loc[261] * row_bytes);
+      std::vector<uint8_t> marked = valid_out;
+      std::fill(marked.begin() + begin, marked.begin() + end, uint8_t{0xA5});
+      BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.out.data, marked.data(), marked.size(),
+                                         RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_INVALID_ARGUMENT);
+      BOOST_TEST(std::string(rpa_last_error()) == expected);
+      BOOST_TEST((layer.out() == marked), "rows other than the broken sequence's changed, or its rows were written");
+      rpa_plan_destroy(plan);
+    }
+  }
 }
 
 // Meson counts exit status 77 as a skipped test.

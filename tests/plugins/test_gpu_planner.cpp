@@ -189,9 +189,11 @@ namespace {
 // the row chunks listed as list_row_chunks lists them (its order within a key bucket aside).
 TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
   std::vector<rpa_gpu::RowChunk> chunks;
-  for (int32_t s = 0; s < grid.num_seqs; ++s)
-    for (int32_t r = 0; r < rpa_gpu::attention_chunks(grid, s, grid.seq_ok[s]); ++r)
-      chunks.push_back(rpa_gpu::row_chunk(grid, s, r));
+  for (int32_t s = 0; s < grid.num_seqs; ++s) {
+    const rpa_gpu::SequenceRows rows = rpa_gpu::sequence_rows(grid, s);
+    for (int32_t r = 0; r < rpa_gpu::attention_chunks(grid, rows, grid.seq_ok[s]); ++r)
+      chunks.push_back(rpa_gpu::row_chunk(grid, s, rows, r));
+  }
   BOOST_TEST_REQUIRE(chunks.size() <= static_cast<size_t>(grid.attention.chunks), "more row chunks than the grid's bound");
   std::stable_sort(chunks.begin(), chunks.end(), [&](const rpa_gpu::RowChunk& a, const rpa_gpu::RowChunk& b) {
     return rpa_gpu::key_bucket(grid, a) > rpa_gpu::key_bucket(grid, b);
@@ -305,9 +307,9 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_follow_the_tokens) {
 }
 
 // The launches the bounds leave (rpa bench's W1-W3 shapes on an H100: 132 multiprocessors x 3 blocks):
-// one-token bounds launch no other slots; decode slots beside other slots take one split, so a prefill
-// batch (W2) or a mixed one (W3) launches no merge however its tokens divide; only decode slots alone
-// split to fill the device. Each grid still covers its batch exactly.
+// one-token bounds launch no other slots; decode slots split to fill the device, beside other slots too
+// (their merge follows them on the side stream, launch.cpp); the prefill slots of W2 and W3 need no
+// split. Each grid still covers its batch exactly.
 BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
   const PlanLimits limits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 396};
   const auto blocks = [](const rpa_gpu::DeviceGrid& grid, rpa_gpu::GridKind kind) {
@@ -329,23 +331,23 @@ BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
     BOOST_TEST(alone.decode.splits == 8);
     BOOST_TEST(blocks(alone, rpa_gpu::kGridMergeDecode) == 8);
   }
-  {  // W2: 4 prefills of 1024 tokens: 32 decode units would have split in 4
+  {  // W2: 4 prefills of 1024 tokens: 32 decode units split in 4 (1024 keys, 256 a split)
     Metadata m = metadata(std::vector<int32_t>(4, 1024), std::vector<int32_t>(4, 1024), 32, 8, 0);
     m.problem.max_query_len = 1024, m.problem.max_context_len = 1024;
     rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
-    BOOST_TEST(grid.decode.splits == 1);
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 4 * 8);
+    BOOST_TEST(grid.decode.splits == 4);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 4 * 8 * 4);
     BOOST_TEST(blocks(grid, rpa_gpu::kGridAttention) >= 4 * 64 * 8);  // 16 rows a tile
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 4 * 8);
     BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
-    BOOST_TEST(partial_rows == 0);
-    // The same bounds hold a batch of decodes too: unsplit, still covered exactly.
+    BOOST_TEST(partial_rows == 4 * 8 * 4 * 4);  // the decode splits' rows: a kv head's 4 q heads each
+    // The same bounds hold a batch of decodes too: split, still covered exactly.
     Metadata decodes = metadata({1, 1, 1, 1}, {1024, 900, 1, 1024}, 32, 8, 0);
     grid.context_lens = decodes.problem.context_lens, grid.query_start_loc = decodes.problem.query_start_loc;
     const std::vector<int32_t> seq_ok(4, 1);
     grid.seq_ok = seq_ok.data();
     const TilePlan plan = resolve_grid(grid);
-    BOOST_TEST(plan.decode_tiles == 4u * 8);
+    BOOST_TEST(plan.decode_tiles == 3u * 8 * 4 + 8);  // context 1: one split
     BOOST_TEST(plan.attention_tiles == plan.decode_tiles);
     expect_exact_cover(decodes.problem, plan, limits);
   }
@@ -355,8 +357,8 @@ BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
     Metadata m = metadata(q_lens, contexts, 32, 8, 0);
     m.problem.max_query_len = 512, m.problem.max_context_len = 2048;
     rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 34 * 8);
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 34 * 8 * 2);  // 272 units split in 2 fill 396 slots
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 34 * 8);
     BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
     const std::vector<int32_t> seq_ok(34, 1);
     grid.seq_ok = seq_ok.data();

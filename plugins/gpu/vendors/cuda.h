@@ -77,3 +77,4 @@ typedef unsigned long uintptr_t;
 // HIP's shuffle spans the whole wavefront; CUDA's takes the mask of participating lanes explicitly.
 #define __shfl(value, source_lane, width) __shfl_sync(0xffffffffu, value, source_lane, width)
 #define __shfl_xor(value, lane_mask) __shfl_xor_sync(0xffffffffu, value, lane_mask)
+#define __shfl_up(value, delta) __shfl_up_sync(0xffffffffu, value, delta)
