@@ -166,12 +166,15 @@ void enqueue(const Launch& launch) {
 }
 
 void allow_shared_memory_all(const KernelSet& kernels) {
-  // prepare_metadata_kernel takes the attention kernels' split of L1 and shared memory, so the
-  // multiprocessor that ran it takes their blocks without switching first (H200, W3 with device metadata:
-  // 0.179 ms a run without, 0.161 with, as its planned run).
-  check(kernels.prefer_shared(Kernel::rpa_prepare_metadata));
+  // The small kernels take the attention kernels' split of L1 and shared memory, so a multiprocessor
+  // that ran one takes attention blocks without switching first. H200, W3 with device metadata:
+  // 0.179 ms a run with none, 0.161 with prepare_metadata_kernel's (its planned run: 0.160), 0.144 (a
+  // captured graph's replay) with these; W1 and W2 did not move.
+  for (Kernel kernel : {Kernel::rpa_prepare_metadata, Kernel::rpa_merge, Kernel::rpa_zero_rows})
+    check(kernels.prefer_shared(kernel));
   for (rpa_dtype kv : {RPA_DTYPE_F32, RPA_DTYPE_F16, RPA_DTYPE_BF16, RPA_DTYPE_FP8_E4M3, RPA_DTYPE_FP8_E5M2, RPA_DTYPE_INT8})
     for (int d_max : {64, 128, 256}) {
+      for (int rows : {4, 8}) check(kernels.prefer_shared(decode_entry(kv, d_max, rows)));
       check(kernels.allow_shared(attention_entry(kv, d_max), int(attention_shared(d_max))));
 #if defined(RPA_GPU_CUDA)
       if (kv != RPA_DTYPE_F32 && d_max <= 128)
