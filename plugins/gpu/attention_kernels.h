@@ -45,7 +45,8 @@ struct MetadataCheck {
   int32_t* blocks_done;  // blocks of this run done checking (0 between runs)
   int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
   int32_t num_seqs, max_query_len, max_context_len;
-  int32_t check_blocks;  // prepare_metadata_kernel's blocks that check sequences (the others only zero rows)
+  int32_t check_blocks;  // prepare_metadata_kernel's blocks that check sequences (the others only zero rows;
+                         // none in a direct grid, whose slots check: DeviceGrid::direct)
 };
 
 struct Params {
@@ -135,17 +136,20 @@ __device__ inline bool sequence_fits(const MetadataCheck& c, int64_t row_begin, 
 
 // Device metadata: whether the block table of `seq` (within its W columns: sequence_fits) names a page of
 // the cache for every key of [first_key, end_key). Called by every thread of the block; all get the answer.
-__device__ inline bool pages_fit(const MetadataCheck& c, int32_t seq, int64_t first_key, int64_t end_key) {
+// Keys are below 2^31 (sequence_fits): 32-bit divisions, cheaper on every prefill block's path.
+__device__ inline bool pages_fit(const MetadataCheck& c, int32_t seq, int32_t first_key, int32_t end_key) {
   const int32_t* table = c.block_tables + seq * c.block_table_stride;
+  const uint32_t page_size = uint32_t(c.page_size), first_page = uint32_t(first_key) / page_size;
+  const uint32_t end_page = end_key > first_key ? uint32_t(end_key - 1) / page_size + 1 : first_page;
   int fits = 1;
-  for (int64_t page = first_key / c.page_size + threadIdx.x; page <= (end_key - 1) / c.page_size; page += blockDim.x)
+  for (uint32_t page = first_page + threadIdx.x; page < end_page; page += blockDim.x)
     if (table[page] < 0 || table[page] >= c.num_pages) fits = 0;
   return __syncthreads_and(fits);
 }
 
-// Device metadata: the first page of the keys a sequence's rows can see (host validation checks those).
-__device__ inline int64_t first_visible_page(const Params& p, const SequenceRows& rows) {
-  return first_key(p.grid, rows.context - (rows.row_end - rows.row_begin)) / p.check.page_size;
+// Device metadata: the first key a sequence's rows can see (host validation checks the pages from its on).
+__device__ inline int32_t first_visible_key(const Params& p, const SequenceRows& rows) {
+  return first_key(p.grid, rows.context - (rows.row_end - rows.row_begin));
 }
 
 // Device metadata: whether sequence `seq` follows the rules host validation applies (and the plan's
@@ -153,8 +157,7 @@ __device__ inline int64_t first_visible_page(const Params& p, const SequenceRows
 __device__ inline bool sequence_ok(const Params& p, int32_t seq) {
   const SequenceRows rows = sequence_rows(p.grid, seq);
   if (!sequence_fits(p.check, rows.row_begin, rows.row_end, rows.context)) return false;
-  return rows.row_end == rows.row_begin ||
-         pages_fit(p.check, seq, first_visible_page(p, rows) * p.check.page_size, rows.context);
+  return rows.row_end == rows.row_begin || pages_fit(p.check, seq, first_visible_key(p, rows), rows.context);
 }
 
 // Programmatic dependent launch (KernelSet::launch_early; NVIDIA sm_90+, else nothing to do): the
@@ -171,10 +174,25 @@ __device__ inline void allow_dependent_grid() {
 #endif
 }
 
+// A slot of a direct grid (DeviceGrid::direct): its tile, resolved from its sequence's metadata, when
+// the sequence follows the rules over every key it can see; a broken one's slots record it and write
+// nothing. The first slot of each sequence checks it even without a tile (no query rows, or rows that
+// break a rule), as prepare_metadata_kernel's check would.
+__device__ inline bool direct_slot_tile(const Params& p, Tile& tile) {
+  const int64_t chunk_slots = int64_t(p.grid.attention.splits) * p.grid.kv_heads * p.grid.attention.head_chunks;
+  const int32_t index = int32_t(blockIdx.x / chunk_slots), seq = direct_sequence(p.grid, index);
+  const bool has_tile = grid_tile(p.grid, kGridAttention, blockIdx.x, tile, false);
+  if (!has_tile && (index >= p.grid.num_seqs || blockIdx.x % chunk_slots != 0)) return false;
+  const bool ok = sequence_ok(p, seq);
+  if (!ok && threadIdx.x == 0) atomicMin(p.check.first_error, seq);
+  return has_tile && ok;
+}
+
 // This block's tile; false (for the whole block) when its device-metadata slot has no work this run.
 // Decode slots run beside prepare_metadata_kernel (launch.cpp), which leaves their sequences to them: they
 // check and record their own sequence, by the same rules, over the keys they read, and their merges check
-// it over every key (they follow the decode slots on the side stream); the other slots run after it.
+// it over every key (they follow the decode slots on the side stream). The other slots run after it, or
+// in a direct grid, which has no decode slots, check their own (direct_slot_tile), as their merges do.
 // kAttentionOnly: the caller is an attention kernel, whose slots are always kGridAttention; resolving
 // only that kind keeps the other kinds' code out of it (matrix_core_kernel, at its 128-register bound,
 // spilled 40 bytes with them, 16 without).
@@ -184,8 +202,10 @@ __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
     tile = p.tiles[blockIdx.x];
     return true;
   }
-  if (!kAttentionOnly && p.grid_kind == kGridMergeDecode)  // after the decode slots, which record a break
-    return grid_tile(p.grid, kGridMergeDecode, blockIdx.x, tile, false) && sequence_ok(p, tile.seq);
+  // Merges follow the slots that record a break.
+  if (!kAttentionOnly && (p.grid_kind == kGridMergeDecode || (p.grid.direct && p.grid_kind == kGridMergeAttention)))
+    return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile, false) && sequence_ok(p, tile.seq);
+  if (p.grid.direct && (kAttentionOnly || p.grid_kind == kGridAttention)) return direct_slot_tile(p, tile);
   if (kAttentionOnly || p.grid_kind != kGridDecode) {
     wait_for_previous_grid();  // the attention slots' row chunks come from prepare_metadata_kernel
     return grid_tile(p.grid, kAttentionOnly ? kGridAttention : p.grid_kind, blockIdx.x, tile);
@@ -1100,7 +1120,6 @@ __device__ inline void count_items(SequenceBatch& batch, const SequenceRows& row
   batch.rows[threadIdx.x] = rows;
   batch.first_item[threadIdx.x] = first_item;
   batch.offset[threadIdx.x] = offset;
-  batch.broken[threadIdx.x] = 0;
   if (threadIdx.x == 0) batch.items = items;
   __syncthreads();
 }
@@ -1130,9 +1149,10 @@ __device__ __forceinline__ void check_sequences(const Params& p, SequenceBatch& 
     const bool fits = !mine || sequence_fits(c, rows.row_begin, rows.row_end, rows.context);
     int64_t first_page = 0, pages = 0;
     if (mine && fits && rows.row_end > rows.row_begin) {  // the pages of the keys it can see
-      first_page = first_visible_page(p, rows);
+      first_page = first_visible_key(p, rows) / c.page_size;
       pages = (rows.context - 1) / c.page_size - first_page + 1;
     }
+    batch.broken[threadIdx.x] = 0;  // read after count_items' barrier
     count_items(batch, rows, first_page, pages);
     for (int64_t i = threadIdx.x; i < batch.items; i += kThreads) {
       const int owner = item_owner(batch, i);
@@ -1231,7 +1251,8 @@ __device__ __forceinline__ void zero_uncovered_rows(const Params& p) {
 // blocks check the sequences (check_sequences, a range each) and the last of them to finish lists the row
 // chunks (list_row_chunks); every block zeroes its share of the uncovered rows (the lister after its
 // list). The list is on the path of every prefill block: one checking block where the pages are few
-// (launch.cpp) needs no handshake and reads nothing twice.
+// (launch.cpp) needs no handshake and reads nothing twice. A direct grid lists nothing: then this kernel
+// only zeroes, after the tiles (launch.cpp).
 __device__ __forceinline__ void prepare_metadata_kernel(Params p) {
   // The attention blocks may be placed now: they wait for this whole kernel (wait_for_previous_grid).
   allow_dependent_grid();

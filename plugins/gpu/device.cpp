@@ -44,6 +44,11 @@ int64_t specialised_min_query() {
   return kSpecialisedMinQuery;
 }
 
+bool direct_slots() {
+  const char* request = std::getenv("RPA_GPU_DIRECT_SLOTS");
+  return !(request && std::strcmp(request, "0") == 0);
+}
+
 const char* matrix_path_name(MatrixPath path) {
   return path == MatrixPath::specialised ? "wgmma, warp-specialised"
          : path == MatrixPath::warpgroup ? "wgmma"

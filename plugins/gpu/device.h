@@ -37,6 +37,11 @@ constexpr int64_t kSpecialisedMinQuery = 2048;
 int64_t specialised_min_query();
 const char* matrix_path_name(MatrixPath path);
 
+// Device metadata: prefill slots that resolve and check their own row chunks where the bounds allow
+// (DeviceGrid::direct); RPA_GPU_DIRECT_SLOTS=0 has prepare_metadata_kernel list them always, to compare
+// the two in tests and benchmarks.
+bool direct_slots();
+
 // Memory that only grows (by half again at least), so repeated calls allocate nothing.
 template <hipError_t (*Allocate)(void**, size_t), hipError_t (*Free)(void*)>
 class GrowingBuffer {
@@ -82,6 +87,7 @@ struct rpa_plugin_state {
   int resident_blocks[3] = {1, 1, 1};  // attention blocks one multiprocessor holds, by head-dim bucket 64/128/256
   rpa_gpu::MatrixPath matrix_path = rpa_gpu::MatrixPath::none;  // products for 16-bit inputs (see plugin_create)
   int64_t specialised_min_query = INT64_MAX;  // wgmma: the longest query that takes the warp-specialised kernel
+  bool direct_slots = true;  // device metadata: direct grids allowed (direct_slots())
   hipStream_t own_stream = nullptr;  // host-memory calls
   hipStream_t side_stream = nullptr;  // decode tiles beside the other attention tiles (see launch_tiles)
   hipEvent_t fork = nullptr, join = nullptr;  // the side stream starts after, and is joined back into, the call's

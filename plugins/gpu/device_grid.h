@@ -16,12 +16,13 @@ namespace rpa_gpu {
 enum GridKind : int32_t { kGridDecode, kGridAttention, kGridMergeDecode, kGridMergeAttention };
 
 // One kind of tiles: unit = (row chunk, kv head, head chunk), each with `splits` split slots. A decode
-// sequence is one row chunk (chunk = sequence); the other kind's chunks are listed across sequences
-// (DeviceGrid::row_chunks), so its slots follow the batch's tokens, not num_seqs * max_query_len.
+// sequence is one row chunk (chunk = sequence). The other kind's chunks are listed across sequences
+// (DeviceGrid::row_chunks), so its slots follow the batch's tokens, not num_seqs * max_query_len; or,
+// where that product is no more (DeviceGrid::direct), each slot is a (chunk, sequence) pair itself.
 struct GridPart {
   int32_t heads, head_chunks;  // q heads per tile; tiles across a kv head's group
   int32_t rows, row_chunks;    // query rows per tile; the most row chunks of one sequence (0: no unit)
-  int32_t chunks;              // row chunks of all sequences at most
+  int32_t chunks;              // row chunks of all sequences at most (direct: num_seqs * row_chunks)
   int32_t splits;              // split slots per unit (1: the tile writes the output itself)
   int32_t chunk_keys;          // keys of every split but a unit's last (a multiple of the key tile)
   int64_t partial_base;        // first partial row of this kind's units
@@ -43,9 +44,15 @@ struct DeviceGrid {
   const int32_t* seq_ok;           // per sequence: nonzero when it follows every rule (written on the device)
   // [attention.chunks]: the row chunks of the non-decode kind of all sequences that follow the rules, most
   // keys first as make_tile_plan orders its tiles (to the key bucket: keys >> key_shift), then -1 (device).
+  // Unused when direct.
   const RowChunk* row_chunks;
   int32_t num_seqs, kv_heads, group, window;
   int32_t decode_eligible;         // one-token sequences take the decode part
+  // The non-decode slots are (chunk from a sequence's last, sequence) pairs, resolved from the metadata
+  // (unit_tile), so no kernel lists them first; each checks its own sequence (fetch_tile). Chosen where
+  // the bounds give no more such pairs than a list would hold: few sequences, a tight max_query_len. It
+  // takes one-token sequences too (decode_eligible 0, no decode part), so nothing runs beside its slots.
+  int32_t direct;
   int32_t key_shift;               // the bound max_context_len >> key_shift is below kKeyBuckets
   GridPart decode, attention;
 };
@@ -105,8 +112,21 @@ RPA_HOST_DEVICE inline int32_t key_bucket(const DeviceGrid& g, const RowChunk& c
   return bucket < kKeyBuckets ? bucket : kKeyBuckets - 1;
 }
 
+// The sequence of a non-decode unit's row chunk `index` in a direct grid; chunk index / num_seqs of it,
+// counted from its last (direct_chunk), so every sequence's last chunks, which see the most keys, start first.
+RPA_HOST_DEVICE inline int32_t direct_sequence(const DeviceGrid& g, int32_t index) { return index % g.num_seqs; }
+
+// The row chunk of `index` in a direct grid (its sequence's rows `s`): false when the sequence has fewer.
+RPA_HOST_DEVICE inline bool direct_chunk(const DeviceGrid& g, int32_t index, const SequenceRows& s, RowChunk& chunk) {
+  const int32_t seq = direct_sequence(g, index), chunks = attention_chunks(g, s, 1), from_last = index / g.num_seqs;
+  if (from_last >= chunks) return false;
+  chunk = row_chunk(g, seq, s, chunks - 1 - from_last);
+  return true;
+}
+
 // The whole (unsplit) tile of `unit`, as make_tile_plan makes it; false when there is none. Decode units
-// are sequences; the others' row chunks come from the list (row_chunks), so a slot reads one record.
+// are sequences; the others' row chunks come from the list (row_chunks), so a slot reads one record, or
+// in a direct grid from their sequence's metadata.
 RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part, bool decode, int64_t unit, Tile& tile,
                                       bool use_seq_ok) {
   const int32_t head_chunk = int32_t(unit % part.head_chunks);
@@ -119,6 +139,10 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
     const SequenceRows s = sequence_rows(g, index);
     if (!takes_decode(g, s)) return false;
     chunk.seq = index, chunk.row_begin = s.row_begin, chunk.rows = 1, chunk.first_pos = s.context - 1;
+  } else if (g.direct) {
+    const int32_t seq = direct_sequence(g, index);
+    if (use_seq_ok && !g.seq_ok[seq]) return false;
+    if (!direct_chunk(g, index, sequence_rows(g, seq), chunk)) return false;
   } else {
     chunk = g.row_chunks[index];
     if (chunk.seq < 0) return false;
@@ -141,6 +165,7 @@ RPA_HOST_DEVICE inline bool unit_tile(const DeviceGrid& g, const GridPart& part,
 // as many splits as its keys need (at most part.splits; its last split takes the rest of the keys), and
 // a merge exists only for units split in two or more. Without use_seq_ok a broken sequence gets tiles too
 // (from whatever its metadata holds): the caller checks them before reading anything through them.
+// use_seq_ok reads DeviceGrid::seq_ok for decode and direct units (a listed chunk follows the rules).
 RPA_HOST_DEVICE inline bool grid_tile(const DeviceGrid& g, GridKind kind, int64_t block, Tile& tile,
                                       bool use_seq_ok = true) {
   const bool decode = kind == kGridDecode || kind == kGridMergeDecode;

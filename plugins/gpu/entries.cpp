@@ -220,6 +220,7 @@ rpa_status plugin_create(int32_t ordinal, rpa_plugin_state** out) {
     state->multiprocessors = device_attribute(hipDeviceAttributeMultiprocessorCount, ordinal);
     state->matrix_path = matrix_path(ordinal);
     state->specialised_min_query = specialised_min_query();
+    state->direct_slots = direct_slots();
     std::string error;
     if (const rpa_status status = state->kernels.load(ordinal, &error); status != RPA_STATUS_OK)
       fail(status, "device " + std::to_string(ordinal) + ": no kernels: " + error);

@@ -54,12 +54,16 @@ int keys_per_tile(int d_max) {
   return by_head_dim(d_max, [](auto d) { return Geometry<decltype(d)::value>::kKeys; });
 }
 
-// Device metadata: the attention kernel follows prepare_metadata_kernel on its stream and may start early
+// Whether prepare_metadata_kernel lists the attention slots' row chunks (device metadata without a
+// direct grid), which puts it before them on their stream.
+bool lists_row_chunks(const Launch& launch) { return launch.device_metadata && !launch.params.grid.direct; }
+
+// A listed grid: the attention kernel follows prepare_metadata_kernel on its stream and may start early
 // (KernelSet::launch_early): its launch and blocks' start overlap that kernel's end, and each block waits
 // for it before reading the row chunks (fetch_tile).
 void launch_attention(const Launch& launch, const Params& params) {
   const auto start = [&](Kernel kernel, unsigned threads, size_t shared) {
-    check(launch.device_metadata
+    check(lists_row_chunks(launch)
               ? launch.kernels->launch_early(kernel, launch.attention_blocks, threads, shared, launch.stream, params)
               : launch.kernels->launch(kernel, launch.attention_blocks, threads, shared, launch.stream, params));
   };
@@ -82,11 +86,15 @@ void launch_attention(const Launch& launch, const Params& params) {
 // With both kinds of tiles, the decode tiles (memory bound) run on the side stream beside the others
 // (compute bound), and the merge waits for both. Device metadata: the side stream also merges the decode
 // splits (the decode slots and merges check their own sequence: fetch_tile), so nothing there waits for
-// prepare_metadata_kernel, which runs before the other tiles.
+// prepare_metadata_kernel, which runs before the other tiles. A direct grid (DeviceGrid::direct) has no
+// decode part: its tiles and merges run alone, and then the prepare kernel zeroes rows. Kernels beside the
+// tiles cost W2 (H200, graph replay) 0.179 ms with a side stream of 8 zeroing blocks against 0.176-0.177
+// after them: they take places of the tiles' first wave, which the last waves then wait for.
 void launch_tiles(const Launch& launch) {
   Params params = launch.params;
   const bool decode = launch.decode_blocks > 0, attention = launch.attention_blocks > 0;
-  const bool beside = launch.device_metadata || (decode && attention);
+  const bool direct = launch.params.grid.direct;
+  const bool beside = (launch.device_metadata && !direct) || (decode && attention);
   const hipStream_t decode_stream = beside ? launch.side_stream : launch.stream;
   if (beside) {
     check(hipEventRecord(launch.fork, launch.stream), "hipEventRecord (fork)");
@@ -103,7 +111,7 @@ void launch_tiles(const Launch& launch) {
     params.grid_kind = kGridMergeDecode;
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_decode_blocks, kThreads, 0, decode_stream, params));
   }
-  if (launch.device_metadata)
+  if (lists_row_chunks(launch))
     check(launch.kernels->launch(Kernel::rpa_prepare_metadata, launch.prepare_blocks, kThreads, 0, launch.stream,
                                  params));
   if (params.tiles) params.tiles += launch.decode_blocks;
@@ -117,6 +125,9 @@ void launch_tiles(const Launch& launch) {
   params.grid_kind = kGridMergeAttention;
   if (launch.merge_blocks > 0)
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_blocks, kThreads, 0, launch.stream, params));
+  if (direct)
+    check(launch.kernels->launch(Kernel::rpa_prepare_metadata, launch.prepare_blocks, kThreads, 0, launch.stream,
+                                 params));
 }
 
 // Blocks of a grid-stride launch over `rows` output rows.
@@ -259,6 +270,7 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
   // merge, which measured slower on an H100 than a last wave the splits would fill (W1: 0.29 ms unsplit,
   // 0.32 ms with four waves).
   limits.target_blocks = int64_t(state.multiprocessors) * state.resident_blocks[schedule.d_max / 128];
+  limits.direct_slots = state.direct_slots;
   if (p.metadata_memory == RPA_MEMORY_DEVICE) {
     schedule.device_metadata = true;
     schedule.grid = make_device_grid(p, limits, schedule.tiles.partial_rows);
@@ -266,7 +278,8 @@ Schedule make_schedule(const rpa_plugin_state& state, const rpa_problem& p, bool
     schedule.tiles_offset = 256;
     schedule.row_chunks_offset =
         align_up(schedule.tiles_offset + static_cast<size_t>(p.num_seqs) * sizeof(int32_t), sizeof(RowChunk));
-    schedule.metadata_bytes = schedule.row_chunks_offset + size_t(schedule.grid.attention.chunks) * sizeof(RowChunk);
+    const size_t listed = schedule.grid.direct ? 0 : size_t(schedule.grid.attention.chunks);
+    schedule.metadata_bytes = schedule.row_chunks_offset + listed * sizeof(RowChunk);
   } else {
     schedule.tiles = make_tile_plan(p, limits);
     const size_t table_bytes = static_cast<size_t>(p.num_seqs) * p.pages_per_seq * sizeof(int32_t);
@@ -325,9 +338,10 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
     k.grid.seq_ok = reinterpret_cast<const int32_t*>(metadata + schedule.tiles_offset);
     k.grid.row_chunks = reinterpret_cast<const RowChunk*>(metadata + schedule.row_chunks_offset);
     // prepare_metadata_kernel: one block checks while the block table entries (num_seqs * W) are few, else
-    // up to one a sequence; rows left uncovered are padding, most often none, which more blocks zero.
+    // up to one a sequence; none in a direct grid, whose slots check. Rows left uncovered are padding, most
+    // often none, which more blocks zero.
     const int64_t table_entries = int64_t(p.num_seqs) * p.pages_per_seq;
-    const auto check_blocks = static_cast<int32_t>(std::clamp<int64_t>(
+    const auto check_blocks = schedule.grid.direct ? 0 : static_cast<int32_t>(std::clamp<int64_t>(
         (table_entries + kPreparePagesPerBlock - 1) / kPreparePagesPerBlock, 1, std::clamp<int64_t>(p.num_seqs, 1, kPrepareBlocks)));
     k.check = MetadataCheck{
         p.context_lens, p.query_start_loc, p.block_tables, p.block_table_stride,

@@ -20,8 +20,8 @@ struct Schedule {
   size_t tiles_offset, metadata_bytes, partial_bytes;  // device metadata: block tables, then tiles
   // Device metadata (problem.metadata_memory): the slot grid, and the plan's device words: the error
   // record (the lowest broken sequence, INT32_MAX for none) at 0, prepare_metadata_kernel's block count
-  // at 4, then seq_ok [num_seqs] at tiles_offset, then the row chunks (DeviceGrid::row_chunks) at
-  // row_chunks_offset.
+  // at 4, then seq_ok [num_seqs] at tiles_offset, then the row chunks (DeviceGrid::row_chunks, none in a
+  // direct grid) at row_chunks_offset.
   bool device_metadata;
   size_t row_chunks_offset;
   DeviceGrid grid;

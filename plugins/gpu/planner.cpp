@@ -128,6 +128,12 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
   };
   shape(g.decode, limits.decode_max_rows, true);
   shape(g.attention, limits.max_rows, false);
+  g.direct = limits.direct_slots && g.attention.chunks > 0 &&
+             g.attention.chunks == int64_t(g.num_seqs) * g.attention.row_chunks;
+  if (g.direct) {  // one-token sequences take its slots too: nothing runs beside them (launch.cpp)
+    g.decode_eligible = 0;
+    g.decode.row_chunks = g.decode.chunks = 0;
+  }
   partial_rows = 0;
   for (GridPart* part : {&g.decode, &g.attention}) {
     // As make_tile_plan: split up to target_blocks, never below kMinSplitKeys keys, for the longest key

@@ -19,6 +19,7 @@ struct PlanLimits {
   int max_rows;          // rows of any other tile
   int tile_keys;         // keys of a K/V tile: split ranges are cut at multiples of it
   int64_t target_blocks; // blocks that fill the device once; kinds with fewer tiles split long key ranges
+  bool direct_slots = true;  // device metadata: a direct grid where the bounds allow (DeviceGrid::direct)
 };
 
 // Decode tiles, then the other attention tiles, then one merge tile per split key range.

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <random>
@@ -105,6 +106,28 @@ size_t tensor_bytes(const rpa_tensor& t) {
   return count * (t.dtype == RPA_DTYPE_BF16 ? 2 : 4);
 }
 
+// The slots device metadata runs on (launch.cpp): decode slots alone (one-token bounds; the metadata check
+// beside them); a direct grid (DeviceGrid::direct: the tests' bound of 12 query tokens gives no more slots
+// than a list would), whose slots check their own sequence, one-token ones too; or prefill slots listed
+// by prepare_metadata_kernel, decode slots beside them (RPA_GPU_DIRECT_SLOTS=0 when the context is made).
+enum class Slots { decode, direct, listed };
+
+// Sets RPA_GPU_DIRECT_SLOTS for the context made after it (SlotsContext).
+struct DirectSlotsSetting {
+  explicit DirectSlotsSetting(Slots slots) {
+    if (slots == Slots::listed) setenv("RPA_GPU_DIRECT_SLOTS", "0", 1);
+  }
+};
+
+// A context whose plugin lays device metadata out as `slots` asks.
+struct SlotsContext : DirectSlotsSetting, Context {
+  explicit SlotsContext(Slots slots) : DirectSlotsSetting(slots) { unsetenv("RPA_GPU_DIRECT_SLOTS"); }
+};
+
+const char* slots_name(Slots slots) {
+  return slots == Slots::decode ? "decode slots alone" : slots == Slots::direct ? "direct slots" : "listed slots";
+}
+
 // One layer of layer_case with its queries, KV, out and lse in device memory (freed with the object);
 // metadata_on_device() moves the metadata there too.
 struct DeviceLayer {
@@ -130,14 +153,14 @@ struct DeviceLayer {
   DeviceLayer& operator=(const DeviceLayer&) = delete;
 
   // Planned with bounds: layer_case's sequences have at most 9 (and other_metadata's 8) query tokens;
-  // decodes only: one-token bounds, so decode slots alone, the metadata check beside them.
-  void metadata_on_device(bool decodes_only) {
+  // one-token bounds for decode slots alone (Slots).
+  void metadata_on_device(Slots slots) {
     owned.push_back(context_lens = args.context_lens.data = gpu.upload(args.context_lens.data, tensor_bytes(args.context_lens)));
     owned.push_back(block_tables = args.block_tables.data = gpu.upload(args.block_tables.data, tensor_bytes(args.block_tables)));
     owned.push_back(query_start_loc = args.query_start_loc.data =
                         gpu.upload(args.query_start_loc.data, tensor_bytes(args.query_start_loc)));
     args.metadata_memory = RPA_MEMORY_DEVICE;
-    args.max_query_len = decodes_only ? 1 : 12;
+    args.max_query_len = slots == Slots::decode ? 1 : 12;
     args.synchronize = 1;  // outputs are read right after uncaptured runs
   }
   // Writes the metadata of `m` (same shapes) over the device metadata, in place.
@@ -271,51 +294,55 @@ Case other_metadata(Case c) {
 }  // namespace
 
 // Metadata in device memory: a captured graph of planned runs is replayed after the metadata is rewritten
-// in place, and each replay follows the metadata of its time.
+// in place, and each replay follows the metadata of its time, with direct and with listed prefill slots
+// (metadata_on_device).
 BOOST_AUTO_TEST_CASE(device_metadata_is_read_at_every_replay) {
-  Context gpu;
-  CapturedGraph graph;
-  DeviceLayer layer(gpu, 31);
-  layer.metadata_on_device(false);
-  layer.args.stream = graph.stream();
-  rpa_plan* plan = nullptr;
-  BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
-  BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
-  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
-  const std::vector<uint8_t> first = layer.out();
-  expect_matches_reference(layer.c, first, "device metadata, uncaptured");
+  for (const Slots slots : {Slots::direct, Slots::listed}) {
+    BOOST_TEST_CONTEXT(slots_name(slots)) {
+      SlotsContext gpu(slots);
+      CapturedGraph graph;
+      DeviceLayer layer(gpu, 31);
+      layer.metadata_on_device(slots);
+      layer.args.stream = graph.stream();
+      rpa_plan* plan = nullptr;
+      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+      const std::vector<uint8_t> first = layer.out();
+      expect_matches_reference(layer.c, first, "device metadata, uncaptured");
 
-  // The one-call path reads the same device metadata.
-  BOOST_TEST_REQUIRE(rpa_attention(gpu.context, &layer.args) == RPA_STATUS_OK, rpa_last_error());
-  BOOST_TEST((layer.out() == first), "rpa_attention with device metadata differs from the plan's run");
+      // The one-call path reads the same device metadata.
+      BOOST_TEST_REQUIRE(rpa_attention(gpu.context, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST((layer.out() == first), "rpa_attention with device metadata differs from the plan's run");
 
-  layer.args.synchronize = 0;
-  graph.capture([&] {
-    rpa_status status = RPA_STATUS_OK;
-    for (int l = 0; l < kLayers && status == RPA_STATUS_OK; ++l) status = rpa_plan_run(plan, &layer.args);
-    return status;
-  });
-  graph.replay();
-  BOOST_TEST((layer.out() == first), "the replay differs from the uncaptured run");
+      layer.args.synchronize = 0;
+      graph.capture([&] {
+        rpa_status status = RPA_STATUS_OK;
+        for (int l = 0; l < kLayers && status == RPA_STATUS_OK; ++l) status = rpa_plan_run(plan, &layer.args);
+        return status;
+      });
+      graph.replay();
+      BOOST_TEST((layer.out() == first), "the replay differs from the uncaptured run");
 
-  const Case updated = other_metadata(layer.c);
-  layer.write_metadata(updated);
-  graph.replay();
-  expect_matches_reference(updated, layer.out(), "replay after the metadata was rewritten");
-  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
-  rpa_plan_destroy(plan);
+      const Case updated = other_metadata(layer.c);
+      layer.write_metadata(updated);
+      graph.replay();
+      expect_matches_reference(updated, layer.out(), "replay after the metadata was rewritten");
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+      rpa_plan_destroy(plan);
+    }
+  }
 }
 
 namespace {
 
 // A run over device metadata that breaks a rule skips the broken sequence (its rows are not written, the
-// others' are as before, bitwise) and rpa_plan_get_error reports it with host validation's message, once:
-// beside a prefill (decode slots beside the other slots) and with one-token bounds (decode slots alone,
-// the metadata check beside them). Decode slots check their own sequence, the others read the check.
-void expect_broken_rules_reported(bool decodes_only) {
-  Context gpu;
-  DeviceLayer layer(gpu, 32, decodes_only);
-  layer.metadata_on_device(decodes_only);
+// others' are as before, bitwise) and rpa_plan_get_error reports it with host validation's message, once,
+// on each kind of Slots. Decode and direct slots check their own sequence, listed ones read the check.
+void expect_broken_rules_reported(Slots slots) {
+  SlotsContext gpu(slots);
+  DeviceLayer layer(gpu, 32, slots == Slots::decode);
+  layer.metadata_on_device(slots);
   layer.args.max_context_len = 1800;  // the longest context of layer_case
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
@@ -334,6 +361,7 @@ void expect_broken_rules_reported(bool decodes_only) {
       {"context beyond W * page_size", 3, [](Case& m) { m.context_lens[3] = int32_t(m.pages_per_seq * m.page_size) + 1; }, ""},
       {"fewer keys than queries", 2, [](Case& m) { m.context_lens[2] = m.query_start_loc[3] - m.query_start_loc[2] - 1; }, ""},
       {"page outside the pool", 3, [](Case& m) { m.block_tables[3 * m.pages_per_seq + 2] = int32_t(m.num_pages); }, ""},
+      {"page outside the pool, of the prefill", 2, [](Case& m) { m.block_tables[2 * m.pages_per_seq + 1] = int32_t(m.num_pages); }, ""},
       {"negative page", 0, [](Case& m) { m.block_tables[0] = -3; }, ""},
       {"context above max_context_len", 1, [](Case& m) { m.context_lens[1] = 1801; },  // its pages cover 1808
        "argument 'context_lens': element [1] is 1801, more than max_context_len = 1800"},
@@ -379,9 +407,11 @@ void expect_broken_rules_reported(bool decodes_only) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_CASE(device_metadata_errors_carry_host_validations_message) { expect_broken_rules_reported(false); }
+BOOST_AUTO_TEST_CASE(device_metadata_errors_of_direct_slots) { expect_broken_rules_reported(Slots::direct); }
 
-BOOST_AUTO_TEST_CASE(device_metadata_errors_of_decode_slots_alone) { expect_broken_rules_reported(true); }
+BOOST_AUTO_TEST_CASE(device_metadata_errors_of_listed_slots) { expect_broken_rules_reported(Slots::listed); }
+
+BOOST_AUTO_TEST_CASE(device_metadata_errors_of_decode_slots_alone) { expect_broken_rules_reported(Slots::decode); }
 
 // One-token bounds: decode slots alone, the metadata check beside them on the side stream; a captured graph
 // follows rewritten metadata, as with other tiles.
@@ -389,7 +419,7 @@ BOOST_AUTO_TEST_CASE(device_metadata_decode_slots_alone_match_the_reference) {
   Context gpu;
   CapturedGraph graph;
   DeviceLayer layer(gpu, 33, true);
-  layer.metadata_on_device(true);
+  layer.metadata_on_device(Slots::decode);
   rpa_plan* plan = nullptr;
   BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
   BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
@@ -410,58 +440,73 @@ BOOST_AUTO_TEST_CASE(device_metadata_decode_slots_alone_match_the_reference) {
 }
 
 // Device metadata over more sequences than a block of prepare_metadata_kernel takes at once (128): 300
-// sequences of 0 to 6 query tokens, bf16. With block tables of 16 columns one block checks and lists them
-// all, in three batches; with 32 (300 * 32 > 8192 entries) two blocks check, and the last to finish lists.
-// The run matches the reference, and a broken sequence of the third batch is skipped (its rows are not
-// written, the others' are as before, bitwise) and reported with host validation's message.
+// sequences of 0 to 6 query tokens, bf16. Listed slots: with block tables of 16 columns one block checks
+// and lists them all, in three batches; with 32 (300 * 32 > 8192 entries) two blocks check, and the last
+// to finish lists. Direct slots (a bound of 12 gives no more slots than a list) check their own. The
+// run matches the reference; a broken sequence of the third batch is skipped (its rows are not written,
+// the others' are as before, bitwise) and reported with host validation's message, and so is a broken
+// sequence without query rows, which no tile reads.
 BOOST_AUTO_TEST_CASE(device_metadata_of_many_sequences) {
   constexpr int32_t kPage = 8;
-  for (const int32_t table_width : {16, 32}) {
-    BOOST_TEST_CONTEXT("W = " << table_width) {
-      std::mt19937 rng(static_cast<uint32_t>(table_width));
-      RandomSpec spec;
-      spec.num_q_heads = 4, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = kPage, spec.padding_tokens = 3;
-      for (int s = 0; s < 300; ++s) {
-        const int32_t q_len = static_cast<int32_t>(rng() % 7);
-        spec.q_lens.push_back(q_len);
-        spec.context_lens.push_back(q_len + static_cast<int32_t>(rng() % ((table_width - 1) * kPage - q_len + 1)));
-      }
-      spec.q_lens[260] = 5, spec.context_lens[260] = 40;  // the sequence broken below
-      spec.context_lens[7] = (table_width - 1) * kPage;  // W - 1 columns of pages and random_case's spare one
-      Case c = random_case(spec, 11);
-      BOOST_TEST_REQUIRE(c.pages_per_seq == table_width);
-      c.query_dtype = c.kv_dtype = c.out_dtype = RPA_DTYPE_BF16;
-      c.round_to_dtypes();
-      Context gpu;
-      DeviceLayer layer(gpu, c);
-      layer.metadata_on_device(false);
-      rpa_plan* plan = nullptr;
-      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
-      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
-      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
-      const std::vector<uint8_t> valid_out = layer.out();
-      expect_matches_reference(c, valid_out, "300 sequences");
+  for (const int32_t table_width : {16, 32})
+    for (const Slots slots : {Slots::direct, Slots::listed}) {
+      BOOST_TEST_CONTEXT("W = " << table_width << ", " << slots_name(slots)) {
+        std::mt19937 rng(static_cast<uint32_t>(table_width));
+        RandomSpec spec;
+        spec.num_q_heads = 4, spec.num_kv_heads = 2, spec.head_dim = 64, spec.page_size = kPage, spec.padding_tokens = 3;
+        for (int s = 0; s < 300; ++s) {
+          const int32_t q_len = static_cast<int32_t>(rng() % 7);
+          spec.q_lens.push_back(q_len);
+          spec.context_lens.push_back(q_len + static_cast<int32_t>(rng() % ((table_width - 1) * kPage - q_len + 1)));
+        }
+        spec.q_lens[260] = 5, spec.context_lens[260] = 40;  // broken below
+        spec.q_lens[270] = 0, spec.context_lens[270] = 9;   // so is this one
+        spec.context_lens[7] = (table_width - 1) * kPage;  // W - 1 columns of pages and random_case's spare one
+        Case c = random_case(spec, 11);
+        BOOST_TEST_REQUIRE(c.pages_per_seq == table_width);
+        c.query_dtype = c.kv_dtype = c.out_dtype = RPA_DTYPE_BF16;
+        c.round_to_dtypes();
+        SlotsContext gpu(slots);
+        DeviceLayer layer(gpu, c);
+        layer.metadata_on_device(slots);
+        rpa_plan* plan = nullptr;
+        BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+        BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+        BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+        const std::vector<uint8_t> valid_out = layer.out();
+        expect_matches_reference(c, valid_out, "300 sequences");
 
-      Case broken = c;
-      broken.block_tables[260 * table_width + 2] = -1;  // a page of keys 16..23 of its 40
-      Prepared host = prepare(broken);
-      rpa_plan* host_plan = nullptr;
-      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &host.args, &host_plan) == RPA_STATUS_INVALID_ARGUMENT);
-      const std::string expected = rpa_last_error();
-      layer.write_metadata(broken);
-      const int64_t row_bytes = c.num_q_heads * c.head_dim * 2;
-      const size_t begin = size_t(c.query_start_loc[260] * row_bytes), end = size_t(c.query_start_loc[261] * row_bytes);
-      std::vector<uint8_t> marked = valid_out;
-      std::fill(marked.begin() + begin, marked.begin() + end, uint8_t{0xA5});
-      BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.out.data, marked.data(), marked.size(),
-                                         RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
-      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
-      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_INVALID_ARGUMENT);
-      BOOST_TEST(std::string(rpa_last_error()) == expected);
-      BOOST_TEST((layer.out() == marked), "rows other than the broken sequence's changed, or its rows were written");
-      rpa_plan_destroy(plan);
+        const int64_t row_bytes = c.num_q_heads * c.head_dim * 2;
+        struct Broken {
+          int32_t seq;
+          void (*breaks)(Case&);
+        };
+        for (const Broken& rule : {Broken{260, [](Case& m) { m.block_tables[260 * m.pages_per_seq + 2] = -1; }},  // keys 16..23 of 40
+                                   Broken{270, [](Case& m) { m.context_lens[270] = -1; }}}) {
+          BOOST_TEST_CONTEXT("sequence " << rule.seq) {
+            Case broken = c;
+            rule.breaks(broken);
+            Prepared host = prepare(broken);
+            rpa_plan* host_plan = nullptr;
+            BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &host.args, &host_plan) == RPA_STATUS_INVALID_ARGUMENT);
+            const std::string expected = rpa_last_error();
+            layer.write_metadata(broken);
+            const size_t begin = size_t(c.query_start_loc[rule.seq] * row_bytes);
+            const size_t end = size_t(c.query_start_loc[rule.seq + 1] * row_bytes);
+            std::vector<uint8_t> marked = valid_out;
+            std::fill(marked.begin() + begin, marked.begin() + end, uint8_t{0xA5});
+            BOOST_TEST_REQUIRE(rpa_device_copy(gpu.context, layer.args.out.data, marked.data(), marked.size(),
+                                               RPA_COPY_HOST_TO_DEVICE) == RPA_STATUS_OK);
+            BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+            BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_INVALID_ARGUMENT);
+            BOOST_TEST(std::string(rpa_last_error()) == expected);
+            BOOST_TEST((layer.out() == marked), "rows other than the broken sequence's changed, or its rows were written");
+            layer.write_metadata(c);
+          }
+        }
+        rpa_plan_destroy(plan);
+      }
     }
-  }
 }
 
 // Meson counts exit status 77 as a skipped test.

@@ -186,7 +186,8 @@ BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
 namespace {
 
 // Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges;
-// the row chunks listed as list_row_chunks lists them (its order within a key bucket aside).
+// the row chunks listed as list_row_chunks lists them (its order within a key bucket aside), which a
+// direct grid does not read.
 TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
   std::vector<rpa_gpu::RowChunk> chunks;
   for (int32_t s = 0; s < grid.num_seqs; ++s) {
@@ -224,6 +225,7 @@ TilePlan resolve_grid(rpa_gpu::DeviceGrid grid) {
 // for any metadata within the bounds, and a sequence marked broken gets no tile.
 BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
   std::mt19937 rng(5);
+  int direct_grids = 0, listed_grids = 0;
   for (int trial = 0; trial < 40; ++trial) {
     Metadata m = random_batch(rng, 900);
     // Bounds at or above the values.
@@ -244,10 +246,18 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
           const TilePlan plan = resolve_grid(grid);
           BOOST_TEST(plan.partial_rows <= partial_rows, "a split writes beyond the plan's partial rows");
           expect_exact_cover(m.problem, plan, limits);
-          // Tiles start in slot order, which keeps the list's order: buckets of fewer keys after more.
+          // Tiles start in slot order, which keeps the list's order: buckets of fewer keys after more. A
+          // direct grid starts each sequence's tiles of more keys first, the last rows' first.
+          ++(grid.direct ? direct_grids : listed_grids);
           int32_t last_bucket = rpa_gpu::kKeyBuckets;
+          std::vector<int32_t> last_row(m.context_lens.size(), INT32_MAX);
           for (size_t i = plan.decode_tiles; i < plan.attention_tiles; ++i) {
             const Tile& t = plan.tiles[i];
+            if (grid.direct) {
+              BOOST_TEST(t.row_begin <= last_row[t.seq], "seq " << t.seq << " row " << t.row_begin);
+              last_row[t.seq] = t.row_begin;
+              continue;
+            }
             const int32_t bucket = rpa_gpu::key_bucket(grid, rpa_gpu::RowChunk{t.seq, t.row_begin, t.rows, t.first_pos});
             BOOST_TEST(bucket <= last_bucket, "seq " << t.seq << " row " << t.row_begin);
             last_bucket = bucket;
@@ -262,6 +272,41 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
     grid.seq_ok = seq_ok.data();
     for (const Tile& tile : resolve_grid(grid).tiles) BOOST_TEST(tile.seq != 0);
   }
+  BOOST_TEST(direct_grids > 0);
+  BOOST_TEST(listed_grids > 0);
+}
+
+// A direct grid (DeviceGrid::direct) holds no more slots than the list would, takes one-token sequences
+// too (no decode slots), and starts the chunks with the most keys first: the last chunk of every
+// sequence, then the one before. Tight bounds over few sequences make one; a bound of the whole batch's
+// tokens for each sequence does not, nor does PlanLimits::direct_slots off (RPA_GPU_DIRECT_SLOTS=0).
+BOOST_AUTO_TEST_CASE(device_grid_of_few_prefills_resolves_its_slots_directly) {
+  Metadata m = metadata({48, 45, 1}, {100, 60, 70}, 8, 2, 0);
+  m.problem.max_query_len = 48, m.problem.max_context_len = 100;
+  const PlanLimits limits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 1};  // 4 q heads x 16 rows a tile, unsplit
+  int64_t partial_rows = 0;
+  rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+  BOOST_TEST_REQUIRE(grid.direct);
+  BOOST_TEST(grid.attention.chunks == 3 * 3);  // 3 sequences x ceil(48 / 16); the list's bound: (99 + 3 * 15) / 16
+  BOOST_TEST(rpa_gpu::grid_blocks(grid, rpa_gpu::kGridDecode) == 0);
+  const std::vector<int32_t> seq_ok(3, 1);
+  grid.seq_ok = seq_ok.data();
+  const TilePlan plan = resolve_grid(grid);
+  expect_exact_cover(m.problem, plan, limits);
+  // Slot order, kv head 0: sequence 0's rows [35, 51), sequence 1's [83, 96) (make_tile_plan's last
+  // chunks) and sequence 2's row 96, then [19, 35) and [67, 83), then [3, 19) and [51, 67).
+  BOOST_TEST(plan.decode_tiles == 0u);
+  std::vector<std::pair<int32_t, int32_t>> rows;
+  for (size_t i = plan.decode_tiles; i < plan.attention_tiles; ++i)
+    if (plan.tiles[i].head_begin == 0) rows.emplace_back(plan.tiles[i].row_begin, plan.tiles[i].rows);
+  const std::vector<std::pair<int32_t, int32_t>> expected{{35, 16}, {83, 13}, {96, 1}, {19, 16},
+                                                          {67, 16}, {3, 16},  {51, 16}};
+  BOOST_TEST((rows == expected));
+  PlanLimits listed = limits;
+  listed.direct_slots = false;
+  BOOST_TEST(!rpa_gpu::make_device_grid(m.problem, listed, partial_rows).direct);
+  m.problem.max_query_len = m.problem.num_tokens;  // 3 x 7 pairs against the list's 9
+  BOOST_TEST(!rpa_gpu::make_device_grid(m.problem, limits, partial_rows).direct);
 }
 
 // The split slots of a long bound: a short sequence uses one split (written directly), a long one all.
@@ -308,7 +353,8 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_follow_the_tokens) {
 
 // The launches the bounds leave (rpa bench's W1-W3 shapes on an H100: 132 multiprocessors x 3 blocks):
 // one-token bounds launch no other slots; decode slots split to fill the device, beside other slots too
-// (their merge follows them on the side stream, launch.cpp); the prefill slots of W2 and W3 need no
+// (their merge follows them on the side stream, launch.cpp), except in W2's direct grid, which takes
+// every sequence; the prefill slots of W2 and W3 need no
 // split. Each grid still covers its batch exactly.
 BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
   const PlanLimits limits{true, rpa_gpu::kDecodeMaxRows, 64, 64, 396};
@@ -331,25 +377,33 @@ BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
     BOOST_TEST(alone.decode.splits == 8);
     BOOST_TEST(blocks(alone, rpa_gpu::kGridMergeDecode) == 8);
   }
-  {  // W2: 4 prefills of 1024 tokens: 32 decode units split in 4 (1024 keys, 256 a split)
+  {  // W2: 4 prefills of 1024 tokens, a direct grid: 4 x 64 chunks, no more than the list's (4101 + 4 * 15) / 16
     Metadata m = metadata(std::vector<int32_t>(4, 1024), std::vector<int32_t>(4, 1024), 32, 8, 0);
     m.problem.max_query_len = 1024, m.problem.max_context_len = 1024;
     rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
-    BOOST_TEST(grid.decode.splits == 4);
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 4 * 8 * 4);
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridAttention) >= 4 * 64 * 8);  // 16 rows a tile
-    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 4 * 8);
+    BOOST_TEST(grid.direct);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 0);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridAttention) == 4 * 64 * 8);  // 16 rows a tile, unsplit
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 0);
     BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
-    BOOST_TEST(partial_rows == 4 * 8 * 4 * 4);  // the decode splits' rows: a kv head's 4 q heads each
-    // The same bounds hold a batch of decodes too: split, still covered exactly.
+    BOOST_TEST(partial_rows == 0);
+    // The same bounds hold a batch of decodes too: one slot of each kv head a sequence, covered exactly.
     Metadata decodes = metadata({1, 1, 1, 1}, {1024, 900, 1, 1024}, 32, 8, 0);
     grid.context_lens = decodes.problem.context_lens, grid.query_start_loc = decodes.problem.query_start_loc;
     const std::vector<int32_t> seq_ok(4, 1);
     grid.seq_ok = seq_ok.data();
     const TilePlan plan = resolve_grid(grid);
-    BOOST_TEST(plan.decode_tiles == 3u * 8 * 4 + 8);  // context 1: one split
-    BOOST_TEST(plan.attention_tiles == plan.decode_tiles);
+    BOOST_TEST(plan.decode_tiles == 0u);
+    BOOST_TEST(plan.attention_tiles == 4u * 8);
     expect_exact_cover(decodes.problem, plan, limits);
+    // Listed (RPA_GPU_DIRECT_SLOTS=0): 32 decode units split in 4 (1024 keys, 256 a split) beside them.
+    PlanLimits listed = limits;
+    listed.direct_slots = false;
+    grid = rpa_gpu::make_device_grid(m.problem, listed, partial_rows);
+    BOOST_TEST(!grid.direct);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 4 * 8 * 4);
+    BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 4 * 8);
+    BOOST_TEST(partial_rows == 4 * 8 * 4 * 4);  // the decode splits' rows: a kv head's 4 q heads each
   }
   {  // W3: 32 decodes of 2048 keys and 2 prefills of 512 tokens
     std::vector<int32_t> q_lens(32, 1), contexts(32, 2048);
@@ -357,6 +411,7 @@ BOOST_AUTO_TEST_CASE(device_grid_launches_follow_the_bounds) {
     Metadata m = metadata(q_lens, contexts, 32, 8, 0);
     m.problem.max_query_len = 512, m.problem.max_context_len = 2048;
     rpa_gpu::DeviceGrid grid = rpa_gpu::make_device_grid(m.problem, limits, partial_rows);
+    BOOST_TEST(!grid.direct);  // 34 x 32 chunks against the list's (1061 + 34 * 15) / 16
     BOOST_TEST(blocks(grid, rpa_gpu::kGridDecode) == 34 * 8 * 2);  // 272 units split in 2 fill 396 slots
     BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeDecode) == 34 * 8);
     BOOST_TEST(blocks(grid, rpa_gpu::kGridMergeAttention) == 0);
