@@ -93,8 +93,7 @@ void launch_attention(const Launch& launch, const Params& params) {
 void launch_tiles(const Launch& launch) {
   Params params = launch.params;
   const bool decode = launch.decode_blocks > 0, attention = launch.attention_blocks > 0;
-  const bool direct = launch.params.grid.direct;
-  const bool beside = (launch.device_metadata && !direct) || (decode && attention);
+  const bool beside = lists_row_chunks(launch) || (decode && attention);
   const hipStream_t decode_stream = beside ? launch.side_stream : launch.stream;
   if (beside) {
     check(hipEventRecord(launch.fork, launch.stream), "hipEventRecord (fork)");
@@ -111,9 +110,11 @@ void launch_tiles(const Launch& launch) {
     params.grid_kind = kGridMergeDecode;
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_decode_blocks, kThreads, 0, decode_stream, params));
   }
-  if (lists_row_chunks(launch))
+  const auto prepare = [&] {
     check(launch.kernels->launch(Kernel::rpa_prepare_metadata, launch.prepare_blocks, kThreads, 0, launch.stream,
                                  params));
+  };
+  if (lists_row_chunks(launch)) prepare();
   if (params.tiles) params.tiles += launch.decode_blocks;
   params.grid_kind = kGridAttention;
   if (attention) launch_attention(launch, params);
@@ -125,9 +126,7 @@ void launch_tiles(const Launch& launch) {
   params.grid_kind = kGridMergeAttention;
   if (launch.merge_blocks > 0)
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_blocks, kThreads, 0, launch.stream, params));
-  if (direct)
-    check(launch.kernels->launch(Kernel::rpa_prepare_metadata, launch.prepare_blocks, kThreads, 0, launch.stream,
-                                 params));
+  if (launch.params.grid.direct) prepare();
 }
 
 // Blocks of a grid-stride launch over `rows` output rows.
