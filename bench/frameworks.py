@@ -1,6 +1,6 @@
 """Per-call time of rpa from torch and JAX on CUDA arrays, for rpa bench's W1-W3 shapes.
 
-    python3 bench/frameworks.py       # on a machine with a CUDA GPU, torch, rpa's gpu plugin (and JAX)
+    python3 bench/frameworks.py [W1 W2 W3]   # on a machine with a CUDA GPU, torch, rpa's gpu plugin (and JAX)
 
 Each figure is the time of one call when 32 calls are queued back to back, as `rpa bench`'s planned-run
 figure is (median of 10 such groups): CUDA events around the group for torch, the wall clock from the
@@ -16,6 +16,7 @@ session on the same card.
 
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the GPU's memory to torch too
@@ -33,6 +34,11 @@ WORKLOADS = {  # (q_len, context_len) per sequence, as bench/workloads.cpp has t
     "W3": [(1, 2048)] * 32 + [(512, 1024)] * 2,
 }
 CALLS, GROUPS = 32, 10
+if sys.argv[1:]:  # the workloads named on the command line, in their order
+    unknown = [name for name in sys.argv[1:] if name not in WORKLOADS]
+    if unknown:
+        sys.exit("unknown workload %s (known: %s)" % (", ".join(unknown), " ".join(WORKLOADS)))
+    WORKLOADS = {name: WORKLOADS[name] for name in sys.argv[1:]}
 
 
 def batch(sequences):

@@ -2,6 +2,7 @@
 // thread's last-error text.
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,11 +20,29 @@ struct rpa_context {
 };
 
 // A validated call (metadata copied) and its backend's plan. Runs only read it, so it may run from
-// several threads at once.
+// several threads at once, but for the record of the device metadata the latest run read.
 struct rpa_plan {
   rpa_context* context;
   std::unique_ptr<rpa::PlannedCall> call;
   std::unique_ptr<rpa::BackendPlan> backend_plan;
+
+  // Device metadata: the planned problem, with the arrays of the latest run (rpa_plan_get_error reports
+  // from them; a run may pass its own: validate_run_args).
+  rpa_problem latest_metadata() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return latest;
+  }
+  // Validates a run's arguments, and records its metadata arrays.
+  rpa_problem run_problem(const rpa_attention_args& args) {
+    const rpa_problem run = rpa::validate_run_args(*call, args);
+    std::lock_guard<std::mutex> lock(mutex);
+    latest.context_lens = run.context_lens, latest.query_start_loc = run.query_start_loc;
+    latest.block_tables = run.block_tables, latest.block_table_stride = run.block_table_stride;
+    return run;
+  }
+
+  std::mutex mutex;
+  rpa_problem latest{};
 };
 
 namespace rpa {
@@ -204,6 +223,7 @@ rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args,
     auto plan = std::make_unique<rpa_plan>();
     plan->context = context;
     plan->call = planned_call(backend, args_of(args));
+    plan->latest = plan->call->problem();
     plan->backend_plan = context->backends.for_problem(plan->call->problem()).plan(plan->call->problem());
     *out = plan.release();
   });
@@ -212,14 +232,14 @@ rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_args* args,
 rpa_status rpa_plan_run(rpa_plan* plan, const rpa_attention_args* args) {
   return guarded([&] {
     rpa_plan& planned = plan_of(plan);
-    planned.backend_plan->run(validate_run_args(*planned.call, args_of(args)));
+    planned.backend_plan->run(planned.run_problem(args_of(args)));
   });
 }
 
 rpa_status rpa_plan_get_error(rpa_plan* plan) {
   return guarded([&] {
     rpa_plan& planned = plan_of(plan);
-    report_device_error(backend_of(planned.context), planned.call->problem(), *planned.backend_plan);
+    report_device_error(backend_of(planned.context), planned.latest_metadata(), *planned.backend_plan);
   });
 }
 
@@ -230,7 +250,7 @@ rpa_status rpa_plan_time(rpa_plan* plan, const rpa_attention_args* args, int32_t
     rpa_plan& planned = plan_of(plan);
     if (iterations <= 0) invalid("argument 'iterations': " + std::to_string(iterations) + " must be > 0");
     require(milliseconds, "milliseconds");
-    planned.backend_plan->time_runs(validate_run_args(*planned.call, args_of(args)), iterations, milliseconds, true);
+    planned.backend_plan->time_runs(planned.run_problem(args_of(args)), iterations, milliseconds, true);
   });
 }
 

@@ -422,6 +422,7 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) 
   const Tensor query_start_loc = check_tensor("query_start_loc", args.query_start_loc, 1, "[S+1]", Kind::metadata);
   expect_dim(query_start_loc, 0, max_seqs + 1, "S+1");
   p.pages_per_seq = block_tables.dim(1);
+  plan->metadata_seqs_ = max_seqs;
   const auto* lens = static_cast<const int32_t*>(args.context_lens.data);
   const auto* tables = static_cast<const int32_t*>(args.block_tables.data);
   const int64_t table_stride = block_tables.stride(0);
@@ -487,6 +488,23 @@ rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args&
            planned.memory == RPA_MEMORY_HOST ? "host" : "device", " when the plan was made");
   p.stream = args.stream;
   p.synchronize = args.synchronize;
+
+  // Device metadata: the run may read other arrays of the plan's shapes (all three; none: the plan's),
+  // such as a framework's buffer that moves from call to call, without a copy into the plan's.
+  if (p.metadata_memory == RPA_MEMORY_DEVICE &&
+      (args.context_lens.data || args.block_tables.data || args.query_start_loc.data)) {
+    const Tensor context_lens = check_tensor("context_lens", args.context_lens, 1, "[S]", Kind::metadata);
+    expect_dim(context_lens, 0, plan.metadata_seqs(), "S of the plan");
+    const Tensor block_tables = check_tensor("block_tables", args.block_tables, 2, "[S, W]", Kind::metadata);
+    expect_dim(block_tables, 0, plan.metadata_seqs(), "S of the plan");
+    expect_dim(block_tables, 1, p.pages_per_seq, "W of the plan");
+    const Tensor query_start_loc = check_tensor("query_start_loc", args.query_start_loc, 1, "[S+1]", Kind::metadata);
+    expect_dim(query_start_loc, 0, plan.metadata_seqs() + 1, "S+1 of the plan");
+    p.context_lens = static_cast<const int32_t*>(args.context_lens.data);
+    p.query_start_loc = static_cast<const int32_t*>(args.query_start_loc.data);
+    p.block_tables = static_cast<const int32_t*>(args.block_tables.data);
+    p.block_table_stride = block_tables.stride(0);
+  }
 
   // Scalars. The kernels compute in f32, so a scale or cap must be a normal f32 magnitude: a larger one
   // would become inf there, a subnormal one lose its precision (or flush to 0).

@@ -32,20 +32,24 @@ class PlannedCall {
   PlannedCall(const PlannedCall&) = delete;
   PlannedCall& operator=(const PlannedCall&) = delete;
 
-  // Metadata pointers point into this object's own copies; tensor pointers and scalars are unset.
+  // Metadata pointers point into this object's own copies (device metadata: the caller's arrays the plan
+  // was made with); tensor pointers and scalars are unset.
   const rpa_problem& problem() const { return problem_; }
   const TensorLayout& layout(TensorSlot slot) const { return layouts_[slot]; }
+  int64_t metadata_seqs() const { return metadata_seqs_; }
 
  private:
   friend std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args);
   rpa_problem problem_{};
+  int64_t metadata_seqs_ = 0;  // S of the metadata arrays (num_seqs may be fewer)
   std::array<TensorLayout, kTensorSlots> layouts_{};
   std::vector<int32_t> context_lens_, block_tables_, query_start_loc_;
 };
 
 std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args);
 
-// The plan's problem with this run's tensors, scalars, stream and synchronize filled in.
+// The plan's problem with this run's tensors, scalars, stream and synchronize filled in; with device
+// metadata, also the run's metadata arrays when it passes them (else the plan's).
 rpa_problem validate_run_args(const PlannedCall& plan, const rpa_attention_args& args);
 
 // Device metadata copied back to the host (rpa_plan_get_error): the rules host metadata follows, then

@@ -267,10 +267,14 @@ RPA_EXPORT rpa_status rpa_plan_create(rpa_context* context, const rpa_attention_
  * Runs a plan with this call's tensors (queries, KV, out, lse, sinks, k_scale, v_scale) and scalars (softmax_scale,
  * logits_soft_cap, stream, synchronize). Each float tensor must have the plan's presence, dtype, shape
  * and strides, and `memory` the plan's; its data must be non-NULL. The metadata fields of `args` are not
- * read: the plan's copy is used. The output is bitwise the output rpa_attention() gives for the same
- * arguments. Safe to call from several threads on one plan at once. With device memory on the gpu
- * backend the run only enqueues kernels on `stream` (no allocation, no host-device copy, no
- * synchronisation unless `synchronize`), so it may be captured in a CUDA/HIP graph.
+ * read (the plan's copy is used), except with device metadata: there a run whose `context_lens`,
+ * `query_start_loc` and `block_tables` have data reads those device arrays instead of the plan's (all
+ * three, of the plan's shapes [S], [S+1], [S, W] and dtype int32; any row stride), so a caller whose
+ * metadata moves from call to call copies nothing into the plan's; `num_seqs` and the bounds stay the
+ * plan's, and rpa_plan_get_error() reads the arrays of the latest run. The output is bitwise the output
+ * rpa_attention() gives for the same arguments. Safe to call from several threads on one plan at once.
+ * With device memory on the gpu backend the run only enqueues kernels on `stream` (no allocation, no
+ * host-device copy, no synchronisation unless `synchronize`), so it may be captured in a CUDA/HIP graph.
  * @return RPA_STATUS_OK; RPA_STATUS_INVALID_ARGUMENT (NULL plan or args; a tensor or scalar rule broken,
  *   or a layout other than the plan's: the message names the argument; nothing is written);
  *   RPA_STATUS_OUT_OF_MEMORY; RPA_STATUS_DEVICE_ERROR; RPA_STATUS_INTERNAL.

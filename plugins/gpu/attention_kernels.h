@@ -45,8 +45,7 @@ struct MetadataCheck {
   int32_t* blocks_done;  // blocks of this run done checking (0 between runs)
   int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
   int32_t num_seqs, max_query_len, max_context_len;
-  int32_t check_blocks;  // prepare_metadata_kernel's blocks that check sequences (the others only zero rows;
-                         // none in a direct grid, whose slots check: DeviceGrid::direct)
+  int32_t check_blocks;  // prepare_metadata_kernel's blocks that check sequences (the others only zero rows)
 };
 
 struct Params {
@@ -174,12 +173,24 @@ __device__ inline void allow_dependent_grid() {
 #endif
 }
 
+// Device metadata: zeroes the rows no sequence covers, as thread `worker` of `workers` (below).
+template <typename Index>
+__device__ __forceinline__ void zero_uncovered_rows(const Params& p, Index worker, Index workers);
+
 // A slot of a direct grid (DeviceGrid::direct): its tile, resolved from its sequence's metadata, when
 // the sequence follows the rules over every key it can see; a broken one's slots record it and write
 // nothing. The first slot of each sequence checks it even without a tile (no query rows, or rows that
-// break a rule), as prepare_metadata_kernel's check would.
+// break a rule), as prepare_metadata_kernel's check would. The launch's blocks after the slots zero the
+// uncovered rows: at its end, where they take no place a tile waits for, so that no kernel runs before,
+// beside or after the tiles. They index the output's elements in 32 bits (T * QH * D < 2^31 in a direct
+// grid, make_device_grid): with 64-bit indices matrix_core_kernel spilled 84 bytes instead of 20.
 __device__ inline bool direct_slot_tile(const Params& p, Tile& tile) {
   const int64_t chunk_slots = int64_t(p.grid.attention.splits) * p.grid.kv_heads * p.grid.attention.head_chunks;
+  const int64_t slots = chunk_slots * p.grid.attention.chunks;
+  if (blockIdx.x >= slots) {
+    zero_uncovered_rows(p, uint32_t(blockIdx.x - slots) * blockDim.x + threadIdx.x, uint32_t(gridDim.x - slots) * blockDim.x);
+    return false;
+  }
   const int32_t index = int32_t(blockIdx.x / chunk_slots), seq = direct_sequence(p.grid, index);
   const bool has_tile = grid_tile(p.grid, kGridAttention, blockIdx.x, tile, false);
   if (!has_tile && (index >= p.grid.num_seqs || blockIdx.x % chunk_slots != 0)) return false;
@@ -1225,34 +1236,38 @@ __device__ __forceinline__ void list_row_chunks(const DeviceGrid& g, const volat
   for (int32_t at = all + threadIdx.x; at < g.attention.chunks; at += kThreads) list[at] = RowChunk{-1, 0, 0, 0};
 }
 
-// Out 0 and lse -inf for `rows` rows, the i-th at row_of(i): rows no processed sequence covers.
-template <typename RowOf>
-__device__ __forceinline__ void zero_rows(const Params& p, int64_t rows, RowOf row_of) {
-  const int64_t per_row = int64_t(p.num_q_heads) * p.head_dim;
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < rows * per_row; e += int64_t(gridDim.x) * kThreads) {
-    const int64_t row = row_of(e / per_row), head = (e % per_row) / p.head_dim, d = e % p.head_dim;
-    store_element(p.out, p.out_dtype, row * p.out_token_stride + head * p.out_head_stride + d, 0.0f);
+// Out 0 and lse -inf for `rows` rows, the i-th at row_of(i): rows no processed sequence covers. Thread
+// `worker` of `workers` takes every workers-th element. Index holds rows * QH * D plus workers (uint32_t
+// where the caller bounds them so).
+template <typename Index, typename RowOf>
+__device__ __forceinline__ void zero_rows(const Params& p, Index rows, RowOf row_of, Index worker, Index workers) {
+  const Index per_row = Index(p.num_q_heads) * Index(p.head_dim), head_dim = Index(p.head_dim);
+  for (Index e = worker; e < rows * per_row; e += workers) {
+    const Index i = e / per_row, in_row = e - i * per_row, head = in_row / head_dim, d = in_row - head * head_dim;
+    const int64_t row = row_of(i);
+    store_element(p.out, p.out_dtype, row * p.out_token_stride + int64_t(head) * p.out_head_stride + d, 0.0f);
     if (d == 0) store_lse(p, row, int(head), -INFINITY);
   }
 }
 
 // Device metadata: gives the rows outside [query_start_loc[0], query_start_loc[num_seqs]) (clamped to
-// [0, T]) out 0 and lse -inf, grid-stride over prepare_metadata_kernel's blocks.
-__device__ __forceinline__ void zero_uncovered_rows(const Params& p) {
+// [0, T]) out 0 and lse -inf.
+template <typename Index>
+__device__ __forceinline__ void zero_uncovered_rows(const Params& p, Index worker, Index workers) {
   const MetadataCheck& c = p.check;
   const auto clamp_row = [&](int64_t row) { return row < 0 ? 0 : row > c.num_tokens ? c.num_tokens : row; };
   const int64_t head_rows = clamp_row(c.query_start_loc[0]), end = clamp_row(c.query_start_loc[c.num_seqs]);
   const int64_t tail_begin = end > head_rows ? end : head_rows;  // end < begin: every row is uncovered
-  zero_rows(p, head_rows + c.num_tokens - tail_begin,
-            [&](int64_t i) { return i < head_rows ? i : tail_begin + i - head_rows; });
+  zero_rows(p, Index(head_rows + c.num_tokens - tail_begin),
+            [&](Index i) { return int64_t(i) < head_rows ? int64_t(i) : tail_begin + int64_t(i) - head_rows; }, worker,
+            workers);
 }
 
 // Device metadata, the one launch before the non-decode tiles, on their stream. Its first check_blocks
 // blocks check the sequences (check_sequences, a range each) and the last of them to finish lists the row
 // chunks (list_row_chunks); every block zeroes its share of the uncovered rows (the lister after its
 // list). The list is on the path of every prefill block: one checking block where the pages are few
-// (launch.cpp) needs no handshake and reads nothing twice. A direct grid lists nothing: then this kernel
-// only zeroes, after the tiles (launch.cpp).
+// (launch.cpp) needs no handshake and reads nothing twice. A direct grid has none (direct_slot_tile).
 __device__ __forceinline__ void prepare_metadata_kernel(Params p) {
   // The attention blocks may be placed now: they wait for this whole kernel (wait_for_previous_grid).
   allow_dependent_grid();
@@ -1278,7 +1293,7 @@ __device__ __forceinline__ void prepare_metadata_kernel(Params p) {
     }
     if (lists) list_row_chunks(p.grid, c.seq_ok, batch, c.check_blocks == 1, const_cast<RowChunk*>(p.grid.row_chunks));
   }
-  zero_uncovered_rows(p);
+  zero_uncovered_rows<int64_t>(p, blockIdx.x * int64_t(kThreads) + threadIdx.x, int64_t(gridDim.x) * kThreads);
 }
 
 // rpa_merge_states on device memory: one warp per (token, head) row, grid-stride. Every lane reads the
@@ -1310,7 +1325,8 @@ __device__ __forceinline__ void merge_states_kernel(rpa_merge_problem p) {
 }
 
 __device__ __forceinline__ void zero_rows_kernel(Params p, int64_t row_begin, int64_t row_end) {
-  zero_rows(p, row_end - row_begin, [&](int64_t i) { return row_begin + i; });
+  zero_rows<int64_t>(p, row_end - row_begin, [&](int64_t i) { return row_begin + i; },
+                     blockIdx.x * int64_t(kThreads) + threadIdx.x, int64_t(gridDim.x) * kThreads);
 }
 
 // One element of K and one of V per thread and step, converted as core/dtype.h's store_kv does.

@@ -87,9 +87,10 @@ void launch_attention(const Launch& launch, const Params& params) {
 // (compute bound), and the merge waits for both. Device metadata: the side stream also merges the decode
 // splits (the decode slots and merges check their own sequence: fetch_tile), so nothing there waits for
 // prepare_metadata_kernel, which runs before the other tiles. A direct grid (DeviceGrid::direct) has no
-// decode part: its tiles and merges run alone, and then the prepare kernel zeroes rows. Kernels beside the
-// tiles cost W2 (H200, graph replay) 0.179 ms with a side stream of 8 zeroing blocks against 0.176-0.177
-// after them: they take places of the tiles' first wave, which the last waves then wait for.
+// decode part and no prepare kernel: its tiles and merges run alone, and the tile launch's last blocks
+// zero the rows (direct_slot_tile). Kernels beside the tiles cost W2 (H200, graph replay) 0.179 ms with a
+// side stream of 8 zeroing blocks against 0.176-0.177 after them: they take places of the tiles' first
+// wave, which the last waves then wait for.
 void launch_tiles(const Launch& launch) {
   Params params = launch.params;
   const bool decode = launch.decode_blocks > 0, attention = launch.attention_blocks > 0;
@@ -110,11 +111,9 @@ void launch_tiles(const Launch& launch) {
     params.grid_kind = kGridMergeDecode;
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_decode_blocks, kThreads, 0, decode_stream, params));
   }
-  const auto prepare = [&] {
+  if (lists_row_chunks(launch))
     check(launch.kernels->launch(Kernel::rpa_prepare_metadata, launch.prepare_blocks, kThreads, 0, launch.stream,
                                  params));
-  };
-  if (lists_row_chunks(launch)) prepare();
   if (params.tiles) params.tiles += launch.decode_blocks;
   params.grid_kind = kGridAttention;
   if (attention) launch_attention(launch, params);
@@ -126,7 +125,6 @@ void launch_tiles(const Launch& launch) {
   params.grid_kind = kGridMergeAttention;
   if (launch.merge_blocks > 0)
     check(launch.kernels->launch(Kernel::rpa_merge, launch.merge_blocks, kThreads, 0, launch.stream, params));
-  if (launch.params.grid.direct) prepare();
 }
 
 // Blocks of a grid-stride launch over `rows` output rows.
@@ -334,13 +332,14 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
     k.block_tables = p.block_tables;
     k.block_table_stride = p.block_table_stride;
     k.grid = schedule.grid;
+    k.grid.context_lens = p.context_lens, k.grid.query_start_loc = p.query_start_loc;  // the run's (rpa_plan_run)
     k.grid.seq_ok = reinterpret_cast<const int32_t*>(metadata + schedule.tiles_offset);
     k.grid.row_chunks = reinterpret_cast<const RowChunk*>(metadata + schedule.row_chunks_offset);
-    // prepare_metadata_kernel: one block checks while the block table entries (num_seqs * W) are few, else
-    // up to one a sequence; none in a direct grid, whose slots check. Rows left uncovered are padding, most
-    // often none, which more blocks zero.
+    // prepare_metadata_kernel (none in a direct grid, whose slots check): one block checks while the block
+    // table entries (num_seqs * W) are few, else up to one a sequence. Rows left uncovered are padding,
+    // most often none, which more blocks zero.
     const int64_t table_entries = int64_t(p.num_seqs) * p.pages_per_seq;
-    const auto check_blocks = schedule.grid.direct ? 0 : static_cast<int32_t>(std::clamp<int64_t>(
+    const auto check_blocks = static_cast<int32_t>(std::clamp<int64_t>(
         (table_entries + kPreparePagesPerBlock - 1) / kPreparePagesPerBlock, 1, std::clamp<int64_t>(p.num_seqs, 1, kPrepareBlocks)));
     k.check = MetadataCheck{
         p.context_lens, p.query_start_loc, p.block_tables, p.block_table_stride,
@@ -375,6 +374,8 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
     // check_supported bounds the slots of each kind below 2^31.
     launch.decode_blocks = static_cast<int>(grid_blocks(schedule.grid, kGridDecode));
     launch.attention_blocks = static_cast<int>(grid_blocks(schedule.grid, kGridAttention));
+    // A direct grid's zeroing blocks follow its slots, one a multiprocessor at most (direct_slot_tile).
+    if (schedule.grid.direct) launch.attention_blocks += std::min(grid_stride_blocks(k, p.num_tokens), state.multiprocessors);
     launch.merge_decode_blocks = static_cast<int>(grid_blocks(schedule.grid, kGridMergeDecode));
     launch.merge_blocks = static_cast<int>(grid_blocks(schedule.grid, kGridMergeAttention));
   } else {

@@ -128,8 +128,10 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
   };
   shape(g.decode, limits.decode_max_rows, true);
   shape(g.attention, limits.max_rows, false);
+  // Its zeroing blocks index the output's elements in 32 bits (direct_slot_tile).
   g.direct = limits.direct_slots && g.attention.chunks > 0 &&
-             g.attention.chunks == int64_t(g.num_seqs) * g.attention.row_chunks;
+             g.attention.chunks == int64_t(g.num_seqs) * g.attention.row_chunks &&
+             p.num_tokens * p.num_q_heads * p.head_dim <= kInt32Max;
   if (g.direct) {  // one-token sequences take its slots too: nothing runs beside them (launch.cpp)
     g.decode_eligible = 0;
     g.decode.row_chunks = g.decode.chunks = 0;

@@ -6,11 +6,10 @@
 // elements unless asked for). XLA buffers are dense row-major, so every descriptor is contiguous.
 //
 // On CUDA the handler only enqueues work on XLA's stream, so XLA may capture it into a command buffer
-// (CUDA graph): rpa.jax made, at trace time, a device-metadata plan per GPU for these shapes over a
-// metadata buffer of its own (plans read device metadata through the pointers they were made with, and
-// XLA's buffers move from call to call); each call copies the packed metadata there (one device-to-device
-// copy on the stream) and runs the plan. The driver API is opened at run time, so building this needs no
-// CUDA toolkit.
+// (CUDA graph): rpa.jax made, at trace time, a device-metadata plan per GPU for these shapes (over a
+// metadata buffer of its own, which only the planning reads); each call runs it on the packed metadata
+// where XLA put it this time (a run may point a device-metadata plan at other arrays: rpa_plan_run), so
+// nothing is copied. The driver API is opened at run time, so building this needs no CUDA toolkit.
 #include <dlfcn.h>
 
 #include <cstdint>
@@ -98,6 +97,17 @@ ffi::Error describe_tensors(Call& c, rpa_attention_args* args) {
   return ffi::Error::Success();
 }
 
+// Views of the packed metadata (`seqs` sequences, tables `width` wide), read in place.
+ffi::Error describe_metadata(ffi::AnyBuffer metadata, int64_t seqs, int64_t width, rpa_attention_args* args) {
+  if (metadata.element_type() != ffi::DataType::S32 || metadata.element_count() != 2 * seqs + 1 + seqs * width)
+    return ffi::Error::InvalidArgument("rpa: the packed metadata does not match its shapes");
+  int32_t* packed = static_cast<int32_t*>(metadata.untyped_data());
+  args->context_lens = rpa_tensor{packed, RPA_DTYPE_I32, 1, {seqs}, {}};
+  args->query_start_loc = rpa_tensor{packed + seqs, RPA_DTYPE_I32, 1, {seqs + 1}, {}};
+  args->block_tables = rpa_tensor{packed + 2 * seqs + 1, RPA_DTYPE_I32, 2, {seqs, width}, {}};
+  return ffi::Error::Success();
+}
+
 ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer metadata,
                     ffi::AnyBuffer num_seqs, ffi::AnyBuffer sinks, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::AnyBuffer> lse, double softmax_scale, double logits_soft_cap,
@@ -107,15 +117,9 @@ ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, 
   rpa_attention_args args;
   rpa_attention_args_init(&args);
   if (ffi::Error e = describe_tensors(c, &args); e.failure()) return e;
-  const int64_t s = seqs, w = table_width;
-  if (metadata.element_type() != ffi::DataType::S32 || metadata.element_count() != 2 * s + 1 + s * w ||
-      num_seqs.element_type() != ffi::DataType::S32 || num_seqs.element_count() != 1)
-    return ffi::Error::InvalidArgument("rpa: the packed metadata or num_seqs does not match its shapes");
-  // Views of the packed metadata, which the host reads in place.
-  int32_t* packed = static_cast<int32_t*>(metadata.untyped_data());
-  args.context_lens = rpa_tensor{packed, RPA_DTYPE_I32, 1, {s}, {}};
-  args.query_start_loc = rpa_tensor{packed + s, RPA_DTYPE_I32, 1, {s + 1}, {}};
-  args.block_tables = rpa_tensor{packed + 2 * s + 1, RPA_DTYPE_I32, 2, {s, w}, {}};
+  if (ffi::Error e = describe_metadata(metadata, seqs, table_width, &args); e.failure()) return e;
+  if (num_seqs.element_type() != ffi::DataType::S32 || num_seqs.element_count() != 1)
+    return ffi::Error::InvalidArgument("rpa: num_seqs is not one int32");
   args.num_seqs = *static_cast<const int32_t*>(num_seqs.untyped_data());
   // The CPU platform runs host memory on a host backend: "auto" means the simd backend here.
   if (backend != RPA_BACKEND_AUTO && backend != RPA_BACKEND_SIMD && backend != RPA_BACKEND_REFERENCE)
@@ -130,7 +134,6 @@ ffi::Error cpu_impl(ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v, 
 
 // The few CUDA driver entry points the handler needs, from the driver JAX already loaded.
 struct CudaDriver {
-  int (*memcpy_dtod_async)(unsigned long long, unsigned long long, size_t, void*) = nullptr;
   int (*stream_is_capturing)(void*, int*) = nullptr;
   int (*ctx_get_device)(int*) = nullptr;
 
@@ -143,53 +146,44 @@ struct CudaDriver {
   CudaDriver() {
     void* handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!handle) return;
-    memcpy_dtod_async = reinterpret_cast<decltype(memcpy_dtod_async)>(dlsym(handle, "cuMemcpyDtoDAsync_v2"));
     stream_is_capturing = reinterpret_cast<decltype(stream_is_capturing)>(dlsym(handle, "cuStreamIsCapturing"));
     ctx_get_device = reinterpret_cast<decltype(ctx_get_device)>(dlsym(handle, "cuCtxGetDevice"));
   }
 };
 
-// One entry of the table rpa.jax passes (attribute `plans`, indexed by CUDA ordinal): a device-metadata
-// plan and the metadata buffer it reads.
-struct DevicePlan {
-  rpa_plan* plan;
-  void* metadata;
-};
-
+// The table rpa.jax passes (attribute `plans`, indexed by CUDA ordinal) holds device-metadata plans.
 ffi::Error cuda_impl(void* stream, ffi::AnyBuffer queries, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                     ffi::AnyBuffer metadata, ffi::AnyBuffer num_seqs, ffi::AnyBuffer sinks,
+                     ffi::AnyBuffer metadata, ffi::AnyBuffer /*num_seqs*/, ffi::AnyBuffer sinks,
                      ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse, double softmax_scale,
                      double logits_soft_cap, int32_t sliding_window, int32_t combined_kv, int32_t backend,
-                     int32_t /*seqs*/, int32_t /*table_width*/, int64_t plans, int32_t plan_count,
+                     int32_t seqs, int32_t table_width, int64_t plans, int32_t plan_count,
                      int32_t check_metadata) {
   const CudaDriver& driver = CudaDriver::get();
-  if (!driver.memcpy_dtod_async || !driver.stream_is_capturing || !driver.ctx_get_device)
+  if (!driver.stream_is_capturing || !driver.ctx_get_device)
     return ffi::Error::Internal("rpa: the CUDA driver (libcuda.so.1) or one of its entry points is missing");
   if (backend != RPA_BACKEND_AUTO && backend != RPA_BACKEND_GPU)
     return ffi::Error::InvalidArgument("rpa: arrays on a GPU run on the gpu backend, not backend " +
                                        std::string(rpa_backend_string(static_cast<rpa_backend>(backend))));
   int ordinal = 0;
   if (driver.ctx_get_device(&ordinal) != 0) return ffi::Error::Internal("rpa: no current CUDA device");
-  const DevicePlan* table = reinterpret_cast<const DevicePlan*>(static_cast<uintptr_t>(plans));
-  if (!table || ordinal >= plan_count || !table[ordinal].plan)
+  rpa_plan* const* table = reinterpret_cast<rpa_plan* const*>(static_cast<uintptr_t>(plans));
+  if (!table || ordinal >= plan_count || !table[ordinal])
     return ffi::Error(ffi::ErrorCode::kUnavailable, "rpa: no plan for CUDA device " + std::to_string(ordinal) +
                                    " (rpa.jax plans at trace time for the GPUs rpa's gpu backend can run)");
-  const DevicePlan& entry = table[ordinal];
+  rpa_plan* plan = table[ordinal];
   Call c{queries, k, v, sinks, out, lse, softmax_scale, logits_soft_cap, sliding_window, combined_kv};
   rpa_attention_args args;
   rpa_attention_args_init(&args);
   if (ffi::Error e = describe_tensors(c, &args); e.failure()) return e;
-  args.memory = RPA_MEMORY_DEVICE;
+  // The run reads the packed metadata where XLA put it this time (rpa_plan_run); num_seqs took effect there.
+  if (ffi::Error e = describe_metadata(metadata, seqs, table_width, &args); e.failure()) return e;
+  args.memory = args.metadata_memory = RPA_MEMORY_DEVICE;
   args.stream = stream;
-  if (driver.memcpy_dtod_async(reinterpret_cast<uintptr_t>(entry.metadata),
-                               reinterpret_cast<uintptr_t>(metadata.untyped_data()), metadata.size_bytes(),
-                               stream) != 0)
-    return ffi::Error::Internal("rpa: copying the metadata to the plan's buffer failed");
-  if (rpa_status status = rpa_plan_run(entry.plan, &args); status != RPA_STATUS_OK) return rpa_error(status);
+  if (rpa_status status = rpa_plan_run(plan, &args); status != RPA_STATUS_OK) return rpa_error(status);
   // Checking waits for the stream, which a capture cannot: a captured call is checked when run eagerly.
   int capture = 0;
   if (check_metadata && driver.stream_is_capturing(stream, &capture) == 0 && capture == 0)
-    if (rpa_status status = rpa_plan_get_error(entry.plan); status != RPA_STATUS_OK) return rpa_error(status);
+    if (rpa_status status = rpa_plan_get_error(plan); status != RPA_STATUS_OK) return rpa_error(status);
   return ffi::Error::Success();
 }
 

@@ -89,7 +89,7 @@ def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window, bound
     if not devices or not rpa.backend_available("gpu"):
         _plans[key] = ((0, 0), None)
         return 0, 0
-    entries = (ctypes.c_void_p * (2 * (max(d.local_hardware_id for d in devices) + 1)))()
+    entries = (ctypes.c_void_p * (max(d.local_hardware_id for d in devices) + 1))()
     keep = []
 
     def tensor(array, data=None, dtype=None, shape=None):  # contiguous (strides 0), data NULL at plan time
@@ -99,7 +99,7 @@ def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window, bound
 
     for d in devices:
         context = rpa.Context("gpu", device=d.local_hardware_id)
-        buffer = ctypes.c_void_p()  # the metadata the plan reads, filled by each call before its run
+        buffer = ctypes.c_void_p()  # metadata arrays to plan over: each call's run reads XLA's own instead
         rpa._check(rpa._lib.rpa_device_alloc(context._handle, 4 * (2 * S + 1 + S * W) or 4, ctypes.byref(buffer)))
         address = buffer.value
         args = rpa._Args()
@@ -123,9 +123,9 @@ def _device_plans(queries, k, v, combined, sinks, lse_shape, S, W, window, bound
         args.memory = args.metadata_memory = rpa._tensors.MEMORY_DEVICE
         handle = ctypes.c_void_p()
         rpa._check(rpa._lib.rpa_plan_create(context._handle, ctypes.byref(args), ctypes.byref(handle)))
-        entries[2 * d.local_hardware_id], entries[2 * d.local_hardware_id + 1] = handle.value, address
+        entries[d.local_hardware_id] = handle.value
         keep.append(context)  # outlives its plans and buffers: all live as long as the process
-    table = (ctypes.addressof(entries), len(entries) // 2)
+    table = (ctypes.addressof(entries), len(entries))
     _plans[key] = (table, (entries, keep))
     return table
 

@@ -334,6 +334,62 @@ BOOST_AUTO_TEST_CASE(device_metadata_is_read_at_every_replay) {
   }
 }
 
+// A run of a device-metadata plan may pass other device arrays of the plan's shapes (rpa_plan_run): it
+// follows them (its output is the reference's for their metadata, the plan's arrays unread), also
+// captured in a graph, and rpa_plan_get_error reports a break from the latest run's arrays. Some but not
+// all of the three, or other shapes, are refused naming the argument.
+BOOST_AUTO_TEST_CASE(device_metadata_runs_may_read_other_arrays) {
+  for (const Slots slots : {Slots::direct, Slots::listed}) {
+    BOOST_TEST_CONTEXT(slots_name(slots)) {
+      SlotsContext gpu(slots);
+      CapturedGraph graph;
+      DeviceLayer layer(gpu, 34);
+      layer.metadata_on_device(slots);
+      DeviceLayer moved(gpu, other_metadata(layer.c));  // the same queries and KV, other metadata
+      moved.metadata_on_device(slots);
+      rpa_plan* plan = nullptr;
+      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+      rpa_attention_args run = layer.args;
+      run.context_lens = moved.args.context_lens, run.block_tables = moved.args.block_tables;
+      run.query_start_loc = moved.args.query_start_loc;
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &run) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+      expect_matches_reference(moved.c, layer.out(), "a run on other arrays");
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+      expect_matches_reference(layer.c, layer.out(), "a run on the plan's arrays after it");
+
+      run.synchronize = layer.args.synchronize = 0;
+      run.stream = layer.args.stream = graph.stream();
+      graph.capture([&] { return rpa_plan_run(plan, &run); });
+      graph.replay();
+      expect_matches_reference(moved.c, layer.out(), "a captured run on other arrays");
+
+      Case broken = moved.c;
+      broken.block_tables[3 * broken.pages_per_seq] = int32_t(broken.num_pages);
+      Prepared host = prepare(broken);
+      rpa_plan* host_plan = nullptr;
+      BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &host.args, &host_plan) == RPA_STATUS_INVALID_ARGUMENT);
+      const std::string expected = rpa_last_error();
+      moved.write_metadata(broken);
+      run.synchronize = 1;
+      run.stream = nullptr;
+      BOOST_TEST_REQUIRE(rpa_plan_run(plan, &run) == RPA_STATUS_OK, rpa_last_error());
+      BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_INVALID_ARGUMENT);
+      BOOST_TEST(std::string(rpa_last_error()) == expected);
+
+      rpa_attention_args partial = layer.args;
+      partial.block_tables.data = nullptr;
+      BOOST_TEST(rpa_plan_run(plan, &partial) == RPA_STATUS_INVALID_ARGUMENT);
+      BOOST_TEST(std::string(rpa_last_error()) == "argument 'block_tables': data is NULL");
+      rpa_attention_args shorter = layer.args;
+      shorter.context_lens.shape[0] -= 1;
+      BOOST_TEST(rpa_plan_run(plan, &shorter) == RPA_STATUS_INVALID_ARGUMENT);
+      BOOST_TEST(std::string(rpa_last_error()) == "argument 'context_lens': shape[0] is 3, expected 4 (S of the plan)");
+      rpa_plan_destroy(plan);
+    }
+  }
+}
+
 namespace {
 
 // A run over device metadata that breaks a rule skips the broken sequence (its rows are not written, the

@@ -279,7 +279,8 @@ BOOST_AUTO_TEST_CASE(device_grid_slots_cover_every_pair_exactly_once) {
 // A direct grid (DeviceGrid::direct) holds no more slots than the list would, takes one-token sequences
 // too (no decode slots), and starts the chunks with the most keys first: the last chunk of every
 // sequence, then the one before. Tight bounds over few sequences make one; a bound of the whole batch's
-// tokens for each sequence does not, nor does PlanLimits::direct_slots off (RPA_GPU_DIRECT_SLOTS=0).
+// tokens for each sequence does not, nor does PlanLimits::direct_slots off (RPA_GPU_DIRECT_SLOTS=0), nor
+// an output of 2^31 elements or more.
 BOOST_AUTO_TEST_CASE(device_grid_of_few_prefills_resolves_its_slots_directly) {
   Metadata m = metadata({48, 45, 1}, {100, 60, 70}, 8, 2, 0);
   m.problem.max_query_len = 48, m.problem.max_context_len = 100;
@@ -305,6 +306,13 @@ BOOST_AUTO_TEST_CASE(device_grid_of_few_prefills_resolves_its_slots_directly) {
   PlanLimits listed = limits;
   listed.direct_slots = false;
   BOOST_TEST(!rpa_gpu::make_device_grid(m.problem, listed, partial_rows).direct);
+  // Its zeroing blocks count the output's elements (T * QH * D) in 32 bits (direct_slot_tile).
+  const int64_t tokens = m.problem.num_tokens, per_token = m.problem.num_q_heads * m.problem.head_dim;
+  m.problem.num_tokens = ((int64_t(1) << 31) + per_token - 1) / per_token;  // 2^31 elements or just more
+  BOOST_TEST(!rpa_gpu::make_device_grid(m.problem, limits, partial_rows).direct);
+  m.problem.num_tokens = (int64_t(1) << 31) / per_token - 1;
+  BOOST_TEST(rpa_gpu::make_device_grid(m.problem, limits, partial_rows).direct);
+  m.problem.num_tokens = tokens;
   m.problem.max_query_len = m.problem.num_tokens;  // 3 x 7 pairs against the list's 9
   BOOST_TEST(!rpa_gpu::make_device_grid(m.problem, limits, partial_rows).direct);
 }
