@@ -159,16 +159,17 @@ class SimdBackend final : public Backend {
       work(scratch);
       handoff_release(&scratch_[slot]);
     };
-    // The arena may run this functor on one of its threads (when the caller finds no free slot), reading the
-    // caller's captures: its entry is a fixed address (reading a per-call one would itself be the race).
-    static const char arena_entry = 0;
-    handoff_release(&call);
-    handoff_release(&arena_entry);
     // Each wave's packs (the flags after the bf16 elements), then its items.
     size_t pack_elements = 0;
     for (const simd::Wave& wave : plan.waves)
       pack_elements = std::max(pack_elements, static_cast<size_t>(wave.elements + (wave.flags + 1) / 2));
     PackBuffer packs = take_pack_buffer(pack_elements);
+    // The arena may run this functor on one of its threads (when the caller finds no free slot), reading the
+    // caller's captures and writing the packs it allocated: its entry is a fixed address (reading a per-call
+    // one would itself be the race), handed off after the caller's last write.
+    static const char arena_entry = 0;
+    handoff_release(&call);
+    handoff_release(&arena_entry);
     arena_.execute([&] {
       handoff_acquire(&arena_entry);
       // One task per item or packing job (they are coarse); the arena's threads each own one scratch slot.
