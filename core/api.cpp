@@ -32,9 +32,10 @@ struct rpa_plan {
     std::lock_guard<std::mutex> lock(mutex);
     return latest;
   }
-  // Validates a run's arguments, and records its metadata arrays.
+  // Validates a run's arguments, and records its device metadata arrays (host metadata: the plan's copy).
   rpa_problem run_problem(const rpa_attention_args& args) {
     const rpa_problem run = rpa::validate_run_args(*call, args);
+    if (run.metadata_memory != RPA_MEMORY_DEVICE) return run;
     std::lock_guard<std::mutex> lock(mutex);
     latest.context_lens = run.context_lens, latest.query_start_loc = run.query_start_loc;
     latest.block_tables = run.block_tables, latest.block_table_stride = run.block_table_stride;
