@@ -439,7 +439,8 @@ std::unique_ptr<PlannedCall> validate_plan_args(const rpa_attention_args& args) 
     const auto bound = [](const char* name, int32_t given, int64_t limit, const char* limit_name) {
       if (given < 0 || given > limit)
         reject("argument '", name, "': ", given, " is outside [0, ", limit_name, " = ", limit, "] (0: the limit)");
-      return given == 0 ? static_cast<int32_t>(limit) : given;
+      // A limit past int32 (W * page_size can be) bounds nothing more than int32 does: context_lens are int32.
+      return given == 0 ? static_cast<int32_t>(std::min<int64_t>(limit, INT32_MAX)) : given;
     };
     p.max_query_len = bound("max_query_len", args.max_query_len, p.num_tokens, "T");
     p.max_context_len = bound("max_context_len", args.max_context_len, p.pages_per_seq * p.page_size, "W * page_size");

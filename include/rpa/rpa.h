@@ -149,7 +149,7 @@ typedef struct rpa_attention_args {
    */
   rpa_memory_kind metadata_memory;
   int32_t max_query_len;   /**< Device metadata: the most query tokens of a sequence; 0 = T. */
-  int32_t max_context_len; /**< Device metadata: the longest context_lens value; 0 = W * page_size. */
+  int32_t max_context_len; /**< Device metadata: the longest context_lens value; 0 = W * page_size (2^31 - 1 at most). */
 } rpa_attention_args;
 
 /**

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <random>
 #include <tuple>
 #include <utility>
@@ -419,6 +420,9 @@ void expect_broken_rules_reported(Slots slots) {
       {"page outside the pool", 3, [](Case& m) { m.block_tables[3 * m.pages_per_seq + 2] = int32_t(m.num_pages); }, ""},
       {"page outside the pool, of the prefill", 2, [](Case& m) { m.block_tables[2 * m.pages_per_seq + 1] = int32_t(m.num_pages); }, ""},
       {"negative page", 0, [](Case& m) { m.block_tables[0] = -3; }, ""},
+      // Read by the first copies of every slot of the sequence, before its check decides (matrix_core_kernel).
+      {"page far outside the pool, of the prefill's first keys", 2,
+       [](Case& m) { m.block_tables[2 * m.pages_per_seq] = std::numeric_limits<int32_t>::max(); }, ""},
       {"context above max_context_len", 1, [](Case& m) { m.context_lens[1] = 1801; },  // its pages cover 1808
        "argument 'context_lens': element [1] is 1801, more than max_context_len = 1800"},
   };
@@ -462,6 +466,31 @@ void expect_broken_rules_reported(Slots slots) {
 }
 
 }  // namespace
+
+// max_context_len defaults to W * page_size, or to 2^31 - 1 where that is more (context_lens are int32):
+// a table of 2^19 pages of 4096 keys made the default wrap to a negative bound, which every sequence broke.
+BOOST_AUTO_TEST_CASE(device_metadata_default_bound_of_a_table_of_two_to_the_31_keys) {
+  Context gpu;
+  Case c = random_case(spec_of({3, 1}, {5000, 70}, 2, 1, 64, 4096), 5);
+  c.query_dtype = c.kv_dtype = c.out_dtype = RPA_DTYPE_BF16;
+  c.round_to_dtypes();
+  const int64_t wide = int64_t(1) << 19;  // W * page_size = 2^31
+  std::vector<int32_t> tables(static_cast<size_t>(c.num_seqs * wide), 0);
+  for (int32_t s = 0; s < c.num_seqs; ++s)
+    std::copy_n(c.block_tables.begin() + s * c.pages_per_seq, c.pages_per_seq, tables.begin() + s * wide);
+  c.block_tables = std::move(tables);
+  c.pages_per_seq = wide;
+  DeviceLayer layer(gpu, c);
+  layer.metadata_on_device(Slots::direct);
+  layer.args.max_query_len = 3;  // of T = 4
+  BOOST_TEST_REQUIRE(layer.args.max_context_len == 0);
+  rpa_plan* plan = nullptr;
+  BOOST_TEST_REQUIRE(rpa_plan_create(gpu.context, &layer.args, &plan) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST_REQUIRE(rpa_plan_run(plan, &layer.args) == RPA_STATUS_OK, rpa_last_error());
+  BOOST_TEST(rpa_plan_get_error(plan) == RPA_STATUS_OK, rpa_last_error());
+  expect_matches_reference(c, layer.out(), "a table of 2^31 keys");
+  rpa_plan_destroy(plan);
+}
 
 BOOST_AUTO_TEST_CASE(device_metadata_errors_of_direct_slots) { expect_broken_rules_reported(Slots::direct); }
 
