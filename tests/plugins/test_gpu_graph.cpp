@@ -420,7 +420,8 @@ void expect_broken_rules_reported(Slots slots) {
       {"page outside the pool", 3, [](Case& m) { m.block_tables[3 * m.pages_per_seq + 2] = int32_t(m.num_pages); }, ""},
       {"page outside the pool, of the prefill", 2, [](Case& m) { m.block_tables[2 * m.pages_per_seq + 1] = int32_t(m.num_pages); }, ""},
       {"negative page", 0, [](Case& m) { m.block_tables[0] = -3; }, ""},
-      // Read by the first copies of every slot of the sequence, before its check decides (matrix_core_kernel).
+      // The first entry every slot of the sequence reads: a kernel that copied before its check would read
+      // far outside the cache (memcheck).
       {"page far outside the pool, of the prefill's first keys", 2,
        [](Case& m) { m.block_tables[2 * m.pages_per_seq] = std::numeric_limits<int32_t>::max(); }, ""},
       {"context above max_context_len", 1, [](Case& m) { m.context_lens[1] = 1801; },  // its pages cover 1808
