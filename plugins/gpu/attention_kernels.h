@@ -43,7 +43,7 @@ struct MetadataCheck {
   int32_t* seq_ok;       // [num_seqs]
   int32_t* first_error;  // the lowest broken sequence since the record was cleared (INT32_MAX: none)
   int32_t* blocks_done;  // blocks of this run done checking (0 between runs)
-  int64_t num_tokens, num_pages, page_size, table_keys;  // table_keys = W * page_size
+  int64_t num_tokens, num_pages, table_keys;  // table_keys = W * page_size
   int32_t num_seqs, max_query_len, max_context_len;
   int32_t check_blocks;  // prepare_metadata_kernel's blocks that check sequences (the others only zero rows)
 };
@@ -64,9 +64,8 @@ struct Params {
   int64_t sink_head_stride, sink_stride;
   float softmax_scale, soft_cap;  // soft_cap 0: none
   int32_t window;                 // 0: none
-  int32_t num_q_heads, num_kv_heads, group, head_dim, page_size;
-  uint32_t page_multiplier;  // j / page_size = (umulhi(j, page_multiplier) + j) >> page_shift (page_of)
-  int32_t page_shift;
+  int32_t num_q_heads, num_kv_heads, group, head_dim;
+  Divisor page_size;
   const int32_t* block_tables;  // [num_seqs, block_table_stride]: the plan's device copy, or device metadata
   int64_t block_table_stride;
   const Tile* tiles;     // this launch's tiles; null: device metadata, the slots of grid_kind in grid
@@ -135,13 +134,14 @@ __device__ inline bool sequence_fits(const MetadataCheck& c, int64_t row_begin, 
 
 // Device metadata: whether the block table of `seq` (within its W columns: sequence_fits) names a page of
 // the cache for every key of [first_key, end_key). Called by every thread of the block; all get the answer.
-// Keys are below 2^31 (sequence_fits): 32-bit divisions, cheaper on every prefill block's path.
-__device__ inline bool pages_fit(const MetadataCheck& c, int32_t seq, int32_t first_key, int32_t end_key) {
+// Keys are below 2^31 (sequence_fits).
+__device__ inline bool pages_fit(const Params& p, int32_t seq, int32_t first_key, int32_t end_key) {
+  const MetadataCheck& c = p.check;
   const int32_t* table = c.block_tables + seq * c.block_table_stride;
-  const uint32_t page_size = uint32_t(c.page_size), first_page = uint32_t(first_key) / page_size;
-  const uint32_t end_page = end_key > first_key ? uint32_t(end_key - 1) / page_size + 1 : first_page;
+  const int32_t first_page = p.page_size.divide(first_key);
+  const int32_t end_page = end_key > first_key ? p.page_size.divide(end_key - 1) + 1 : first_page;
   int fits = 1;
-  for (uint32_t page = first_page + threadIdx.x; page < end_page; page += blockDim.x)
+  for (int32_t page = first_page + threadIdx.x; page < end_page; page += blockDim.x)
     if (table[page] < 0 || table[page] >= c.num_pages) fits = 0;
   return __syncthreads_and(fits);
 }
@@ -156,7 +156,7 @@ __device__ inline int32_t first_visible_key(const Params& p, const SequenceRows&
 __device__ inline bool sequence_ok(const Params& p, int32_t seq) {
   const SequenceRows rows = sequence_rows(p.grid, seq);
   if (!sequence_fits(p.check, rows.row_begin, rows.row_end, rows.context)) return false;
-  return rows.row_end == rows.row_begin || pages_fit(p.check, seq, first_visible_key(p, rows), rows.context);
+  return rows.row_end == rows.row_begin || pages_fit(p, seq, first_visible_key(p, rows), rows.context);
 }
 
 // Programmatic dependent launch (KernelSet::launch_early; NVIDIA sm_90+, else nothing to do): the
@@ -185,15 +185,17 @@ __device__ __forceinline__ void zero_uncovered_rows(const Params& p, Index worke
 // beside or after the tiles. They index the output's elements in 32 bits (T * QH * D < 2^31 in a direct
 // grid, make_device_grid): with 64-bit indices matrix_core_kernel spilled 84 bytes instead of 20.
 __device__ inline bool direct_slot_tile(const Params& p, Tile& tile) {
-  const int64_t chunk_slots = int64_t(p.grid.attention.splits) * p.grid.kv_heads * p.grid.attention.head_chunks;
-  const int64_t slots = chunk_slots * p.grid.attention.chunks;
+  const int64_t slots = grid_blocks(p.grid, kGridAttention);
   if (blockIdx.x >= slots) {
     zero_uncovered_rows(p, uint32_t(blockIdx.x - slots) * blockDim.x + threadIdx.x, uint32_t(gridDim.x - slots) * blockDim.x);
     return false;
   }
-  const int32_t index = int32_t(blockIdx.x / chunk_slots), seq = direct_sequence(p.grid, index);
-  const bool has_tile = grid_tile(p.grid, kGridAttention, blockIdx.x, tile, false);
-  if (!has_tile && (index >= p.grid.num_seqs || blockIdx.x % chunk_slots != 0)) return false;
+  const GridSlot slot = grid_slot(p.grid, kGridAttention, blockIdx.x);
+  const bool has_tile = slot_tile(p.grid, kGridAttention, slot, tile, false);
+  // Row chunk index < num_seqs is its sequence's last, which the sequence has even without query rows.
+  const bool sequence_first = slot.index < p.grid.num_seqs && slot.kv_head == 0 && slot.head_chunk == 0 && slot.split == 0;
+  if (!has_tile && !sequence_first) return false;
+  const int32_t seq = has_tile ? tile.seq : slot.index;
   const bool ok = sequence_ok(p, seq);
   if (!ok && threadIdx.x == 0) atomicMin(p.check.first_error, seq);
   return has_tile && ok;
@@ -204,9 +206,10 @@ __device__ inline bool direct_slot_tile(const Params& p, Tile& tile) {
 // check and record their own sequence, by the same rules, over the keys they read, and their merges check
 // it over every key (they follow the decode slots on the side stream). The other slots run after it, or
 // in a direct grid, which has no decode slots, check their own (direct_slot_tile), as their merges do.
-// kAttentionOnly: the caller is an attention kernel, whose slots are always kGridAttention; resolving
-// only that kind keeps the other kinds' code out of it (matrix_core_kernel, at its 128-register bound,
-// spilled 40 bytes with them, 16 without).
+// kAttentionOnly: the caller is an attention kernel, whose slots are always kGridAttention; otherwise it
+// is a decode or merge kernel, whose slots never are. Resolving only the caller's kinds keeps the other
+// kinds' code out of it (matrix_core_kernel, at its 128-register bound, spilled 40 bytes with them, 16
+// without), and the direct slots' shared memory out of the decode kernels (at the 48 KiB static limit).
 template <bool kAttentionOnly = false>
 __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
   if (p.tiles) {
@@ -216,7 +219,18 @@ __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
   // Merges follow the slots that record a break.
   if (!kAttentionOnly && (p.grid_kind == kGridMergeDecode || (p.grid.direct && p.grid_kind == kGridMergeAttention)))
     return grid_tile(p.grid, p.grid_kind, blockIdx.x, tile, false) && sequence_ok(p, tile.seq);
-  if (p.grid.direct && (kAttentionOnly || p.grid_kind == kGridAttention)) return direct_slot_tile(p, tile);
+  if (kAttentionOnly && p.grid.direct) {
+    // The resolved tile reaches the threads through shared memory, so the resolution's registers end at
+    // the barrier and the rest of the kernel is allocated as on the planned path. Left in registers,
+    // matrix_core_kernel (bf16, D 128) spilled 88 bytes instead of 20, and W2 ran 13% slower, planned too.
+    __shared__ Tile resolved;
+    __shared__ int32_t resolved_has_work;
+    const bool has_work = direct_slot_tile(p, tile);
+    if (threadIdx.x == 0) resolved = tile, resolved_has_work = has_work;
+    __syncthreads();
+    tile = resolved;
+    return resolved_has_work;
+  }
   if (kAttentionOnly || p.grid_kind != kGridDecode) {
     wait_for_previous_grid();  // the attention slots' row chunks come from prepare_metadata_kernel
     return grid_tile(p.grid, kAttentionOnly ? kGridAttention : p.grid_kind, blockIdx.x, tile);
@@ -225,7 +239,7 @@ __device__ inline bool fetch_tile(const Params& p, Tile& tile) {
   const int32_t seq = tile.seq;
   const bool ok = sequence_fits(p.check, p.check.query_start_loc[seq], p.check.query_start_loc[seq + 1],
                                 p.check.context_lens[seq]) &&
-                  pages_fit(p.check, seq, tile.key_begin, tile.key_end);
+                  pages_fit(p, seq, tile.key_begin, tile.key_end);
   // The check of prepare_metadata_kernel leaves one-token sequences to their slots (check_sequences).
   if (!ok && threadIdx.x == 0) atomicMin(p.check.first_error, seq);
   return ok;
@@ -393,9 +407,7 @@ using KvInt8 = Kv8<RPA_DTYPE_INT8>;
 struct PageSlot {
   int64_t page, slot;
 };
-__device__ inline int32_t page_index(const Params& p, int j) {
-  return int32_t((__umulhi(uint32_t(j), p.page_multiplier) + uint32_t(j)) >> p.page_shift);
-}
+__device__ inline int32_t page_index(const Params& p, int j) { return p.page_size.divide(j); }
 __device__ inline PageSlot page_of(const Params& p, const int32_t* pages, int j) {
   const int32_t index = page_index(p, j);
   return {pages[index], j - int64_t(index) * p.page_size};
@@ -1160,8 +1172,8 @@ __device__ __forceinline__ void check_sequences(const Params& p, SequenceBatch& 
     const bool fits = !mine || sequence_fits(c, rows.row_begin, rows.row_end, rows.context);
     int64_t first_page = 0, pages = 0;
     if (mine && fits && rows.row_end > rows.row_begin) {  // the pages of the keys it can see
-      first_page = first_visible_key(p, rows) / c.page_size;
-      pages = (rows.context - 1) / c.page_size - first_page + 1;
+      first_page = p.page_size.divide(first_visible_key(p, rows));
+      pages = p.page_size.divide(rows.context - 1) - first_page + 1;
     }
     batch.broken[threadIdx.x] = 0;  // read after count_items' barrier
     count_items(batch, rows, first_page, pages);

@@ -323,11 +323,7 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
   k.window = static_cast<int32_t>(p.sliding_window);
   k.num_q_heads = static_cast<int32_t>(p.num_q_heads), k.num_kv_heads = static_cast<int32_t>(p.num_kv_heads);
   k.group = k.num_q_heads / k.num_kv_heads;
-  k.head_dim = static_cast<int32_t>(p.head_dim), k.page_size = static_cast<int32_t>(p.page_size);
-  // page_of's divisor: shift = ceil(log2 page_size), multiplier = floor(2^32 (2^shift - page_size) / page_size) + 1.
-  while ((int64_t(1) << k.page_shift) < p.page_size) ++k.page_shift;
-  k.page_multiplier = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << k.page_shift) - p.page_size)) /
-                                                p.page_size + 1);
+  k.head_dim = static_cast<int32_t>(p.head_dim), k.page_size = Divisor(static_cast<int32_t>(p.page_size));
   if (schedule.device_metadata) {
     k.block_tables = p.block_tables;
     k.block_table_stride = p.block_table_stride;
@@ -345,7 +341,7 @@ Launch make_launch(const rpa_plugin_state& state, const rpa_problem& p, const Sc
         p.context_lens, p.query_start_loc, p.block_tables, p.block_table_stride,
         reinterpret_cast<int32_t*>(const_cast<char*>(metadata + schedule.tiles_offset)),
         reinterpret_cast<int32_t*>(const_cast<char*>(metadata)),
-        reinterpret_cast<int32_t*>(const_cast<char*>(metadata)) + 1, p.num_tokens, p.num_pages, p.page_size,
+        reinterpret_cast<int32_t*>(const_cast<char*>(metadata)) + 1, p.num_tokens, p.num_pages,
         p.pages_per_seq * p.page_size, p.num_seqs, p.max_query_len, p.max_context_len, check_blocks};
     launch.prepare_blocks = std::max<int>(check_blocks, std::min(grid_stride_blocks(k, p.num_tokens), 2 * state.multiprocessors));
   } else {

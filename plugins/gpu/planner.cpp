@@ -108,16 +108,16 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
   DeviceGrid g{};
   g.context_lens = p.context_lens;
   g.query_start_loc = p.query_start_loc;
-  g.num_seqs = p.num_seqs;
-  g.kv_heads = static_cast<int32_t>(p.num_kv_heads);
+  g.num_seqs = Divisor(p.num_seqs);
+  g.kv_heads = Divisor(static_cast<int32_t>(p.num_kv_heads));
   g.group = static_cast<int32_t>(p.num_q_heads / p.num_kv_heads);
   g.window = static_cast<int32_t>(p.sliding_window);
   g.decode_eligible = limits.decode_eligible ? 1 : 0;
   while ((p.max_context_len >> g.key_shift) >= kKeyBuckets) ++g.key_shift;
   const auto shape = [&](GridPart& part, int max_heads, bool decode) {
     part.heads = std::min(g.group, max_heads);
-    part.head_chunks = (g.group + part.heads - 1) / part.heads;
-    part.rows = decode ? 1 : std::max(1, limits.max_rows / part.heads);
+    part.head_chunks = Divisor((g.group + part.heads - 1) / part.heads);
+    part.rows = Divisor(decode ? 1 : std::max(1, limits.max_rows / part.heads));
     // Without decode tiles every sequence takes this kind; with them, only those of two or more tokens.
     const bool any = decode ? limits.decode_eligible : !(limits.decode_eligible && p.max_query_len <= 1);
     part.row_chunks = !any ? 0 : decode ? 1 : (p.max_query_len + part.rows - 1) / part.rows;
@@ -144,10 +144,10 @@ DeviceGrid make_device_grid(const rpa_problem& p, const PlanLimits& limits, int6
     const int64_t wanted = units ? (limits.target_blocks + units - 1) / units : 1;
     int64_t splits = std::max<int64_t>(1, std::min<int64_t>(wanted, p.max_context_len / kMinSplitKeys));
     if (splits > 1 && partial_rows + units * splits * tile_rows > kInt32Max) splits = 1;
-    part->splits = static_cast<int32_t>(splits);
-    part->chunk_keys = static_cast<int32_t>(
+    part->splits = Divisor(static_cast<int32_t>(splits));
+    part->chunk_keys = Divisor(static_cast<int32_t>(
         std::min<int64_t>(kInt32Max / limits.tile_keys * limits.tile_keys,
-                          align_up((std::max<int64_t>(p.max_context_len, 1) + splits - 1) / splits, limits.tile_keys)));
+                          align_up((std::max<int64_t>(p.max_context_len, 1) + splits - 1) / splits, limits.tile_keys))));
     part->partial_base = partial_rows;
     if (splits > 1) partial_rows += units * splits * tile_rows;
   }

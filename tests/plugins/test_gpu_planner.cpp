@@ -183,6 +183,39 @@ BOOST_AUTO_TEST_CASE(counts_beyond_the_tile_fields_are_refused_by_name) {
   BOOST_TEST(rpa_gpu::plan_limit_error(m.problem).find("'block_tables'") != std::string::npos);
 }
 
+// Divisor's multiply and shift against the plain division: every divisor up to 2^12, the powers of two and
+// their neighbours up to 2^31 - 1, page sizes and random ones; each with the dividends around its
+// multiples, around 2^31, and random ones.
+BOOST_AUTO_TEST_CASE(divisor_quotients_equal_the_division) {
+  std::mt19937 rng(11);
+  std::vector<int32_t> divisors;
+  for (int32_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (int k = 12; k <= 31; ++k)
+    for (int64_t d : {(int64_t{1} << k) - 1, int64_t{1} << k, (int64_t{1} << k) + 1})
+      if (d <= 2147483647) divisors.push_back(static_cast<int32_t>(d));
+  for (int i = 0; i < 2000; ++i) divisors.push_back(static_cast<int32_t>(rng() % 2147483647) + 1);
+  int64_t checked = 0;
+  for (int32_t d : divisors) {
+    const rpa_gpu::Divisor divisor(d);
+    BOOST_TEST_REQUIRE(int32_t(divisor) == d);
+    std::vector<int64_t> dividends = {0, 1, 2147483646, 2147483647};
+    for (int64_t multiple : {int64_t{1}, int64_t{2}, int64_t{1000}, int64_t{2147483647 / d}})
+      for (int64_t n : {multiple * d - 1, multiple * d, multiple * d + 1}) dividends.push_back(n);
+    for (int i = 0; i < 64; ++i) dividends.push_back(rng() % 2147483648u);
+    for (int64_t n : dividends) {
+      if (n < 0 || n > 2147483647) continue;
+      const auto n32 = static_cast<int32_t>(n);
+      const auto [quotient, remainder] = divisor.divide_with_remainder(n32);
+      if (quotient != n / d || remainder != n % d || divisor.divide_up(n32) != (n + d - 1) / d)
+        BOOST_FAIL("d = " << d << ", n = " << n << ": " << quotient << " r " << remainder << ", up "
+                          << divisor.divide_up(n32));
+      ++checked;
+    }
+  }
+  BOOST_TEST(checked > 100000);
+  BOOST_TEST(rpa_gpu::Divisor(7).divide_up(-5) == 0);  // a negative count has no chunks
+}
+
 namespace {
 
 // Every slot of a device grid resolved on the host, in make_tile_plan's order: decode, other, merges;
